@@ -1,0 +1,313 @@
+// Package config loads, defaults and validates regcache's YAML configuration.
+//
+// Every error names the key (as a dotted path) or the file it came from, and
+// never includes a secret's value.
+package config
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// Config is the whole configuration of one regcache server.
+type Config struct {
+	Listen          string              `yaml:"listen"`
+	Storage         Storage             `yaml:"storage"`
+	TagTTL          Duration            `yaml:"tag_ttl"`
+	TagsListTTL     Duration            `yaml:"tags_list_ttl"`
+	UpstreamTimeout Duration            `yaml:"upstream_timeout"`
+	DefaultRegistry string              `yaml:"default_registry"`
+	LogLevel        string              `yaml:"log_level"`
+	Registries      map[string]Registry `yaml:"registries"`
+}
+
+// Storage selects where cached content lives.
+type Storage struct {
+	Root string `yaml:"root"`
+}
+
+// Registry is one upstream registry that regcache is allowed to contact.
+type Registry struct {
+	URL     string   `yaml:"url"`
+	Auth    *Auth    `yaml:"auth"`
+	Mirrors []Mirror `yaml:"mirrors"`
+	// Aliases are other names clients use for the same registry, such as
+	// index.docker.io for docker.io.
+	Aliases []string `yaml:"aliases"`
+}
+
+// Mirror is an alternative source for a registry's content.
+type Mirror struct {
+	URL          string   `yaml:"url"`
+	RepoPrefix   string   `yaml:"repo_prefix"`
+	Repositories []string `yaml:"repositories"`
+	Auth         *Auth    `yaml:"auth"`
+}
+
+// Auth says where the credentials for a registry come from. Exactly one source
+// of password may be set; DockerConfig is an alternative to all of them.
+type Auth struct {
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`
+	PasswordEnv  string `yaml:"password_env"`
+	PasswordFile string `yaml:"password_file"`
+	// DockerConfig is a docker config.json (or the directory holding it);
+	// credential helpers named in it are used.
+	DockerConfig string `yaml:"docker_config"`
+}
+
+// Duration is a time.Duration that reads "5m" style strings from YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration such as 5m or 30s", n.Line)
+	}
+	v, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (use forms like 30s, 5m, 1h)", n.Line, s)
+	}
+	if v < 0 {
+		return fmt.Errorf("line %d: duration %q is negative", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Default returns the embedded default configuration.
+func Default() *Config {
+	c, err := parse(defaultYAML, "embedded defaults")
+	if err != nil {
+		panic("regcache: embedded default config is invalid: " + err.Error())
+	}
+	return c
+}
+
+// Load reads path, or the embedded defaults when path is empty.
+func Load(path string) (*Config, error) {
+	if path == "" {
+		return Default(), nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config file %s: %w", path, err)
+	}
+	return parse(data, path)
+}
+
+// Parse parses a YAML document; source names it in errors.
+func Parse(data []byte, source string) (*Config, error) { return parse(data, source) }
+
+func parse(data []byte, source string) (*Config, error) {
+	c := &Config{}
+	if err := yaml.Unmarshal(defaultYAML, c); err != nil {
+		return nil, fmt.Errorf("embedded defaults: %w", err)
+	}
+	// A file that names registries replaces the default set: an operator who
+	// lists registries means "only these", which is what keeps regcache from
+	// being an open proxy.
+	c.Registries = nil
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("config file %s: %s", source, friendlyYAMLError(err))
+	}
+	if c.Registries == nil {
+		c.Registries = defaultRegistries()
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("config file %s: %w", source, err)
+	}
+	return c, nil
+}
+
+// friendlyYAMLError turns yaml.v3's "field x not found in type config.Config"
+// into a message that names the key the operator wrote.
+func friendlyYAMLError(err error) string {
+	msg := err.Error()
+	msg = strings.TrimPrefix(msg, "yaml: unmarshal errors:\n")
+	var out []string
+	for _, line := range strings.Split(msg, "\n") {
+		line = strings.TrimSpace(line)
+		if i := strings.Index(line, "field "); i >= 0 && strings.Contains(line, " not found in type ") {
+			key := strings.TrimPrefix(line[i:], "field ")
+			key = key[:strings.Index(key, " not found")]
+			line = strings.TrimSpace(line[:i]) + " unknown key " + key
+		}
+		out = append(out, line)
+	}
+	return strings.Join(out, "; ")
+}
+
+// defaultRegistries returns the registries of the embedded defaults.
+func defaultRegistries() map[string]Registry {
+	c := &Config{}
+	if err := yaml.Unmarshal(defaultYAML, c); err != nil {
+		panic(err)
+	}
+	return c.Registries
+}
+
+func (c *Config) validate() error {
+	if c.Listen == "" {
+		return errors.New("listen: must not be empty")
+	}
+	if c.Storage.Root == "" {
+		return errors.New("storage.root: must not be empty")
+	}
+	if len(c.Registries) == 0 {
+		return errors.New("registries: at least one registry is required")
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log_level: %q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	names := make([]string, 0, len(c.Registries))
+	for name := range c.Registries {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	seen := map[string]string{}
+	for _, name := range names {
+		r := c.Registries[name]
+		key := "registries." + name
+		if name != strings.ToLower(name) || strings.ContainsAny(name, "/ ") {
+			return fmt.Errorf("%s: a registry name is a lower-case host such as ghcr.io", key)
+		}
+		if err := checkURL(key+".url", r.URL); err != nil {
+			return err
+		}
+		if err := r.Auth.validate(key + ".auth"); err != nil {
+			return err
+		}
+		for i, m := range r.Mirrors {
+			mk := fmt.Sprintf("%s.mirrors[%d]", key, i)
+			if err := checkURL(mk+".url", m.URL); err != nil {
+				return err
+			}
+			if err := m.Auth.validate(mk + ".auth"); err != nil {
+				return err
+			}
+			for _, p := range m.Repositories {
+				if p == "" {
+					return fmt.Errorf("%s.repositories: empty pattern", mk)
+				}
+			}
+		}
+		for _, a := range append([]string{name}, r.Aliases...) {
+			if prev, ok := seen[a]; ok {
+				return fmt.Errorf("%s.aliases: %s is already used by registries.%s", key, a, prev)
+			}
+			seen[a] = name
+		}
+	}
+	if c.DefaultRegistry != "" {
+		if _, ok := c.Registries[c.DefaultRegistry]; !ok {
+			return fmt.Errorf("default_registry: %q is not one of the configured registries", c.DefaultRegistry)
+		}
+	}
+	return nil
+}
+
+func checkURL(key, raw string) error {
+	if raw == "" {
+		return fmt.Errorf("%s: must be set (for example https://registry-1.docker.io)", key)
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return fmt.Errorf("%s: %q is not an http:// or https:// URL", key, raw)
+	}
+	if u.User != nil {
+		return fmt.Errorf("%s: credentials in the URL are not allowed; use the auth key", key)
+	}
+	if u.Path != "" && u.Path != "/" {
+		return fmt.Errorf("%s: %q must not have a path", key, raw)
+	}
+	return nil
+}
+
+func (a *Auth) validate(key string) error {
+	if a == nil {
+		return nil
+	}
+	n := 0
+	for _, s := range []string{a.Password, a.PasswordEnv, a.PasswordFile} {
+		if s != "" {
+			n++
+		}
+	}
+	if n > 1 {
+		return fmt.Errorf("%s: set only one of password, password_env, password_file", key)
+	}
+	if a.DockerConfig != "" && (n > 0 || a.Username != "") {
+		return fmt.Errorf("%s: docker_config cannot be combined with username/password", key)
+	}
+	if a.DockerConfig == "" && a.Username == "" {
+		return fmt.Errorf("%s.username: must be set (or use docker_config)", key)
+	}
+	if a.DockerConfig == "" && n == 0 {
+		return fmt.Errorf("%s: one of password, password_env, password_file is required", key)
+	}
+	return nil
+}
+
+// Secret resolves the password from its source. Errors name the key or file
+// and never the value.
+func (a *Auth) Secret(key string) (string, error) {
+	switch {
+	case a.Password != "":
+		return a.Password, nil
+	case a.PasswordEnv != "":
+		v, ok := os.LookupEnv(a.PasswordEnv)
+		if !ok || v == "" {
+			return "", fmt.Errorf("%s.password_env: environment variable %s is not set or empty", key, a.PasswordEnv)
+		}
+		return v, nil
+	case a.PasswordFile != "":
+		b, err := os.ReadFile(a.PasswordFile)
+		if err != nil {
+			return "", fmt.Errorf("%s.password_file: cannot read %s: %v", key, a.PasswordFile, errors.Unwrap(err))
+		}
+		v := strings.TrimRight(string(b), "\r\n")
+		if v == "" {
+			return "", fmt.Errorf("%s.password_file: %s is empty", key, a.PasswordFile)
+		}
+		return v, nil
+	}
+	return "", fmt.Errorf("%s: no password source", key)
+}
+
+// Lookup finds a registry by its name or one of its aliases.
+func (c *Config) Lookup(host string) (string, bool) {
+	host = strings.ToLower(host)
+	if _, ok := c.Registries[host]; ok {
+		return host, true
+	}
+	for name, r := range c.Registries {
+		for _, a := range r.Aliases {
+			if a == host {
+				return name, true
+			}
+		}
+	}
+	return "", false
+}

@@ -1,0 +1,302 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// FS stores content under a root directory:
+//
+//	blobs/<alg>/<first two hex>/<hex>   committed content, never rewritten
+//	meta/<key>                          metadata records
+//	tmp/                                in-flight writes, emptied at open
+//
+// Writes go to tmp/, are fsynced, verified and renamed into place, so a kill
+// at any moment leaves either no file or a complete, verified one.
+type FS struct {
+	root string
+}
+
+// OpenFS prepares root and discards any in-flight writes left by a previous
+// process that died.
+func OpenFS(root string) (*FS, error) {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("storage.root %s: %w", root, err)
+	}
+	for _, d := range []string{"blobs", "meta", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(abs, d), 0o755); err != nil {
+			return nil, fmt.Errorf("storage.root %s: %w", root, err)
+		}
+	}
+	// Leftovers are partial downloads of a crashed process: never valid.
+	tmp := filepath.Join(abs, "tmp")
+	entries, err := os.ReadDir(tmp)
+	if err != nil {
+		return nil, fmt.Errorf("storage.root %s: %w", root, err)
+	}
+	for _, e := range entries {
+		_ = os.RemoveAll(filepath.Join(tmp, e.Name()))
+	}
+	return &FS{root: abs}, nil
+}
+
+// Root returns the absolute storage directory.
+func (s *FS) Root() string { return s.root }
+
+func (s *FS) blobPath(d digest.Digest) (string, error) {
+	if err := d.Validate(); err != nil {
+		return "", fmt.Errorf("invalid digest %q: %w", d, err)
+	}
+	h := d.Encoded()
+	return filepath.Join(s.root, "blobs", string(d.Algorithm()), h[:2], h), nil
+}
+
+// Stat implements Store.
+func (s *FS) Stat(_ context.Context, d digest.Digest) (int64, error) {
+	p, err := s.blobPath(d)
+	if err != nil {
+		return 0, err
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0, ErrNotFound
+		}
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+// Open implements Store.
+func (s *FS) Open(_ context.Context, d digest.Digest) (Content, error) {
+	p, err := s.blobPath(d)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, ErrNotFound
+		}
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &File{File: f, size: fi.Size()}, nil
+}
+
+// File is committed content on disk. It embeds *os.File so that io.Copy to
+// a TCP connection can use sendfile.
+type File struct {
+	*os.File
+	size int64
+}
+
+// Size implements Content.
+func (f *File) Size() int64 { return f.size }
+
+// Delete implements Store.
+func (s *FS) Delete(_ context.Context, d digest.Digest) error {
+	p, err := s.blobPath(d)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Create implements Store.
+func (s *FS) Create(_ context.Context, d digest.Digest, size int64) (Writer, error) {
+	final, err := s.blobPath(d)
+	if err != nil {
+		return nil, err
+	}
+	f, err := s.tempFile()
+	if err != nil {
+		return nil, err
+	}
+	return &fsWriter{f: f, final: final, want: d, size: size, hash: d.Algorithm().Hash()}, nil
+}
+
+func (s *FS) tempFile() (*os.File, error) {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	return os.OpenFile(filepath.Join(s.root, "tmp", hex.EncodeToString(b[:])), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+}
+
+type fsWriter struct {
+	f     *os.File
+	final string
+	want  digest.Digest
+	size  int64
+	hash  interface {
+		io.Writer
+		Sum([]byte) []byte
+	}
+
+	written   atomic.Int64
+	mu        sync.Mutex // serialises Write/Commit/Close
+	committed bool
+	closed    bool
+}
+
+func (w *fsWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed || w.committed {
+		return 0, errors.New("store: write after commit or close")
+	}
+	n, err := w.f.Write(p)
+	w.hash.Write(p[:n])
+	w.written.Add(int64(n))
+	return n, err
+}
+
+// ReadAt reads from the temp file; pread on the same descriptor is safe while
+// another goroutine appends.
+func (w *fsWriter) ReadAt(p []byte, off int64) (int, error) { return w.f.ReadAt(p, off) }
+
+func (w *fsWriter) Written() int64 { return w.written.Load() }
+
+func (w *fsWriter) Commit(_ context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed || w.committed {
+		return errors.New("store: commit after commit or close")
+	}
+	got := digest.NewDigestFromBytes(w.want.Algorithm(), w.hash.Sum(nil))
+	n := w.written.Load()
+	if got != w.want || (w.size >= 0 && n != w.size) {
+		return fmt.Errorf("%w: want %s (%d bytes), got %s (%d bytes)", ErrDigestMismatch, w.want, w.size, got, n)
+	}
+	if err := w.f.Sync(); err != nil {
+		return err
+	}
+	dir := filepath.Dir(w.final)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.Rename(w.f.Name(), w.final); err != nil {
+		return err
+	}
+	w.committed = true
+	return syncDir(dir)
+}
+
+func (w *fsWriter) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	err := w.f.Close()
+	if !w.committed {
+		_ = os.Remove(w.f.Name())
+	}
+	return err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// metaPath maps a key of slash-separated segments to a file. Keys come from
+// validated registry, repository and tag names, but are checked again so a
+// bad key can never escape the root.
+func (s *FS) metaPath(key string) (string, error) {
+	if key == "" || strings.HasPrefix(key, "/") {
+		return "", fmt.Errorf("invalid metadata key %q", key)
+	}
+	for _, seg := range strings.Split(key, "/") {
+		if seg == "" || seg == "." || seg == ".." || strings.ContainsRune(seg, 0) {
+			return "", fmt.Errorf("invalid metadata key %q", key)
+		}
+	}
+	return filepath.Join(s.root, "meta", filepath.FromSlash(key)), nil
+}
+
+// GetMeta implements Store.
+func (s *FS) GetMeta(_ context.Context, key string) ([]byte, error) {
+	p, err := s.metaPath(key)
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+			return nil, ErrNotFound
+		}
+		return nil, err
+	}
+	return b, nil
+}
+
+// PutMeta implements Store. Records are small and rewritten often (tag
+// revalidation), so they are renamed into place but not fsynced: losing the
+// latest revalidation time in a crash only costs one more HEAD.
+func (s *FS) PutMeta(_ context.Context, key string, value []byte) error {
+	p, err := s.metaPath(key)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	f, err := s.tempFile()
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(value); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	if err := os.Rename(f.Name(), p); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return nil
+}
+
+// DeleteMeta implements Store.
+func (s *FS) DeleteMeta(_ context.Context, key string) error {
+	p, err := s.metaPath(key)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
