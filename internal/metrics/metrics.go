@@ -1,0 +1,82 @@
+// Package metrics defines regcache's Prometheus metrics. One Metrics value is
+// created per server and passed to the packages that record into it; there
+// is no global registry.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics holds every collector regcache exports. Label values are registry
+// names, kinds and results, never repository names (unbounded) or anything
+// that could carry a credential.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	// Requests counts client requests by registry, kind (manifest, blob,
+	// tags, referrers) and result (hit, miss, stale, error).
+	Requests *prometheus.CounterVec
+	// BytesServed counts body bytes sent to clients, by registry.
+	BytesServed *prometheus.CounterVec
+	// UpstreamBytes counts blob and manifest bytes fetched, by registry and
+	// source (origin or a mirror's host).
+	UpstreamBytes *prometheus.CounterVec
+	// UpstreamRequests counts requests sent upstream by registry, source,
+	// method, kind and HTTP status ("error" when no response).
+	UpstreamRequests *prometheus.CounterVec
+	// CountedPulls counts manifest GETs sent to an origin: the requests that
+	// Docker Hub counts against the pull limit.
+	CountedPulls *prometheus.CounterVec
+	// StaleServed counts cached tags served because the upstream failed.
+	StaleServed *prometheus.CounterVec
+	// SharedFetches counts requests that joined an upstream fetch already
+	// in flight instead of starting their own.
+	SharedFetches *prometheus.CounterVec
+	// TagRevalidations counts tag checks by outcome (unchanged, changed).
+	TagRevalidations *prometheus.CounterVec
+	// DigestMismatches counts upstream content rejected by verification.
+	DigestMismatches *prometheus.CounterVec
+}
+
+// New creates the collectors and registers them, with Go and process
+// collectors, on a fresh registry.
+func New() *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_requests_total", Help: "Client requests by registry, kind and result (hit, miss, stale, error).",
+		}, []string{"registry", "kind", "result"}),
+		BytesServed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_served_bytes_total", Help: "Body bytes sent to clients.",
+		}, []string{"registry", "kind"}),
+		UpstreamBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_upstream_fetched_bytes_total", Help: "Bytes fetched from upstream sources.",
+		}, []string{"registry", "source", "kind"}),
+		UpstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_upstream_requests_total", Help: "Requests sent upstream.",
+		}, []string{"registry", "source", "method", "kind", "status"}),
+		CountedPulls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_upstream_counted_pulls_total", Help: "Manifest GETs sent to an origin registry (what Docker Hub counts as pulls).",
+		}, []string{"registry"}),
+		StaleServed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_stale_served_total", Help: "Cached tags served past their TTL because the upstream failed or was limited.",
+		}, []string{"registry", "reason"}),
+		SharedFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_shared_fetches_total", Help: "Requests that joined an upstream fetch already in flight.",
+		}, []string{"registry", "kind"}),
+		TagRevalidations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_tag_revalidations_total", Help: "Expired tags checked upstream, by outcome.",
+		}, []string{"registry", "outcome"}),
+		DigestMismatches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_digest_mismatches_total", Help: "Upstream content rejected because it did not match its digest.",
+		}, []string{"registry", "source"}),
+	}
+	m.Registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.Requests, m.BytesServed, m.UpstreamBytes, m.UpstreamRequests, m.CountedPulls,
+		m.StaleServed, m.SharedFetches, m.TagRevalidations, m.DigestMismatches,
+	)
+	return m
+}

@@ -1,0 +1,314 @@
+package pull
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/regcache/regcache/internal/upstream"
+)
+
+// Result says how a request was answered, for logs, metrics and headers.
+type Result string
+
+const (
+	Hit         Result = "hit"         // from the cache, no upstream request
+	Revalidated Result = "revalidated" // from the cache after a HEAD confirmed it
+	Miss        Result = "miss"        // fetched from upstream
+	Stale       Result = "stale"       // from the cache because the upstream failed
+)
+
+// Manifest is a manifest as it is served: the bytes exactly as the upstream
+// sent them, and the media type it named.
+type Manifest struct {
+	Digest    digest.Digest
+	MediaType string
+	Data      []byte
+	Result    Result
+	// StaleReason is the upstream error that made the answer stale.
+	StaleReason error
+}
+
+// tagRecord is the cached answer to "which manifest does this tag name, for
+// clients accepting these types".
+type tagRecord struct {
+	Digest    digest.Digest `json:"digest"`
+	MediaType string        `json:"mediaType"`
+	Checked   time.Time     `json:"checked"`
+}
+
+type storedManifest struct {
+	mediaType string
+	data      []byte
+}
+
+// maxCachedManifest bounds manifests kept in memory; bigger ones are read
+// from the store each time.
+const maxCachedManifest = 256 << 10
+
+func tagMetaKey(registry, repo, tag string, mask AcceptMask) string {
+	// "_tags" cannot be a repository path component (components do not
+	// start with "_"), so tag records never collide with nested repos.
+	return fmt.Sprintf("tags/%s/%s/_tags/%s/%02x", registry, repo, tag, uint8(mask))
+}
+
+func manifestTypeKey(d digest.Digest) string {
+	return "manifests/" + d.Algorithm().String() + "/" + d.Encoded()
+}
+
+// IsDigest reports whether a manifest reference is a digest rather than a tag.
+func IsDigest(ref string) bool { return strings.Contains(ref, ":") }
+
+// Manifest answers a manifest request for a tag or a digest.
+func (c *Cache) Manifest(ctx context.Context, registry, repo, ref string, accept AcceptMask) (*Manifest, error) {
+	up, err := c.upstream(registry)
+	if err != nil {
+		return nil, err
+	}
+	if IsDigest(ref) {
+		d, err := digest.Parse(ref)
+		if err != nil {
+			return nil, &Error{Status: 400, Code: "DIGEST_INVALID", Message: fmt.Sprintf("invalid digest %q", ref)}
+		}
+		return c.manifestByDigest(ctx, up, registry, repo, d)
+	}
+	return c.manifestByTag(ctx, up, registry, repo, ref, accept)
+}
+
+func (c *Cache) manifestByDigest(ctx context.Context, up Upstream, registry, repo string, d digest.Digest) (*Manifest, error) {
+	if sm, ok := c.loadManifest(ctx, d); ok {
+		if c.linked(ctx, registry, repo, d) {
+			return &Manifest{Digest: d, MediaType: sm.mediaType, Data: sm.data, Result: Hit}, nil
+		}
+		// Stored for another repository: confirm this one has it too.
+		fctx, cancel := c.detach(ctx, c.opt.FetchTimeout)
+		defer cancel()
+		if _, err := up.HeadManifest(fctx, repo, d.String(), AcceptAll.Values()); err != nil {
+			return nil, err
+		}
+		c.link(ctx, registry, repo, d)
+		return &Manifest{Digest: d, MediaType: sm.mediaType, Data: sm.data, Result: Revalidated}, nil
+	}
+	v, err, shared := c.flow.Do("m:"+linkKey(registry, repo, d), func() (any, error) {
+		fctx, cancel := c.detach(ctx, c.opt.FetchTimeout)
+		defer cancel()
+		return c.fetchManifest(fctx, up, registry, repo, d.String(), d)
+	})
+	if shared {
+		c.m.SharedFetches.WithLabelValues(registry, "manifest").Inc()
+	}
+	if err != nil {
+		return nil, err
+	}
+	m := *v.(*Manifest)
+	return &m, nil
+}
+
+// fetchManifest GETs a manifest (by digest when want is set), verifies it and
+// stores it. This is the one place that spends a counted pull.
+func (c *Cache) fetchManifest(ctx context.Context, up Upstream, registry, repo, ref string, want digest.Digest) (*Manifest, error) {
+	um, err := up.GetManifest(ctx, repo, ref, AcceptAll.Values())
+	if err != nil {
+		return nil, err
+	}
+	c.m.CountedPulls.WithLabelValues(registry).Inc()
+	c.m.UpstreamBytes.WithLabelValues(registry, "origin", "manifest").Add(float64(len(um.Data)))
+	got := digest.FromBytes(um.Data)
+	if want != "" && got != want {
+		c.m.DigestMismatches.WithLabelValues(registry, "origin").Inc()
+		return nil, &upstream.Error{Registry: registry, Op: "GET manifest", Repository: repo, Reference: ref,
+			Code: upstream.CodeDigestInvalid, Message: fmt.Sprintf("content hashes to %s", got)}
+	}
+	if um.Digest != "" && um.Digest != got {
+		c.m.DigestMismatches.WithLabelValues(registry, "origin").Inc()
+		return nil, &upstream.Error{Registry: registry, Op: "GET manifest", Repository: repo, Reference: ref,
+			Code: upstream.CodeDigestInvalid, Message: fmt.Sprintf("Docker-Content-Digest %s but content hashes to %s", um.Digest, got)}
+	}
+	mt := um.MediaType
+	if mt == "" {
+		mt = sniffMediaType(um.Data)
+	}
+	if err := c.storeManifest(ctx, got, mt, um.Data); err != nil {
+		return nil, err
+	}
+	c.link(ctx, registry, repo, got)
+	return &Manifest{Digest: got, MediaType: mt, Data: um.Data, Result: Miss}, nil
+}
+
+// sniffMediaType reads the mediaType field for upstreams that send no usable
+// Content-Type.
+func sniffMediaType(data []byte) string {
+	var v struct {
+		MediaType string `json:"mediaType"`
+	}
+	if json.Unmarshal(data, &v) == nil && v.MediaType != "" {
+		return v.MediaType
+	}
+	return "application/vnd.oci.image.manifest.v1+json"
+}
+
+func (c *Cache) storeManifest(ctx context.Context, d digest.Digest, mediaType string, data []byte) error {
+	if _, err := c.opt.Store.Stat(ctx, d); err != nil {
+		w, err := c.opt.Store.Create(ctx, d, int64(len(data)))
+		if err != nil {
+			return err
+		}
+		defer w.Close()
+		if _, err := w.Write(data); err != nil {
+			return err
+		}
+		if err := w.Commit(ctx); err != nil {
+			return err
+		}
+	}
+	// The type record is written after the bytes: a crash between the two
+	// leaves bytes without a type, which reads as "not cached".
+	if err := c.opt.Store.PutMeta(ctx, manifestTypeKey(d), []byte(mediaType)); err != nil {
+		return err
+	}
+	if len(data) <= maxCachedManifest {
+		c.manifests.Add(d, storedManifest{mediaType: mediaType, data: data})
+	}
+	return nil
+}
+
+func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (storedManifest, bool) {
+	if sm, ok := c.manifests.Get(d); ok {
+		return sm, true
+	}
+	mt, err := c.opt.Store.GetMeta(ctx, manifestTypeKey(d))
+	if err != nil {
+		return storedManifest{}, false
+	}
+	f, err := c.opt.Store.Open(ctx, d)
+	if err != nil {
+		return storedManifest{}, false
+	}
+	defer f.Close()
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return storedManifest{}, false
+	}
+	sm := storedManifest{mediaType: string(mt), data: data}
+	if len(data) <= maxCachedManifest {
+		c.manifests.Add(d, sm)
+	}
+	return sm, true
+}
+
+func (c *Cache) loadTag(ctx context.Context, key string) (tagRecord, bool) {
+	if r, ok := c.tags.Get(key); ok {
+		return r, true
+	}
+	b, err := c.opt.Store.GetMeta(ctx, key)
+	if err != nil {
+		return tagRecord{}, false
+	}
+	var r tagRecord
+	if json.Unmarshal(b, &r) != nil || r.Digest.Validate() != nil {
+		return tagRecord{}, false
+	}
+	c.tags.Add(key, r)
+	return r, true
+}
+
+func (c *Cache) saveTag(ctx context.Context, key string, r tagRecord) {
+	c.tags.Add(key, r)
+	b, _ := json.Marshal(r)
+	if err := c.opt.Store.PutMeta(ctx, key, b); err != nil {
+		c.log.Warn("cannot persist tag record", "key", key, "err", err)
+	}
+}
+
+func (c *Cache) manifestByTag(ctx context.Context, up Upstream, registry, repo, tag string, mask AcceptMask) (*Manifest, error) {
+	key := tagMetaKey(registry, repo, tag, mask)
+	rec, have := c.loadTag(ctx, key)
+	if have && c.now().Sub(rec.Checked) < c.opt.TagTTL {
+		if sm, ok := c.loadManifest(ctx, rec.Digest); ok {
+			return &Manifest{Digest: rec.Digest, MediaType: sm.mediaType, Data: sm.data, Result: Hit}, nil
+		}
+	}
+	v, err, shared := c.flow.Do("t:"+key, func() (any, error) {
+		fctx, cancel := c.detach(ctx, c.opt.FetchTimeout)
+		defer cancel()
+		return c.revalidate(fctx, up, registry, repo, tag, mask, key)
+	})
+	if shared {
+		c.m.SharedFetches.WithLabelValues(registry, "manifest").Inc()
+	}
+	if err != nil {
+		return nil, err
+	}
+	m := *v.(*Manifest)
+	return &m, nil
+}
+
+// revalidate asks the upstream which digest a tag names now, with a HEAD,
+// and GETs the manifest only if that digest is not stored yet. Any failure
+// other than "not found" falls back to the cached answer.
+func (c *Cache) revalidate(ctx context.Context, up Upstream, registry, repo, tag string, mask AcceptMask, key string) (*Manifest, error) {
+	rec, have := c.loadTag(ctx, key)
+	var old storedManifest
+	if have {
+		old, have = c.loadManifest(ctx, rec.Digest)
+	}
+	stale := func(cause error) (*Manifest, error) {
+		if !have {
+			return nil, cause
+		}
+		reason := "error"
+		if upstream.IsRateLimited(cause) {
+			reason = "rate_limited"
+		}
+		c.m.StaleServed.WithLabelValues(registry, reason).Inc()
+		c.log.Warn("serving cached tag: upstream failed", "registry", registry, "repo", repo, "tag", tag,
+			"digest", rec.Digest, "age", c.now().Sub(rec.Checked).Round(time.Second).String(), "err", cause)
+		return &Manifest{Digest: rec.Digest, MediaType: old.mediaType, Data: old.data, Result: Stale, StaleReason: cause}, nil
+	}
+
+	desc, err := up.HeadManifest(ctx, repo, tag, mask.Values())
+	if err != nil {
+		if upstream.IsNotFound(err) {
+			// The upstream's "no such tag" is authoritative; a deleted tag
+			// must stop resolving here too.
+			c.tags.Remove(key)
+			_ = c.opt.Store.DeleteMeta(ctx, key)
+			return nil, err
+		}
+		return stale(err)
+	}
+	if desc.Digest == "" {
+		// Some registries omit the digest on HEAD; only then is a GET by
+		// tag the way to learn it.
+		m, err := c.fetchManifest(ctx, up, registry, repo, tag, "")
+		if err != nil {
+			return stale(err)
+		}
+		c.saveTag(ctx, key, tagRecord{Digest: m.Digest, MediaType: m.MediaType, Checked: c.now()})
+		return m, nil
+	}
+	if have && desc.Digest == rec.Digest {
+		c.m.TagRevalidations.WithLabelValues(registry, "unchanged").Inc()
+		rec.Checked = c.now()
+		c.saveTag(ctx, key, rec)
+		return &Manifest{Digest: rec.Digest, MediaType: old.mediaType, Data: old.data, Result: Revalidated}, nil
+	}
+	if have {
+		c.m.TagRevalidations.WithLabelValues(registry, "changed").Inc()
+	}
+	if sm, ok := c.loadManifest(ctx, desc.Digest); ok {
+		c.link(ctx, registry, repo, desc.Digest)
+		c.saveTag(ctx, key, tagRecord{Digest: desc.Digest, MediaType: sm.mediaType, Checked: c.now()})
+		return &Manifest{Digest: desc.Digest, MediaType: sm.mediaType, Data: sm.data, Result: Revalidated}, nil
+	}
+	m, err := c.fetchManifest(ctx, up, registry, repo, desc.Digest.String(), desc.Digest)
+	if err != nil {
+		return stale(err)
+	}
+	c.saveTag(ctx, key, tagRecord{Digest: m.Digest, MediaType: m.MediaType, Checked: c.now()})
+	return m, nil
+}

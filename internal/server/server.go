@@ -1,0 +1,338 @@
+// Package server is regcache's HTTP side: it routes OCI distribution API
+// requests (host in the path, ?ns=, or the default registry) to the
+// pull-through cache and writes the answers, including OCI error JSON.
+//
+// Handlers know nothing about upstreams or storage; they talk to
+// *pull.Cache only.
+package server
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/regcache/regcache/internal/metrics"
+	"github.com/regcache/regcache/internal/pull"
+	"github.com/regcache/regcache/internal/store"
+)
+
+// Server serves the registry API.
+type Server struct {
+	router  *Router
+	cache   *pull.Cache
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	// Admin holds extra handlers (status endpoints) mounted under /_regcache/.
+	admin http.Handler
+	mux   *http.ServeMux
+}
+
+// Options configures a Server.
+type Options struct {
+	Router  *Router
+	Cache   *pull.Cache
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
+	Admin   http.Handler
+}
+
+// New returns a Server.
+func New(opt Options) *Server {
+	s := &Server{router: opt.Router, cache: opt.Cache, log: opt.Logger, metrics: opt.Metrics, admin: opt.Admin}
+	if s.log == nil {
+		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v2/", s.serveV2)
+	mux.HandleFunc("/v2", s.serveV2)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "ok\n")
+	})
+	if s.metrics != nil {
+		mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
+	}
+	if s.admin != nil {
+		mux.Handle("/_regcache/", s.admin)
+	}
+	s.mux = mux
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	rt, perr := s.router.Parse(r.URL.Path, r.URL.Query())
+	if perr != nil {
+		if perr.Code == "UNSUPPORTED" || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
+			perr = errUnsupported("regcache is a read-only cache: only GET and HEAD are supported")
+		}
+		s.fail(w, r, Route{}, perr)
+		return
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		s.fail(w, r, rt, errUnsupported("regcache is a read-only cache: "+r.Method+" is not supported"))
+		return
+	}
+	if rt.NS != "" {
+		w.Header().Set("OCI-Namespace", rt.NS)
+	}
+	switch rt.Kind {
+	case KindBase:
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "2")
+		if r.Method == http.MethodGet {
+			io.WriteString(w, "{}")
+		}
+	case KindManifest:
+		s.serveManifest(w, r, rt)
+	case KindBlob:
+		s.serveBlob(w, r, rt)
+	case KindTags, KindReferrers:
+		s.serveList(w, r, rt)
+	}
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, rt Route, e *Error) {
+	if rt.Registry != "" && s.metrics != nil {
+		s.metrics.Requests.WithLabelValues(rt.Registry, string(rt.Kind), "error").Inc()
+	}
+	lvl := slog.LevelInfo
+	if e.Status >= 500 {
+		lvl = slog.LevelWarn
+	}
+	s.log.Log(r.Context(), lvl, "request failed", "method", r.Method, "path", r.URL.Path,
+		"status", e.Status, "code", e.Code, "msg", e.Message)
+	writeError(w, e)
+}
+
+func (s *Server) count(rt Route, result pull.Result, n int64) {
+	if s.metrics == nil {
+		return
+	}
+	res := string(result)
+	if result == pull.Revalidated {
+		res = string(pull.Hit)
+	}
+	s.metrics.Requests.WithLabelValues(rt.Registry, string(rt.Kind), res).Inc()
+	if n > 0 {
+		s.metrics.BytesServed.WithLabelValues(rt.Registry, string(rt.Kind)).Add(float64(n))
+	}
+}
+
+func setResult(h http.Header, res pull.Result) {
+	h.Set("X-Regcache", string(res))
+	if res == pull.Stale {
+		h.Set("Warning", `110 regcache "Response is Stale"`)
+	}
+}
+
+func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, rt Route) {
+	m, err := s.cache.Manifest(r.Context(), rt.Registry, rt.Repo, rt.Ref, pull.ParseAccept(r.Header.Values("Accept")))
+	if err != nil {
+		s.fail(w, r, rt, toError(err, rt.Kind))
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", m.MediaType)
+	h.Set("Docker-Content-Digest", m.Digest.String())
+	h.Set("Etag", `"`+m.Digest.String()+`"`)
+	h.Set("Content-Length", strconv.Itoa(len(m.Data)))
+	setResult(h, m.Result)
+	if inm := r.Header.Get("If-None-Match"); inm != "" && strings.Contains(inm, m.Digest.String()) {
+		h.Del("Content-Length")
+		w.WriteHeader(http.StatusNotModified)
+		s.count(rt, m.Result, 0)
+		return
+	}
+	if r.Method == http.MethodHead {
+		s.count(rt, m.Result, 0)
+		return
+	}
+	n, _ := w.Write(m.Data)
+	s.count(rt, m.Result, int64(n))
+}
+
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, rt Route) {
+	d := digest.Digest(rt.Ref)
+	h := w.Header()
+	h.Set("Docker-Content-Digest", rt.Ref)
+	h.Set("Etag", `"`+rt.Ref+`"`)
+	h.Set("Accept-Ranges", "bytes")
+	h.Set("Content-Type", "application/octet-stream")
+	if r.Method == http.MethodHead {
+		size, res, err := s.cache.StatBlob(r.Context(), rt.Registry, rt.Repo, d)
+		if err != nil {
+			s.fail(w, r, rt, toError(err, rt.Kind))
+			return
+		}
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
+		setResult(h, res)
+		s.count(rt, res, 0)
+		return
+	}
+	b, err := s.cache.Blob(r.Context(), rt.Registry, rt.Repo, d)
+	if err != nil {
+		s.fail(w, r, rt, toError(err, rt.Kind))
+		return
+	}
+	defer b.Close()
+	setResult(h, b.Result)
+	if b.Content != nil {
+		// ServeContent gives Range and conditional requests; handing it the
+		// *os.File itself lets the kernel's sendfile do the copy.
+		var rs io.ReadSeeker = b.Content
+		if f, ok := b.Content.(*store.File); ok {
+			rs = f.File
+		}
+		cw := &countingWriter{ResponseWriter: w}
+		http.ServeContent(cw, r, "", time.Time{}, rs)
+		s.count(rt, b.Result, cw.n)
+		return
+	}
+	s.streamBlob(w, r, rt, b)
+}
+
+// streamBlob serves a blob from a download in flight. If the download fails
+// or the content does not verify, the connection is aborted: the client must
+// see a broken transfer, never a complete-looking body.
+func (s *Server) streamBlob(w http.ResponseWriter, r *http.Request, rt Route, b *pull.Blob) {
+	h := w.Header()
+	status := http.StatusOK
+	length := b.Size
+	if start, end, ok := parseRange(r.Header.Get("Range"), b.Size); ok {
+		b.Stream.SeekStart(start)
+		length = end - start + 1
+		h.Set("Content-Range", "bytes "+strconv.FormatInt(start, 10)+"-"+strconv.FormatInt(end, 10)+"/"+strconv.FormatInt(b.Size, 10))
+		status = http.StatusPartialContent
+	}
+	if length >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(length, 10))
+	}
+	w.WriteHeader(status)
+	var src io.Reader = b.Stream
+	if length >= 0 {
+		src = io.LimitReader(b.Stream, length)
+	}
+	n, err := io.Copy(w, src)
+	s.count(rt, b.Result, n)
+	if err == nil && length >= 0 && n < length {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		if r.Context().Err() == nil {
+			s.log.Warn("aborting blob response", "registry", rt.Registry, "repo", rt.Repo, "digest", rt.Ref, "sent", n, "err", err)
+		}
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// parseRange understands the single byte range that registry clients send
+// to resume a download. Anything else is served whole, which HTTP allows.
+func parseRange(v string, size int64) (start, end int64, ok bool) {
+	spec, found := strings.CutPrefix(v, "bytes=")
+	if !found || size < 0 || strings.Contains(spec, ",") {
+		return 0, 0, false
+	}
+	a, b, found := strings.Cut(spec, "-")
+	if !found || a == "" {
+		return 0, 0, false
+	}
+	start, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || start < 0 || start >= size {
+		return 0, 0, false
+	}
+	end = size - 1
+	if b != "" {
+		e, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || e < start {
+			return 0, 0, false
+		}
+		if e < end {
+			end = e
+		}
+	}
+	return start, end, true
+}
+
+func (s *Server) serveList(w http.ResponseWriter, r *http.Request, rt Route) {
+	var l *pull.List
+	var err error
+	if rt.Kind == KindTags {
+		l, err = s.cache.Tags(r.Context(), rt.Registry, rt.Repo, r.URL.Query())
+	} else {
+		l, err = s.cache.Referrers(r.Context(), rt.Registry, rt.Repo, rt.Ref, r.URL.Query())
+	}
+	if err != nil {
+		s.fail(w, r, rt, toError(err, rt.Kind))
+		return
+	}
+	h := w.Header()
+	if l.ContentType != "" {
+		h.Set("Content-Type", l.ContentType)
+	}
+	if l.Link != "" {
+		if link, ok := rewriteLink(l.Link, rt); ok {
+			h.Set("Link", link)
+		}
+	}
+	h.Set("Content-Length", strconv.Itoa(len(l.Body)))
+	setResult(h, l.Result)
+	w.WriteHeader(l.Status)
+	if r.Method == http.MethodGet {
+		n, _ := io.Copy(w, bytes.NewReader(l.Body))
+		s.count(rt, l.Result, n)
+	}
+}
+
+// rewriteLink points an upstream pagination link back at this server, under
+// the name the client used.
+func rewriteLink(link string, rt Route) (string, bool) {
+	lt, gt := strings.IndexByte(link, '<'), strings.IndexByte(link, '>')
+	if lt < 0 || gt < lt {
+		return "", false
+	}
+	u, err := url.Parse(link[lt+1 : gt])
+	if err != nil {
+		return "", false
+	}
+	q := u.Query()
+	if rt.NS != "" {
+		q.Set("ns", rt.NS)
+	}
+	path := "/v2/" + rt.Name + "/tags/list"
+	if rt.Kind == KindReferrers {
+		path = "/v2/" + rt.Name + "/referrers/" + rt.Ref
+	}
+	return "<" + path + "?" + q.Encode() + ">" + link[gt+1:], true
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// ReadFrom keeps sendfile available through the wrapper.
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	n, err := c.ResponseWriter.(io.ReaderFrom).ReadFrom(r)
+	c.n += n
+	return n, err
+}
