@@ -1,0 +1,71 @@
+package e2e
+
+import (
+	"testing"
+
+	"github.com/regcache/regcache/internal/testhub"
+)
+
+// seedImages pushes the images every client pulls: a multi-arch index in
+// both index formats and a single-platform image in both manifest formats.
+// The names are Docker Hub official-image names so that dockerd can pull the
+// bare name ("alpine") and podman/ctr the docker.io name.
+func seedImages(t *testing.T, reg *testhub.Registry) []testImage {
+	t.Helper()
+	platforms := []string{"linux/amd64", "linux/arm64"}
+	alpine := reg.PushIndex(t, "library/alpine", "latest", platforms, false)
+	redis := reg.PushIndex(t, "library/redis", "7", platforms, true)
+	busybox := reg.PushImage(t, "library/busybox", "1.36", testhub.ImageOptions{Layers: 2})
+	nginx := reg.PushImage(t, "library/nginx", "1.27", testhub.ImageOptions{Layers: 2, OCI: true})
+	return []testImage{
+		{name: "docker-manifest-list", repo: alpine.Repo, tag: alpine.Tag, want: alpine.Digest.String()},
+		{name: "oci-index", repo: redis.Repo, tag: redis.Tag, want: redis.Digest.String()},
+		{name: "docker-v2-single", repo: busybox.Repo, tag: busybox.Tag, want: busybox.Digest.String()},
+		{name: "oci-single", repo: nginx.Repo, tag: nginx.Tag, want: nginx.Digest.String()},
+	}
+}
+
+// pullWithEveryClient runs every real client against mirror, in parallel as
+// a CI fleet would, and checks that each reports the upstream's digest for
+// every image.
+func pullWithEveryClient(t *testing.T, w *world, mirror string, images []testImage) {
+	for _, c := range realClients() {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			pull := c.setup(t, w, mirror)
+			for _, img := range images {
+				t.Run(img.name, func(t *testing.T) {
+					if got := pull(t, img); got != img.want {
+						t.Errorf("%s pulled docker.io/%s:%s with digest %q, upstream has %s", c.name, img.repo, img.tag, got, img.want)
+					}
+				})
+			}
+		})
+	}
+}
+
+// TestClientsPullThroughRegcache is acceptance item 1: every real client
+// pulls through regcache from a credentialed fake Docker Hub and gets the
+// upstream's digests. The hub redirects blob GETs to a CDN host, as Docker
+// Hub does.
+func TestClientsPullThroughRegcache(t *testing.T) {
+	w := newWorld(t)
+	reg := testhub.StartRegistry(t)
+	images := seedImages(t, reg)
+	secret := randomSecret(t)
+	hub := testhub.NewHub(t, reg, testhub.Options{
+		Users:        map[string]string{"ci-user": secret},
+		BlobRedirect: true,
+	})
+	rc := startRegcache(t, w, regcacheConfig{upstreamURL: hub.URL, user: "ci-user", password: secret})
+	t.Cleanup(func() {
+		// Runs after every client subtest. Credentials sent to the CDN
+		// host would be a leak of the hub credentials too.
+		c := hub.Counts()
+		t.Logf("hub saw %d manifest GETs, %d HEADs, %d token requests, %d CDN requests", c.ManifestGETs, c.ManifestHEADs, c.TokenRequests, c.CDNRequests)
+		if c.CDNAuthHeaders != 0 {
+			t.Errorf("regcache sent an Authorization header to the blob redirect host %d times", c.CDNAuthHeaders)
+		}
+	})
+	pullWithEveryClient(t, w, rc.host(), images)
+}

@@ -1,0 +1,153 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// regcacheConfig is what a test varies in regcache's config file.
+type regcacheConfig struct {
+	upstreamURL string // the fake hub, configured as docker.io
+	user        string
+	password    string
+	// passwordFile puts the password in a file (password_file) instead of
+	// the environment (password_env); both paths must keep it secret.
+	passwordFile bool
+	tagTTL       string
+}
+
+// regcache is a regcache server process on a fixed loopback port and data
+// dir, so that it can be killed and restarted in place.
+type regcache struct {
+	w       *world
+	cfg     regcacheConfig
+	port    int
+	dataDir string
+	cfgPath string
+	env     []string
+	proc    *proc
+}
+
+const hubPasswordEnv = "REGCACHE_E2E_HUB_PASSWORD"
+
+func startRegcache(t *testing.T, w *world, cfg regcacheConfig) *regcache {
+	t.Helper()
+	if regcacheBuild.err != nil {
+		t.Fatal(regcacheBuild.err)
+	}
+	if cfg.tagTTL == "" {
+		cfg.tagTTL = "5m"
+	}
+	r := &regcache{
+		w:       w,
+		cfg:     cfg,
+		port:    freePort(t),
+		dataDir: w.mkdir("regcache-data"),
+		cfgPath: filepath.Join(w.mkdir("regcache-etc"), "regcache.yaml"),
+		env:     w.baseEnv(),
+	}
+	auth := ""
+	if cfg.user != "" {
+		w.addSecret(cfg.user, cfg.password)
+		if cfg.passwordFile {
+			pf := filepath.Join(filepath.Dir(r.cfgPath), "hub-password")
+			if err := os.WriteFile(pf, []byte(cfg.password+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			auth = fmt.Sprintf("    auth: {username: %s, password_file: %s}\n", strconv.Quote(cfg.user), strconv.Quote(pf))
+		} else {
+			r.env = append(r.env, hubPasswordEnv+"="+cfg.password)
+			auth = fmt.Sprintf("    auth: {username: %s, password_env: %s}\n", strconv.Quote(cfg.user), hubPasswordEnv)
+		}
+	}
+	// debug logging on purpose: the secret scan is only meaningful if
+	// regcache logs as much as it ever will.
+	yaml := fmt.Sprintf(`listen: "127.0.0.1:%d"
+storage: {root: %s}
+tag_ttl: %s
+default_registry: docker.io
+log_level: debug
+registries:
+  docker.io:
+    url: %s
+%s`, r.port, strconv.Quote(r.dataDir), cfg.tagTTL, strconv.Quote(cfg.upstreamURL), auth)
+	if err := os.WriteFile(r.cfgPath, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.start(t)
+	t.Cleanup(r.stop)
+	return r
+}
+
+// host is what clients put in image references: 127.0.0.1:PORT.
+func (r *regcache) host() string { return fmt.Sprintf("127.0.0.1:%d", r.port) }
+
+func (r *regcache) url() string { return "http://" + r.host() }
+
+// start launches the server and waits until GET /v2/ answers 200.
+func (r *regcache) start(t *testing.T) {
+	t.Helper()
+	r.proc = startProc(t, "regcache", r.w.logFile("regcache"), r.env,
+		regcacheBuild.bin, "serve", "--config", r.cfgPath)
+	err := waitFor(t.Context(), 30*time.Second, r.proc, func() error {
+		code, err := httpGetStatus(t.Context(), r.url()+"/v2/")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK {
+			return fmt.Errorf("GET /v2/: %d", code)
+		}
+		return nil
+	})
+	if err != nil {
+		r.proc.stop(5 * time.Second)
+		t.Fatalf("regcache did not come up on %s: %v\n%s", r.host(), err, r.logTail())
+	}
+}
+
+// stop saves /metrics into the logs (for the secret scan), then stops the
+// server gracefully. Safe to call more than once.
+func (r *regcache) stop() {
+	if r.proc == nil || r.proc.exited() {
+		return
+	}
+	r.saveMetrics()
+	r.proc.stop(10 * time.Second)
+}
+
+// kill9 kills the server without letting it clean up anything.
+func (r *regcache) kill9() { r.proc.kill9() }
+
+// restart starts a new server on the same port, config and data dir.
+func (r *regcache) restart(t *testing.T) {
+	t.Helper()
+	r.stop()
+	r.start(t)
+}
+
+func (r *regcache) saveMetrics() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out := r.w.logFile("regcache-metrics")
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.url()+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		_ = os.WriteFile(out, []byte("GET /metrics: "+err.Error()), 0o644)
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	_ = os.WriteFile(out, append([]byte(fmt.Sprintf("GET /metrics: %s\n", resp.Status)), b...), 0o644)
+}
+
+func (r *regcache) logTail() string {
+	b, _ := os.ReadFile(r.proc.log)
+	return tailLines(string(b), 40)
+}
