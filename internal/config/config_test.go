@@ -1,0 +1,114 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDefaults(t *testing.T) {
+	c, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != ":5000" || c.Storage.Root != "./regcache-data" || c.DefaultRegistry != "docker.io" || c.TagTTL.D() != 5*time.Minute {
+		t.Fatalf("unexpected defaults: %+v", c)
+	}
+	for _, r := range []string{"docker.io", "ghcr.io", "quay.io", "gcr.io", "registry.k8s.io", "public.ecr.aws"} {
+		if _, ok := c.Registries[r]; !ok {
+			t.Errorf("default registry %s missing", r)
+		}
+	}
+	if c.Registries["docker.io"].URL != "https://registry-1.docker.io" {
+		t.Errorf("docker.io url = %s", c.Registries["docker.io"].URL)
+	}
+	if name, ok := c.Lookup("index.docker.io"); !ok || name != "docker.io" {
+		t.Errorf("alias lookup = %q %v", name, ok)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		wantSub []string // all must appear in the error
+	}{
+		{"unknown top-level key", "listen: :5000\nlisten_addr: x\n", []string{"unknown key listen_addr", "line 2"}},
+		{"unknown nested key", "registries:\n  ghcr.io:\n    url: https://ghcr.io\n    urls: x\n", []string{"unknown key urls"}},
+		{"bad duration", "tag_ttl: 5 minutes\n", []string{"5 minutes", "not a duration"}},
+		{"negative duration", "tag_ttl: -1s\n", []string{"negative"}},
+		{"bad url", "registries:\n  ghcr.io:\n    url: ghcr.io\n", []string{"registries.ghcr.io.url"}},
+		{"missing url", "registries:\n  ghcr.io: {}\n", []string{"registries.ghcr.io.url"}},
+		{"url with credentials", "registries:\n  ghcr.io:\n    url: https://u:p@ghcr.io\n", []string{"registries.ghcr.io.url", "credentials"}},
+		{"two password sources", "registries:\n  docker.io:\n    url: https://registry-1.docker.io\n    auth: {username: u, password_env: A, password_file: /x}\n", []string{"registries.docker.io.auth", "only one"}},
+		{"no username", "registries:\n  docker.io:\n    url: https://registry-1.docker.io\n    auth: {password_env: A}\n", []string{"registries.docker.io.auth.username"}},
+		{"default not configured", "default_registry: quay.io\nregistries:\n  ghcr.io:\n    url: https://ghcr.io\n", []string{"default_registry", "quay.io"}},
+		{"bad mirror url", "registries:\n  docker.io:\n    url: https://registry-1.docker.io\n    mirrors:\n      - url: nope\n", []string{"registries.docker.io.mirrors[0].url"}},
+		{"bad log level", "log_level: loud\n", []string{"log_level"}},
+		{"duplicate alias", "registries:\n  docker.io:\n    url: https://a.example\n    aliases: [ghcr.io]\n  ghcr.io:\n    url: https://ghcr.io\n", []string{"aliases", "ghcr.io"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), "test.yaml")
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, s := range append(tc.wantSub, "test.yaml") {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not mention %q", err, s)
+				}
+			}
+		})
+	}
+}
+
+func TestParseOverridesAndReplacesRegistries(t *testing.T) {
+	c, err := Parse([]byte("tag_ttl: 0s\nregistries:\n  docker.io:\n    url: http://127.0.0.1:5001\n"), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TagTTL.D() != 0 || c.Listen != ":5000" {
+		t.Fatalf("got %+v", c)
+	}
+	if len(c.Registries) != 1 {
+		t.Fatalf("a file's registries must replace the defaults, got %d", len(c.Registries))
+	}
+	if c, err := Parse(nil, "empty"); err != nil || len(c.Registries) != 6 {
+		t.Fatalf("empty file: %v, %d registries", err, len(c.Registries))
+	}
+}
+
+func TestSecret(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "hub")
+	os.WriteFile(good, []byte("s3cret\n"), 0o600)
+	t.Setenv("RC_TEST_PW", "fromenv")
+	tests := []struct {
+		name    string
+		auth    Auth
+		want    string
+		wantSub string
+	}{
+		{"inline", Auth{Username: "u", Password: "p"}, "p", ""},
+		{"env", Auth{Username: "u", PasswordEnv: "RC_TEST_PW"}, "fromenv", ""},
+		{"env missing", Auth{Username: "u", PasswordEnv: "RC_TEST_MISSING"}, "", "registries.x.auth.password_env: environment variable RC_TEST_MISSING"},
+		{"file", Auth{Username: "u", PasswordFile: good}, "s3cret", ""},
+		{"file unreadable", Auth{Username: "u", PasswordFile: filepath.Join(dir, "nope")}, "", "registries.x.auth.password_file: cannot read " + filepath.Join(dir, "nope")},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.auth.Secret("registries.x.auth")
+			if tc.wantSub != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantSub) {
+					t.Fatalf("err = %v, want %q", err, tc.wantSub)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("Secret = %q, %v", got, err)
+			}
+		})
+	}
+}
