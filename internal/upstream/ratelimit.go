@@ -1,0 +1,168 @@
+package upstream
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Budget is what the origin last said about its pull rate limit. Docker Hub
+// sends it on manifest responses:
+//
+//	ratelimit-limit: 100;w=21600
+//	ratelimit-remaining: 76;w=21600
+//	docker-ratelimit-source: 203.0.113.7
+//
+// The limits have changed more than once, so nothing here is hard-coded.
+type Budget struct {
+	Limit      int           // pulls allowed per window
+	Remaining  int           // pulls left in the current window
+	Window     time.Duration // from the ";w=" parameter; 0 if not sent
+	Source     string        // docker-ratelimit-source: the IP or account the limit is counted for
+	Known      bool          // false until a response carried the headers, or after one said there is no limit
+	UpdatedAt  time.Time     // when a response last changed the budget
+	RetryUntil time.Time     // from the last 429/503 (Retry-After, or a backoff when absent)
+}
+
+// backoff429 is how long to leave the origin alone after a 429 that did not
+// say when to come back; it doubles for each further 429 in a row.
+const (
+	backoff429Min = 30 * time.Second
+	backoff429Max = 15 * time.Minute
+)
+
+// budgetTracker keeps one registry's Budget. Methods are safe for concurrent use.
+type budgetTracker struct {
+	host string // only responses from this host:port count
+	now  func() time.Time
+
+	mu       sync.Mutex
+	b        Budget
+	last429s int // 429s in a row, for the backoff when Retry-After is missing
+}
+
+func newBudgetTracker(host string, now func() time.Time) *budgetTracker {
+	return &budgetTracker{host: host, now: now}
+}
+
+func (t *budgetTracker) get() Budget {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.b
+}
+
+// observe updates the budget from one origin response.
+func (t *budgetTracker) observe(req *http.Request, resp *http.Response) {
+	h := resp.Header
+	limit, lw, hasLimit := parseRateLimit(h.Get("Ratelimit-Limit"))
+	remaining, rw, hasRemaining := parseRateLimit(h.Get("Ratelimit-Remaining"))
+	isManifest := strings.Contains(req.URL.Path, "/manifests/")
+	now := t.now()
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case hasLimit || hasRemaining:
+		if hasLimit {
+			t.b.Limit = limit
+		}
+		if hasRemaining {
+			t.b.Remaining = remaining
+		}
+		if w := max(lw, rw); w > 0 {
+			t.b.Window = w
+		}
+		t.b.Source = h.Get("Docker-Ratelimit-Source")
+		t.b.Known = true
+		t.b.UpdatedAt = now
+	case isManifest && resp.StatusCode/100 == 2:
+		// Docker Hub documents that a manifest response without the headers
+		// means no limit applies (e.g. a paid account). Other responses
+		// (blobs, /v2/, tokens) never carry them, so they say nothing.
+		if t.b.Known {
+			t.b.Known = false
+			t.b.UpdatedAt = now
+		}
+	}
+
+	switch resp.StatusCode {
+	case http.StatusTooManyRequests:
+		t.last429s++
+		d, ok := parseRetryAfter(h.Get("Retry-After"), now)
+		if !ok {
+			d = backoff429Min << min(t.last429s-1, 10)
+			d = min(d, backoff429Max)
+		}
+		t.b.RetryUntil = now.Add(d)
+		t.b.UpdatedAt = now
+	case http.StatusServiceUnavailable:
+		if d, ok := parseRetryAfter(h.Get("Retry-After"), now); ok {
+			t.b.RetryUntil = now.Add(d)
+			t.b.UpdatedAt = now
+		}
+	default:
+		if resp.StatusCode/100 == 2 {
+			t.last429s = 0
+		}
+	}
+}
+
+// parseRateLimit reads one ratelimit-* header value. Docker Hub sends
+// "100;w=21600"; the IETF draft allows a list of quota policies such as
+// "100, 100;w=21600, 1000;w=86400", where the first number is the one in
+// force and the w= parameters describe windows. The first item's number is
+// returned with the first window found.
+func parseRateLimit(v string) (n int, window time.Duration, ok bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, 0, false
+	}
+	items := strings.Split(v, ",")
+	first, params, _ := strings.Cut(items[0], ";")
+	n, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || n < 0 {
+		return 0, 0, false
+	}
+	window = parseWindow(params)
+	for _, it := range items[1:] {
+		if window > 0 {
+			break
+		}
+		_, p, _ := strings.Cut(it, ";")
+		window = parseWindow(p)
+	}
+	return n, window, true
+}
+
+func parseWindow(params string) time.Duration {
+	for p := range strings.SplitSeq(params, ";") {
+		k, val, ok := strings.Cut(strings.TrimSpace(p), "=")
+		if !ok || !strings.EqualFold(strings.TrimSpace(k), "w") {
+			continue
+		}
+		secs, err := strconv.Atoi(strings.Trim(strings.TrimSpace(val), `"`))
+		if err == nil && secs > 0 {
+			return time.Duration(secs) * time.Second
+		}
+	}
+	return 0
+}
+
+// rateLimitTransport hands every response from the origin host to the
+// budget tracker. It sits below the auth transport so it also sees the 401s
+// and pings, and it ignores other hosts (token servers, blob CDNs): their
+// Retry-After says nothing about the registry.
+type rateLimitTransport struct {
+	inner   http.RoundTripper
+	tracker *budgetTracker
+}
+
+func (t *rateLimitTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.inner.RoundTrip(req)
+	if err == nil && sameHost(req.URL, t.tracker.host) {
+		t.tracker.observe(req, resp)
+	}
+	return resp, err
+}

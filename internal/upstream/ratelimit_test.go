@@ -1,0 +1,204 @@
+package upstream
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+func TestParseRateLimit(t *testing.T) {
+	tests := []struct {
+		in     string
+		n      int
+		window time.Duration
+		ok     bool
+	}{
+		{"100;w=21600", 100, 6 * time.Hour, true},
+		{"76;w=21600", 76, 6 * time.Hour, true},
+		{"200;w=21600", 200, 6 * time.Hour, true},
+		{"0;w=21600", 0, 6 * time.Hour, true},
+		{" 100 ; w=3600 ", 100, time.Hour, true},
+		{"100;w=\"3600\"", 100, time.Hour, true},
+		{"100", 100, 0, true},
+		{"100, 100;w=21600", 100, 6 * time.Hour, true},
+		{"10, 10;w=60, 1000;w=86400", 10, time.Minute, true},
+		{"", 0, 0, false},
+		{"abc;w=21600", 0, 0, false},
+		{"-1;w=60", 0, 0, false},
+		{"100;w=abc", 100, 0, true},
+	}
+	for _, tt := range tests {
+		n, w, ok := parseRateLimit(tt.in)
+		if n != tt.n || w != tt.window || ok != tt.ok {
+			t.Errorf("parseRateLimit(%q) = %d, %v, %v; want %d, %v, %v", tt.in, n, w, ok, tt.n, tt.window, tt.ok)
+		}
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 23, 13, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"120", 2 * time.Minute, true},
+		{"0", 0, true},
+		{"Mon, 23 Nov 2026 13:05:00 GMT", 5 * time.Minute, true},
+		{"Mon, 23 Nov 2026 12:00:00 GMT", 0, true}, // in the past
+		{"9999999999", maxRetryAfter, true},
+		{"", 0, false},
+		{"soon", 0, false},
+		{"-5", 0, false},
+	}
+	for _, tt := range tests {
+		got, ok := parseRetryAfter(tt.in, now)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("parseRetryAfter(%q) = %v, %v; want %v, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestBudgetObserve(t *testing.T) {
+	now := time.Date(2026, 11, 23, 13, 0, 0, 0, time.UTC)
+	const host = "registry-1.docker.io"
+	type resp struct {
+		method, path string
+		status       int
+		header       map[string]string
+	}
+	manifestHead := func(h map[string]string) resp {
+		return resp{http.MethodHead, "/v2/library/alpine/manifests/3.19", 200, h}
+	}
+	tests := []struct {
+		name  string
+		resps []resp
+		want  Budget
+	}{
+		{
+			name: "docker hub anonymous",
+			resps: []resp{manifestHead(map[string]string{
+				"ratelimit-limit":         "100;w=21600",
+				"ratelimit-remaining":     "76;w=21600",
+				"docker-ratelimit-source": "203.0.113.7",
+			})},
+			want: Budget{Limit: 100, Remaining: 76, Window: 6 * time.Hour, Source: "203.0.113.7", Known: true, UpdatedAt: now},
+		},
+		{
+			name: "docker hub authenticated",
+			resps: []resp{manifestHead(map[string]string{
+				"RateLimit-Limit":         "200;w=21600",
+				"RateLimit-Remaining":     "199;w=21600",
+				"Docker-RateLimit-Source": "0f3c8a1e-5b6d-4c2e-9a7f-1d2e3f4a5b6c",
+			})},
+			want: Budget{Limit: 200, Remaining: 199, Window: 6 * time.Hour, Source: "0f3c8a1e-5b6d-4c2e-9a7f-1d2e3f4a5b6c", Known: true, UpdatedAt: now},
+		},
+		{
+			name: "headers then a manifest without them: no limit",
+			resps: []resp{
+				manifestHead(map[string]string{"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "5;w=21600"}),
+				manifestHead(nil),
+			},
+			want: Budget{Limit: 100, Remaining: 5, Window: 6 * time.Hour, Known: false, UpdatedAt: now},
+		},
+		{
+			name: "blob and ping responses say nothing",
+			resps: []resp{
+				manifestHead(map[string]string{"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "5;w=21600"}),
+				{http.MethodGet, "/v2/library/alpine/blobs/sha256:abc", 200, nil},
+				{http.MethodGet, "/v2/", 200, nil},
+			},
+			want: Budget{Limit: 100, Remaining: 5, Window: 6 * time.Hour, Known: true, UpdatedAt: now},
+		},
+		{
+			name: "429 with Retry-After",
+			resps: []resp{{http.MethodGet, "/v2/library/alpine/manifests/3.19", 429, map[string]string{
+				"ratelimit-limit":     "100;w=21600",
+				"ratelimit-remaining": "0;w=21600",
+				"retry-after":         "3600",
+			}}},
+			want: Budget{Limit: 100, Remaining: 0, Window: 6 * time.Hour, Known: true, UpdatedAt: now, RetryUntil: now.Add(time.Hour)},
+		},
+		{
+			name:  "bare 429 backs off",
+			resps: []resp{{http.MethodHead, "/v2/library/alpine/manifests/3.19", 429, nil}},
+			want:  Budget{UpdatedAt: now, RetryUntil: now.Add(backoff429Min)},
+		},
+		{
+			name: "second bare 429 backs off longer",
+			resps: []resp{
+				{http.MethodHead, "/v2/library/alpine/manifests/3.19", 429, nil},
+				{http.MethodHead, "/v2/library/alpine/manifests/3.19", 429, nil},
+			},
+			want: Budget{UpdatedAt: now, RetryUntil: now.Add(2 * backoff429Min)},
+		},
+		{
+			name:  "503 with Retry-After",
+			resps: []resp{{http.MethodGet, "/v2/", 503, map[string]string{"Retry-After": "30"}}},
+			want:  Budget{UpdatedAt: now, RetryUntil: now.Add(30 * time.Second)},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			bt := newBudgetTracker(host, func() time.Time { return now })
+			for _, r := range tt.resps {
+				req := &http.Request{Method: r.method, URL: &url.URL{Scheme: "https", Host: host, Path: r.path}}
+				res := &http.Response{StatusCode: r.status, Header: http.Header{}}
+				for k, v := range r.header {
+					res.Header.Set(k, v)
+				}
+				bt.observe(req, res)
+			}
+			if got := bt.get(); got != tt.want {
+				t.Errorf("budget = %+v\nwant      %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRateLimitTransportOnlyOrigin(t *testing.T) {
+	// A CDN or token server on another host must not move the origin's budget.
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "600")
+		w.Header().Set("ratelimit-remaining", "1;w=60")
+		w.WriteHeader(http.StatusTooManyRequests)
+	}))
+	defer other.Close()
+	bt := newBudgetTracker("origin.example:443", time.Now)
+	rt := &rateLimitTransport{inner: http.DefaultTransport, tracker: bt}
+	req, _ := http.NewRequest(http.MethodGet, other.URL+"/v2/x/manifests/y", nil)
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := bt.get(); got != (Budget{}) {
+		t.Errorf("budget moved by another host: %+v", got)
+	}
+}
+
+func TestRegistryBudget(t *testing.T) {
+	f := newFakeRegistry(t, "bearer")
+	f.putManifest("library/alpine", "3.19", ocispec.MediaTypeImageManifest, []byte(testManifest))
+	f.manifestHeader = http.Header{
+		"Ratelimit-Limit":         {"100;w=21600"},
+		"Ratelimit-Remaining":     {"42;w=21600"},
+		"Docker-Ratelimit-Source": {"192.0.2.1"},
+	}
+	r := newTestRegistry(t, f, nil)
+	if b := r.Budget(); b.Known {
+		t.Fatalf("budget known before any request: %+v", b)
+	}
+	if _, err := r.HeadManifest(context.Background(), "library/alpine", "3.19", nil); err != nil {
+		t.Fatal(err)
+	}
+	b := r.Budget()
+	if !b.Known || b.Limit != 100 || b.Remaining != 42 || b.Window != 6*time.Hour || b.Source != "192.0.2.1" || b.UpdatedAt.IsZero() {
+		t.Errorf("Budget() = %+v", b)
+	}
+}

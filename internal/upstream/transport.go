@@ -1,0 +1,93 @@
+package upstream
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// newBaseTransport is the wire-level transport used when Config.Transport is
+// nil. Each Registry gets its own, so one slow upstream cannot use up another's
+// idle connections. There is no overall timeout: blob bodies may stream for
+// minutes, and callers bound each call with their context instead.
+func newBaseTransport() *http.Transport {
+	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		// Honour HTTPS_PROXY/NO_PROXY: CI fleets often reach the internet
+		// only through a proxy.
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: 30 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+}
+
+// loggingTransport logs one debug line per request: method, host, path and
+// status. It never logs headers or query strings, which is where credentials
+// and tokens travel.
+type loggingTransport struct {
+	inner  http.RoundTripper
+	logger *slog.Logger
+	source string
+}
+
+func (t *loggingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	start := time.Now()
+	resp, err := t.inner.RoundTrip(req)
+	attrs := []any{
+		"source", t.source,
+		"method", req.Method,
+		"host", req.URL.Host,
+		"path", req.URL.Path,
+		"duration", time.Since(start),
+	}
+	if err != nil {
+		t.logger.DebugContext(req.Context(), "upstream request failed", append(attrs, "err", err)...)
+		return resp, err
+	}
+	t.logger.DebugContext(req.Context(), "upstream request", append(attrs, "status", resp.StatusCode)...)
+	return resp, nil
+}
+
+// maxRedirects matches net/http's default.
+const maxRedirects = 10
+
+// checkRedirect follows redirects (registries send blobs to CDNs with 307),
+// but never carries the Authorization header to another host:port.
+// net/http already strips it when the host name changes; it keeps it when
+// only the port differs, and ggcr's auth transports set it on the request
+// they are given, which net/http then copies into the redirect.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxRedirects {
+		return errors.New("stopped after 10 redirects")
+	}
+	if !sameHost(req.URL, via[0].URL.Host) {
+		req.Header.Del("Authorization")
+	}
+	return nil
+}
+
+// sameHost compares u's host:port with host, filling in default ports so
+// "example.com" and "example.com:443" match for https.
+func sameHost(u *url.URL, host string) bool {
+	return canonicalHost(u.Scheme, u.Host) == canonicalHost(u.Scheme, host)
+}
+
+func canonicalHost(scheme, host string) string {
+	if _, _, err := net.SplitHostPort(host); err == nil {
+		return host
+	}
+	port := "443"
+	if scheme == "http" {
+		port = "80"
+	}
+	return net.JoinHostPort(host, port)
+}
