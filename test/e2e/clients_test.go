@@ -39,6 +39,7 @@ type pullFunc func(t *testing.T, img testImage) string
 // docker.io images through mirror (127.0.0.1:PORT).
 type realClient struct {
 	name  string
+	route route // how this client's requests name docker.io
 	setup func(t *testing.T, w *world, mirror string) pullFunc
 }
 
@@ -49,12 +50,12 @@ var digestRE = regexp.MustCompile(`sha256:[0-9a-f]{64}`)
 
 func realClients() []realClient {
 	return []realClient{
-		{"skopeo", setupSkopeo},
-		{"crane", setupCrane},
-		{"regctl", setupRegctl},
-		{"podman", setupPodman},
-		{"ctr", setupCtr},
-		{"dockerd", setupDockerd},
+		{"skopeo", routeHostInPath, setupSkopeo},
+		{"crane", routeHostInPath, setupCrane},
+		{"regctl", routeHostInPath, setupRegctl},
+		{"podman", routeHostInPath, setupPodman},
+		{"ctr", routeNSQuery, setupCtr},
+		{"dockerd", routeBare, setupDockerd},
 	}
 }
 

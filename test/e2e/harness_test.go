@@ -48,6 +48,7 @@ func newWorld(t *testing.T) *world {
 		if t.Failed() {
 			w.dumpLogs()
 		}
+		w.keepLogs()
 	})
 	return w
 }
@@ -88,8 +89,20 @@ func (w *world) checkSecrets() {
 	if len(secrets) == 0 {
 		return
 	}
-	n := 0
-	err := filepath.WalkDir(w.logs, func(p string, d fs.DirEntry, err error) error {
+	files, leaks, err := scanForSecrets(w.logs, secrets)
+	if err != nil {
+		w.t.Errorf("scanning logs for secrets: %v", err)
+	}
+	for _, l := range leaks {
+		w.t.Errorf("secret leaked: %s", l)
+	}
+	w.t.Logf("secret scan: %d log files, %d secret forms, %d leaks", files, len(secrets), len(leaks))
+}
+
+// scanForSecrets reads every file under dir and reports each occurrence of
+// a secret with some context, the secret itself masked.
+func scanForSecrets(dir string, secrets []string) (files int, leaks []string, err error) {
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}
@@ -97,21 +110,39 @@ func (w *world) checkSecrets() {
 		if err != nil {
 			return err
 		}
-		n++
+		files++
 		for _, s := range secrets {
 			if i := bytes.Index(b, []byte(s)); i >= 0 {
 				lo, hi := max(0, i-120), min(len(b), i+len(s)+40)
-				// Show where, never the secret itself.
 				ctx := strings.ReplaceAll(string(b[lo:hi]), s, "<SECRET>")
-				w.t.Errorf("secret leaked into %s: ...%s...", filepath.Base(p), ctx)
+				leaks = append(leaks, fmt.Sprintf("%s: ...%s...", filepath.Base(p), ctx))
 			}
 		}
 		return nil
 	})
-	if err != nil {
-		w.t.Errorf("scanning logs for secrets: %v", err)
+	return files, leaks, err
+}
+
+// envKeepLogs names a directory that receives a copy of every test's logs
+// (for CI artifacts, or to read the exact requests each client sent).
+const envKeepLogs = "REGCACHE_E2E_KEEP_LOGS"
+
+func (w *world) keepLogs() {
+	root := os.Getenv(envKeepLogs)
+	if root == "" {
+		return
 	}
-	w.t.Logf("secret scan: %d log files, %d secret forms, clean unless reported above", n, len(secrets))
+	dest := filepath.Join(root, sanitize(w.t.Name()))
+	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
+		w.t.Logf("keeping logs: %v", err)
+		return
+	}
+	_ = os.RemoveAll(dest)
+	if err := os.CopyFS(dest, os.DirFS(w.logs)); err != nil {
+		w.t.Logf("keeping logs: %v", err)
+		return
+	}
+	w.t.Logf("logs kept in %s", dest)
 }
 
 // dumpLogs prints the tail of every log so a CI failure can be diagnosed

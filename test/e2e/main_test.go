@@ -11,6 +11,7 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 const (
@@ -155,5 +157,26 @@ func moduleRoot() (string, error) {
 			return "", errors.New("go.mod not found above the test directory")
 		}
 		dir = parent
+	}
+}
+
+// TestNetworkIsPrivate guards the guard: inside the namespace the only
+// interface is loopback and the public internet is unreachable, so no
+// client can quietly fall back to the real Docker Hub.
+func TestNetworkIsPrivate(t *testing.T) {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range ifaces {
+		if i.Flags&net.FlagLoopback == 0 {
+			t.Errorf("non-loopback interface %q in the test network namespace", i.Name)
+		}
+	}
+	// 198.51.100.1 is TEST-NET-2: never a real host, but routable on a
+	// normal machine; here there is no route at all.
+	if c, err := net.DialTimeout("tcp", "198.51.100.1:443", 2*time.Second); err == nil {
+		c.Close()
+		t.Error("dialled an outside address from inside the test network namespace")
 	}
 }

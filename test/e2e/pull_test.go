@@ -27,12 +27,14 @@ func seedImages(t *testing.T, reg *testhub.Registry) []testImage {
 
 // pullWithEveryClient runs every real client against mirror, in parallel as
 // a CI fleet would, and checks that each reports the upstream's digest for
-// every image.
+// every image and reached the mirror by its own routing mode. Each client
+// talks to mirror through its own recording proxy.
 func pullWithEveryClient(t *testing.T, w *world, mirror string, images []testImage) {
 	for _, c := range realClients() {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			pull := c.setup(t, w, mirror)
+			rec := startRecorder(t, w, c.name, mirror)
+			pull := c.setup(t, w, rec.host)
 			for _, img := range images {
 				t.Run(img.name, func(t *testing.T) {
 					if got := pull(t, img); got != img.want {
@@ -40,6 +42,7 @@ func pullWithEveryClient(t *testing.T, w *world, mirror string, images []testIma
 					}
 				})
 			}
+			checkRoute(t, rec.requests(), c.route)
 		})
 	}
 }
