@@ -1,0 +1,61 @@
+package refscan
+
+import (
+	"sort"
+	"unicode/utf8"
+)
+
+// lineIndex converts between byte offsets and 1-based line/column
+// positions. Columns count runes, as yaml.v3 does.
+type lineIndex struct {
+	src    []byte
+	starts []int
+}
+
+func newLineIndex(src []byte) *lineIndex {
+	starts := []int{0}
+	for i, b := range src {
+		if b == '\n' {
+			starts = append(starts, i+1)
+		}
+	}
+	return &lineIndex{src: src, starts: starts}
+}
+
+func (x *lineIndex) pos(off int) (line, col int) {
+	l := sort.Search(len(x.starts), func(i int) bool { return x.starts[i] > off }) - 1
+	return l + 1, utf8.RuneCount(x.src[x.starts[l]:off]) + 1
+}
+
+// offset returns the byte offset of a 1-based line and rune column, or -1.
+func (x *lineIndex) offset(line, col int) int {
+	if line < 1 || line > len(x.starts) {
+		return -1
+	}
+	off := x.starts[line-1]
+	for c := 1; c < col; c++ {
+		if off >= len(x.src) || x.src[off] == '\n' {
+			return -1
+		}
+		_, n := utf8.DecodeRune(x.src[off:])
+		off += n
+	}
+	return off
+}
+
+// lineText returns line (1-based) without its newline.
+func (x *lineIndex) lineText(line int) (string, int) {
+	if line < 1 || line > len(x.starts) {
+		return "", -1
+	}
+	start := x.starts[line-1]
+	end := len(x.src)
+	if line < len(x.starts) {
+		end = x.starts[line] - 1
+	}
+	s := string(x.src[start:end])
+	if len(s) > 0 && s[len(s)-1] == '\r' {
+		s = s[:len(s)-1]
+	}
+	return s, start
+}

@@ -1,0 +1,228 @@
+package refscan
+
+import (
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// yamlScanner collects references from one YAML file. References are keyed
+// by the node that holds them so that a value reached several times through
+// anchors and aliases is reported once, at the place it is written, with
+// the pulls of every use added up.
+type yamlScanner struct {
+	file string
+	idx  *lineIndex
+	refs []*Ref
+	seen map[refKey]*Ref
+}
+
+type refKey struct {
+	node *yaml.Node
+	off  int
+}
+
+func newYAMLScanner(file string, src []byte) *yamlScanner {
+	return &yamlScanner{file: file, idx: newLineIndex(src), seen: map[refKey]*Ref{}}
+}
+
+// deref follows aliases.
+func deref(n *yaml.Node) *yaml.Node {
+	for n != nil && n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	return n
+}
+
+// mapGet returns the value of key in mapping m, honouring merge keys ("<<")
+// the way YAML does: explicit keys win over merged ones.
+func mapGet(m *yaml.Node, key string) *yaml.Node {
+	m = deref(m)
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key && m.Content[i].Tag != "!!merge" {
+			return m.Content[i+1]
+		}
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Tag == "!!merge" || m.Content[i].Value == "<<" {
+			v := deref(m.Content[i+1])
+			srcs := []*yaml.Node{v}
+			if v != nil && v.Kind == yaml.SequenceNode {
+				srcs = v.Content
+			}
+			for _, s := range srcs {
+				if r := mapGet(s, key); r != nil {
+					return r
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// mapPairs lists the explicit key/value pairs of a mapping.
+func mapPairs(m *yaml.Node) [][2]*yaml.Node {
+	m = deref(m)
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil
+	}
+	var out [][2]*yaml.Node
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Tag == "!!merge" || m.Content[i].Value == "<<" {
+			continue
+		}
+		out = append(out, [2]*yaml.Node{m.Content[i], m.Content[i+1]})
+	}
+	return out
+}
+
+func scalar(n *yaml.Node) (string, bool) {
+	n = deref(n)
+	if n == nil || n.Kind != yaml.ScalarNode || n.Tag == "!!null" {
+		return "", false
+	}
+	return n.Value, true
+}
+
+// valueOffset maps byte i of the scalar's value to its offset in the file.
+// It returns -1 when the value is not written verbatim (escapes, folding),
+// in which case the reference is reported but not rewritten.
+func (s *yamlScanner) valueOffset(n *yaml.Node, i, length int) int {
+	v := n.Value
+	switch n.Style {
+	case 0, yaml.TaggedStyle, yaml.FlowStyle:
+		if strings.Contains(v, "\n") {
+			return -1
+		}
+		off := s.idx.offset(n.Line, n.Column)
+		if off < 0 || !strings.HasPrefix(string(s.idx.src[off:]), v) {
+			return -1
+		}
+		return off + i
+	case yaml.DoubleQuotedStyle, yaml.SingleQuotedStyle:
+		off := s.idx.offset(n.Line, n.Column)
+		if off < 0 || strings.Contains(v, "\n") || !strings.HasPrefix(string(s.idx.src[off+1:]), v) {
+			return -1
+		}
+		if q := s.idx.src[off]; off+1+len(v) >= len(s.idx.src) || s.idx.src[off+1+len(v)] != q {
+			return -1
+		}
+		return off + 1 + i
+	case yaml.LiteralStyle:
+		lines := strings.Split(v, "\n")
+		pos := 0
+		for li, l := range lines {
+			if i >= pos && i+length <= pos+len(l) {
+				src, start := s.idx.lineText(n.Line + 1 + li)
+				if start < 0 || !strings.HasSuffix(src, l) {
+					return -1
+				}
+				return start + len(src) - len(l) + (i - pos)
+			}
+			pos += len(l) + 1
+		}
+	}
+	return -1
+}
+
+// add records text (a substring of scalar n at index i) as a reference,
+// or adds weight to it when it was already reached through an alias.
+func (s *yamlScanner) add(n *yaml.Node, i int, text, kind string, weight int, prep func(*Ref)) {
+	key := refKey{n, i}
+	if r, ok := s.seen[key]; ok {
+		if r.DockerHub {
+			r.PullsPerRun += weight
+		}
+		return
+	}
+	r := &Ref{File: s.file, Kind: kind, Original: text}
+	off := s.valueOffset(n, i, len(text))
+	if off >= 0 {
+		r.Line, r.Column = s.idx.pos(off)
+	} else {
+		r.Line, r.Column = n.Line, n.Column
+	}
+	if prep != nil {
+		prep(r)
+	}
+	if r.Registry == "" && r.Problem == "" {
+		if spanLen := r.resolveLiteral(text); spanLen > 0 && off >= 0 {
+			r.Span = &Span{Start: off, End: off + spanLen, Text: text[:spanLen]}
+		}
+	}
+	if r.DockerHub {
+		r.PullsPerRun = weight
+	}
+	s.seen[key] = r
+	s.refs = append(s.refs, r)
+}
+
+// image records scalar n as an image reference.
+func (s *yamlScanner) image(n *yaml.Node, kind string, weight int) {
+	n = deref(n)
+	v, ok := scalar(n)
+	if !ok || strings.TrimSpace(v) == "" {
+		return
+	}
+	s.add(n, 0, v, kind, weight, nil)
+}
+
+// script records docker pull/run images in a shell command scalar or a
+// sequence of them.
+func (s *yamlScanner) script(n *yaml.Node, kind string, weight int) {
+	n = deref(n)
+	if n == nil {
+		return
+	}
+	if n.Kind == yaml.SequenceNode {
+		for _, c := range n.Content {
+			s.script(c, kind, weight)
+		}
+		return
+	}
+	v, ok := scalar(n)
+	if !ok {
+		return
+	}
+	for _, sr := range shellImages(v) {
+		s.add(n, sr.index, sr.text, kind+" ("+sr.cmd+")", weight, nil)
+	}
+}
+
+// resolveLiteral fills r from text and returns how many leading bytes of
+// text are a literal name[:tag][@digest] that may be rewritten (0: none).
+// When only the tag is a variable, the literal name can still be rewritten.
+func (r *Ref) resolveLiteral(text string) int {
+	if !hasTemplate(text) {
+		r.fill(text)
+		if r.Problem != "" {
+			return 0
+		}
+		return len(text)
+	}
+	r.fill(text) // records the template problem
+	n := NameEnd(text)
+	if n == 0 || hasTemplate(text[:n]) {
+		r.Problem = "image name is a template or variable; cannot rewrite safely"
+		return 0
+	}
+	var partial Ref
+	partial.fill(text[:n])
+	if partial.Problem != "" {
+		return 0
+	}
+	r.Registry, r.DockerHub, r.Official = partial.Registry, partial.DockerHub, partial.Official
+	r.Problem = "tag is a template or variable; only the name can be rewritten"
+	return n
+}
+
+func (s *yamlScanner) result() []Ref {
+	out := make([]Ref, 0, len(s.refs))
+	for _, r := range s.refs {
+		out = append(out, *r)
+	}
+	return out
+}
