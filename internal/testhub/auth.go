@@ -302,7 +302,7 @@ func (h *Hub) source(r *http.Request, identity string) string {
 	return host
 }
 
-func (h *Hub) setLimitHeaders(hdr http.Header, identity, source string, res reservation) {
+func (h *Hub) setLimitHeaders(hdr http.Header, source string, res reservation) {
 	if res.limit <= 0 {
 		return
 	}

@@ -55,6 +55,12 @@ type Options struct {
 	// from backend "<name>" (e.g. "docker/" maps docker/library/node to
 	// library/node, as ECR Public does). Other names are NAME_UNKNOWN.
 	RepoPrefix string
+	// CDNHostname, if set, is the host name used in redirect Locations, and
+	// the CDN listens on the loopback address it resolves to ("localhost" =
+	// 127.0.0.1) instead of 127.0.0.2. go-containerregistry >= 0.22 refuses
+	// cross-host redirects to literal loopback/private IPs ("SSRF
+	// protection"), but follows them to a host name.
+	CDNHostname string
 	// FaultRetryAfter is the Retry-After of injected 429s; default 60s.
 	FaultRetryAfter time.Duration
 }
@@ -78,11 +84,20 @@ const (
 	FaultCorrupt
 )
 
-var faultNames = [...]string{"FaultNone", "Fault429", "Fault500", "FaultDrop", "FaultDropMidBody", "FaultCorrupt"}
-
 func (f Fault) String() string {
-	if f >= 0 && int(f) < len(faultNames) {
-		return faultNames[f]
+	switch f {
+	case FaultNone:
+		return "FaultNone"
+	case Fault429:
+		return "Fault429"
+	case Fault500:
+		return "Fault500"
+	case FaultDrop:
+		return "FaultDrop"
+	case FaultDropMidBody:
+		return "FaultDropMidBody"
+	case FaultCorrupt:
+		return "FaultCorrupt"
 	}
 	return "Fault(" + strconv.Itoa(int(f)) + ")"
 }
@@ -150,6 +165,10 @@ type Hub struct {
 	transport *http.Transport
 	throttle  atomic.Int64
 	now       func() time.Time
+	// routeRE splits /v2/<name>/<kind>/<rest>; the name is matched lazily
+	// so the first kind keyword ends it.
+	routeRE *regexp.Regexp
+	cdnRE   *regexp.Regexp
 
 	mu         sync.Mutex
 	fault      Fault
@@ -157,7 +176,8 @@ type Hub struct {
 	faultLeft  int // remaining injections; 0 = unlimited
 	delay      time.Duration
 	counts     Counts
-	transfers  []Transfer
+	transfers  []transferRec
+	nextID     uint64
 	tokens     map[string]grant
 	refresh    map[string]string // refresh token -> username
 	buckets    map[string]*bucket
@@ -194,6 +214,8 @@ func NewHub(t testing.TB, backend *Registry, opts Options) *Hub {
 			MaxIdleConnsPerHost: 64,
 		},
 		now:     time.Now,
+		routeRE: regexp.MustCompile(`^/v2/(.+?)/(manifests|blobs|tags|referrers)/(.*)$`),
+		cdnRE:   regexp.MustCompile(`^/registry-v2/(.+)/blobs/([^/]+)/data$`),
 		tokens:  map[string]grant{},
 		refresh: map[string]string{},
 		buckets: map[string]*bucket{},
@@ -217,11 +239,21 @@ func NewHub(t testing.TB, backend *Registry, opts Options) *Hub {
 
 	var csrv *http.Server
 	if opts.BlobRedirect {
-		cdn, err := net.Listen("tcp", "127.0.0.2:0")
+		ip := "127.0.0.2"
+		if opts.CDNHostname != "" {
+			if ip, err = loopbackIP(ctx, opts.CDNHostname); err != nil {
+				t.Fatalf("testhub: CDNHostname: %v", err)
+			}
+		}
+		cdn, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 		if err != nil {
-			t.Fatalf("testhub: listen on 127.0.0.2 for the CDN: %v", err)
+			t.Fatalf("testhub: listen on %s for the CDN: %v", ip, err)
 		}
 		h.CDNHost = cdn.Addr().String()
+		if opts.CDNHostname != "" {
+			_, port, _ := net.SplitHostPort(h.CDNHost)
+			h.CDNHost = net.JoinHostPort(opts.CDNHostname, port)
+		}
 		h.CDNURL = "http://" + h.CDNHost
 		csrv = &http.Server{Handler: http.HandlerFunc(h.serveCDN), ErrorLog: errLog, BaseContext: func(net.Listener) context.Context { return ctx }}
 		go func() { _ = csrv.Serve(cdn) }()
@@ -236,6 +268,21 @@ func NewHub(t testing.TB, backend *Registry, opts Options) *Hub {
 		h.transport.CloseIdleConnections()
 	})
 	return h
+}
+
+// loopbackIP resolves host to an IPv4 loopback address; tests must never
+// listen anywhere else.
+func loopbackIP(ctx context.Context, host string) (string, error) {
+	addrs, err := net.DefaultResolver.LookupHost(ctx, host)
+	if err != nil {
+		return "", err
+	}
+	for _, a := range addrs {
+		if ip := net.ParseIP(a); ip != nil && ip.To4() != nil && ip.IsLoopback() {
+			return ip.String(), nil
+		}
+	}
+	return "", fmt.Errorf("%s resolves to %v, no IPv4 loopback address", host, addrs)
 }
 
 // SetFault injects f into every request (ScopeAll) until changed.
@@ -291,7 +338,11 @@ func (h *Hub) ResetCounts() {
 func (h *Hub) Transfers() []Transfer {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return append([]Transfer(nil), h.transfers...)
+	out := make([]Transfer, len(h.transfers))
+	for i, r := range h.transfers {
+		out[i] = r.Transfer
+	}
+	return out
 }
 
 func (h *Hub) count(f func(c *Counts)) {
@@ -328,10 +379,6 @@ func (h *Hub) takeFault(s Scope, only ...Fault) Fault {
 	return f
 }
 
-// routeRE splits /v2/<name>/<kind>/<rest>; the name is matched lazily so the
-// first kind keyword ends it.
-var routeRE = regexp.MustCompile(`^/v2/(.+?)/(manifests|blobs|tags|referrers)/(.*)$`)
-
 func (h *Hub) serveFront(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	if r.URL.Path == "/token" {
@@ -363,7 +410,7 @@ func (h *Hub) serveFront(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	m := routeRE.FindStringSubmatch(r.URL.Path)
+	m := h.routeRE.FindStringSubmatch(r.URL.Path)
 	if m == nil {
 		writeError(w, http.StatusNotFound, "UNSUPPORTED", "the fake hub does not serve "+r.URL.Path)
 		return
@@ -412,14 +459,14 @@ func (h *Hub) serveManifest(w http.ResponseWriter, r *http.Request, identity, re
 
 	if !get {
 		h.forward(w, r, backendPath, plan, func(_ int, hdr http.Header) {
-			h.setLimitHeaders(hdr, identity, src, h.peek(identity))
+			h.setLimitHeaders(hdr, src, h.peek(identity))
 		})
 		return
 	}
 	res, ok := h.reserve(identity)
 	if !ok {
 		h.count(func(c *Counts) { c.RateLimited++ })
-		h.setLimitHeaders(w.Header(), identity, src, res)
+		h.setLimitHeaders(w.Header(), src, res)
 		w.Header().Set("Retry-After", strconv.Itoa(res.retryAfterSeconds()))
 		writeError(w, http.StatusTooManyRequests, "TOOMANYREQUESTS",
 			"You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limits")
@@ -434,7 +481,7 @@ func (h *Hub) serveManifest(w http.ResponseWriter, r *http.Request, identity, re
 				c.ManifestGETsByRepo[repo]++
 			})
 		}
-		h.setLimitHeaders(hdr, identity, src, res)
+		h.setLimitHeaders(hdr, src, res)
 	})
 }
 
@@ -468,8 +515,6 @@ func (h *Hub) serveBlob(w http.ResponseWriter, r *http.Request, backendRepo, res
 	h.forward(w, r, backendPath, bodyPlan{blob: true, digest: d, corrupt: f == FaultCorrupt, dropMid: f == FaultDropMidBody}, nil)
 }
 
-var cdnRE = regexp.MustCompile(`^/registry-v2/(.+)/blobs/([^/]+)/data$`)
-
 // serveCDN serves blob bytes for redirected GETs; like a real CDN it wants
 // no credentials, and any it receives are counted as a leak.
 func (h *Hub) serveCDN(w http.ResponseWriter, r *http.Request) {
@@ -479,7 +524,7 @@ func (h *Hub) serveCDN(w http.ResponseWriter, r *http.Request) {
 			c.CDNAuthHeaders++
 		}
 	})
-	m := cdnRE.FindStringSubmatch(r.URL.Path)
+	m := h.cdnRE.FindStringSubmatch(r.URL.Path)
 	if m == nil || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
 		http.Error(w, "not found", http.StatusNotFound)
 		return
@@ -546,8 +591,12 @@ type bodyPlan struct {
 	dropMid bool
 }
 
-// hopHeaders are connection-level and never forwarded.
-var hopHeaders = []string{"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+// delHopHeaders removes connection-level headers, which are never forwarded.
+func delHopHeaders(hdr http.Header) {
+	for _, k := range []string{"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
+		hdr.Del(k)
+	}
+}
 
 // forward proxies r to the backend path, streaming the body. decorate, if
 // set, sees the backend status and may edit the headers before they are sent.
@@ -562,9 +611,7 @@ func (h *Hub) forward(w http.ResponseWriter, r *http.Request, path string, plan 
 	for k, vs := range r.Header {
 		req.Header[k] = append([]string(nil), vs...)
 	}
-	for _, k := range hopHeaders {
-		req.Header.Del(k)
-	}
+	delHopHeaders(req.Header)
 	// The backend is open; the client's credentials are for the hub only.
 	req.Header.Del("Authorization")
 	req.Header.Del("Cookie")
@@ -584,9 +631,7 @@ func (h *Hub) forward(w http.ResponseWriter, r *http.Request, path string, plan 
 	for k, vs := range resp.Header {
 		hdr[k] = append([]string(nil), vs...)
 	}
-	for _, k := range hopHeaders {
-		hdr.Del(k)
-	}
+	delHopHeaders(hdr)
 	if h.opts.RepoPrefix != "" {
 		if link := hdr.Get("Link"); link != "" {
 			hdr.Set("Link", strings.Replace(link, "</v2/", "</v2/"+h.opts.RepoPrefix, 1))
@@ -609,6 +654,10 @@ func (h *Hub) forward(w http.ResponseWriter, r *http.Request, path string, plan 
 
 // copyBody streams a manifest or blob body, applying throttling and body
 // faults, and accounts blob bytes and transfers.
+//
+// Accounting happens before the bytes are written: a client that has read a
+// whole body must already see it in Counts and Transfers, or tests that
+// check right after a pull would be flaky.
 func (h *Hub) copyBody(w http.ResponseWriter, ctx context.Context, resp *http.Response, plan bodyPlan, start time.Time) {
 	size := resp.ContentLength
 	flipAt, stopAt := int64(-1), int64(-1)
@@ -621,6 +670,7 @@ func (h *Hub) copyBody(w http.ResponseWriter, ctx context.Context, resp *http.Re
 	rc := http.NewResponseController(w)
 	buf := make([]byte, 32<<10)
 	var sent int64
+	recorded := uint64(0)
 	for {
 		if stopAt >= 0 && sent >= stopAt {
 			_ = rc.Flush()
@@ -643,12 +693,18 @@ func (h *Hub) copyBody(w http.ResponseWriter, ctx context.Context, resp *http.Re
 			if flipAt >= sent && flipAt < sent+int64(n) {
 				chunk[flipAt-sent] ^= 0xff
 			}
+			if plan.blob {
+				h.count(func(c *Counts) { c.BlobBytes += int64(n) })
+				if stopAt < 0 && size >= 0 && sent+int64(n) >= size {
+					recorded = h.recordTransfer(plan, start, sent+int64(n))
+				}
+			}
 			wn, werr := w.Write(chunk[:n])
 			sent += int64(wn)
-			if plan.blob {
-				h.count(func(c *Counts) { c.BlobBytes += int64(wn) })
-			}
 			if werr != nil {
+				if plan.blob {
+					h.unaccount(int64(n-wn), recorded)
+				}
 				return
 			}
 			if bps > 0 {
@@ -664,14 +720,45 @@ func (h *Hub) copyBody(w http.ResponseWriter, ctx context.Context, resp *http.Re
 		if rerr != nil {
 			// The registry failed mid-body: make sure the client sees a
 			// broken transfer rather than a short clean one.
+			h.unaccount(0, recorded)
 			panic(http.ErrAbortHandler)
 		}
 	}
-	if plan.blob {
-		end := h.now()
-		h.mu.Lock()
-		h.transfers = append(h.transfers, Transfer{Digest: plan.digest, Start: start, End: end, Bytes: sent, CDN: plan.cdn})
-		h.mu.Unlock()
+	// Without a Content-Length the client only sees the end of the body
+	// after the handler returns, so recording now is still in time.
+	if plan.blob && recorded == 0 {
+		h.recordTransfer(plan, start, sent)
+	}
+}
+
+type transferRec struct {
+	Transfer
+	id uint64
+}
+
+func (h *Hub) recordTransfer(plan bodyPlan, start time.Time, n int64) uint64 {
+	end := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.nextID++
+	h.transfers = append(h.transfers, transferRec{Transfer{Digest: plan.digest, Start: start, End: end, Bytes: n, CDN: plan.cdn}, h.nextID})
+	return h.nextID
+}
+
+// unaccount takes back bytes that never left and a transfer that did not
+// complete after all.
+func (h *Hub) unaccount(bytes int64, transfer uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.counts.BlobBytes -= bytes
+	if transfer == 0 {
+		return
+	}
+	for i, r := range h.transfers {
+		if r.id == transfer {
+			h.transfers = append(h.transfers[:i], h.transfers[i+1:]...)
+			return
+		}
 	}
 }
 
