@@ -16,13 +16,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/regcache/regcache/internal/app"
 	"github.com/regcache/regcache/internal/config"
-	"github.com/regcache/regcache/internal/credentials"
-	"github.com/regcache/regcache/internal/metrics"
-	"github.com/regcache/regcache/internal/pull"
-	"github.com/regcache/regcache/internal/server"
-	"github.com/regcache/regcache/internal/store"
-	"github.com/regcache/regcache/internal/upstream"
 )
 
 func newServeCmd() *cobra.Command {
@@ -69,48 +64,9 @@ func newLogger(level string, w interface{ Write([]byte) (int, error) }) *slog.Lo
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
 }
 
-// build wires the configured parts together: store, upstreams, cache, server.
-func build(cfg *config.Config, log *slog.Logger) (http.Handler, error) {
-	st, err := store.OpenFS(cfg.Storage.Root)
-	if err != nil {
-		return nil, err
-	}
-	m := metrics.New()
-	ups := map[string]pull.Upstream{}
-	names := make([]string, 0, len(cfg.Registries))
-	for name := range cfg.Registries {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		rc := cfg.Registries[name]
-		key := "registries." + name
-		auth, err := credentials.For(name, rc.Auth, key+".auth")
-		if err != nil {
-			return nil, err
-		}
-		u, err := upstream.New(upstream.Config{Name: name, URL: rc.URL, Auth: auth, Logger: log.With("registry", name)})
-		if err != nil {
-			return nil, fmt.Errorf("%s.url: %w", key, err)
-		}
-		ups[name] = u
-	}
-	cache := pull.New(pull.Options{
-		Store:        st,
-		Upstreams:    ups,
-		TagTTL:       cfg.TagTTL.D(),
-		ListTTL:      cfg.TagsListTTL.D(),
-		FetchTimeout: cfg.UpstreamTimeout.D(),
-		Logger:       log,
-		Metrics:      m,
-	})
-	router := &server.Router{Lookup: cfg.Lookup, DefaultRegistry: cfg.DefaultRegistry}
-	return server.New(server.Options{Router: router, Cache: cache, Logger: log, Metrics: m}), nil
-}
-
 func serve(ctx context.Context, cfg *config.Config, logw interface{ Write([]byte) (int, error) }) error {
 	log := newLogger(cfg.LogLevel, logw)
-	h, err := build(cfg, log)
+	a, err := app.New(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -119,7 +75,7 @@ func serve(ctx context.Context, cfg *config.Config, logw interface{ Write([]byte
 		return fmt.Errorf("listen: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           a.Handler,
 		ReadHeaderTimeout: 15 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),

@@ -89,6 +89,11 @@ func upstreamError(ue *upstream.Error, kind Kind) *Error {
 		}
 		return &Error{Status: http.StatusNotFound, Code: code, Message: ue.Error()}
 	case upstream.IsRateLimited(ue):
+		if retry <= 0 {
+			// The upstream gave no hint; a minute is a polite default
+			// that CI retry loops understand.
+			retry = 60
+		}
 		return &Error{Status: http.StatusTooManyRequests, Code: "TOOMANYREQUESTS", RetryAfter: retry,
 			Message: fmt.Sprintf("upstream %s is rate limiting regcache and this content is not cached yet; "+
 				"configure credentials under registries.%s.auth (an authenticated account has a higher limit) or add a mirror under registries.%s.mirrors (%s)",

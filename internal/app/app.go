@@ -1,0 +1,75 @@
+// Package app wires regcache together from its configuration: store,
+// upstream clients, cache and HTTP server. The serve command and the
+// full-stack tests build the server the same way, through New.
+package app
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+
+	"github.com/regcache/regcache/internal/config"
+	"github.com/regcache/regcache/internal/credentials"
+	"github.com/regcache/regcache/internal/metrics"
+	"github.com/regcache/regcache/internal/pull"
+	"github.com/regcache/regcache/internal/server"
+	"github.com/regcache/regcache/internal/store"
+	"github.com/regcache/regcache/internal/upstream"
+)
+
+// App is a ready-to-serve regcache.
+type App struct {
+	Handler   http.Handler
+	Metrics   *metrics.Metrics
+	Cache     *pull.Cache
+	Store     *store.FS
+	Upstreams map[string]*upstream.Registry
+}
+
+// New builds an App. It makes no network connection: regcache must start,
+// and serve its cache, with every upstream down.
+func New(cfg *config.Config, log *slog.Logger) (*App, error) {
+	st, err := store.OpenFS(cfg.Storage.Root)
+	if err != nil {
+		return nil, err
+	}
+	m := metrics.New()
+	a := &App{Metrics: m, Store: st, Upstreams: map[string]*upstream.Registry{}}
+	ups := map[string]pull.Upstream{}
+	for _, name := range sortedKeys(cfg.Registries) {
+		rc := cfg.Registries[name]
+		key := "registries." + name
+		auth, err := credentials.For(name, rc.Auth, key+".auth")
+		if err != nil {
+			return nil, err
+		}
+		u, err := upstream.New(upstream.Config{Name: name, URL: rc.URL, Auth: auth, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("%s.url: %w", key, err)
+		}
+		ups[name] = u
+		a.Upstreams[name] = u
+	}
+	a.Cache = pull.New(pull.Options{
+		Store:        st,
+		Upstreams:    ups,
+		TagTTL:       cfg.TagTTL.D(),
+		ListTTL:      cfg.TagsListTTL.D(),
+		FetchTimeout: cfg.UpstreamTimeout.D(),
+		Logger:       log,
+		Metrics:      m,
+	})
+	router := &server.Router{Lookup: cfg.Lookup, DefaultRegistry: cfg.DefaultRegistry}
+	a.Handler = server.New(server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m})
+	return a, nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
