@@ -649,7 +649,7 @@ func (h *Hub) forward(w http.ResponseWriter, r *http.Request, path string, plan 
 		_, _ = io.Copy(w, resp.Body)
 		return
 	}
-	h.copyBody(w, r.Context(), resp, plan, start)
+	h.copyBody(r.Context(), w, resp, plan, start)
 }
 
 // copyBody streams a manifest or blob body, applying throttling and body
@@ -658,7 +658,7 @@ func (h *Hub) forward(w http.ResponseWriter, r *http.Request, path string, plan 
 // Accounting happens before the bytes are written: a client that has read a
 // whole body must already see it in Counts and Transfers, or tests that
 // check right after a pull would be flaky.
-func (h *Hub) copyBody(w http.ResponseWriter, ctx context.Context, resp *http.Response, plan bodyPlan, start time.Time) {
+func (h *Hub) copyBody(ctx context.Context, w http.ResponseWriter, resp *http.Response, plan bodyPlan, start time.Time) {
 	size := resp.ContentLength
 	flipAt, stopAt := int64(-1), int64(-1)
 	if plan.corrupt {
