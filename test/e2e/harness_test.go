@@ -53,12 +53,13 @@ func newWorld(t *testing.T) *world {
 	return w
 }
 
-// path returns a fresh directory under the sandbox.
+// mkdir returns a directory under the sandbox, creating it if needed. It
+// is called from parallel subtests, so it reports with Errorf (safe from
+// any goroutine) rather than Fatal on the world's test.
 func (w *world) mkdir(elem ...string) string {
-	w.t.Helper()
 	p := filepath.Join(append([]string{w.dir}, elem...)...)
 	if err := os.MkdirAll(p, 0o755); err != nil {
-		w.t.Fatal(err)
+		w.t.Errorf("mkdir: %v", err)
 	}
 	return p
 }
@@ -316,7 +317,7 @@ func (w *world) baseEnv(extra ...string) []string {
 	// An empty docker config: podman and skopeo stat DOCKER_CONFIG's
 	// config.json and fail if it is missing.
 	if err := os.WriteFile(filepath.Join(w.mkdir("home", ".docker"), "config.json"), []byte("{}\n"), 0o600); err != nil {
-		w.t.Fatal(err)
+		w.t.Errorf("docker config: %v", err)
 	}
 	env := []string{
 		"PATH=" + os.Getenv("PATH") + ":/root/go/bin",

@@ -39,6 +39,7 @@ const hubPasswordEnv = "REGCACHE_E2E_HUB_PASSWORD"
 
 func startRegcache(t *testing.T, w *world, cfg regcacheConfig) *regcache {
 	t.Helper()
+	recordBuildInputs()
 	if regcacheBuild.err != nil {
 		t.Fatal(regcacheBuild.err)
 	}
