@@ -125,7 +125,7 @@ func (s *stack) pull(name, tag string) (digest.Digest, error) {
 		return "", fmt.Errorf("Docker-Content-Digest %s, body hashes to %s", h, d)
 	}
 	var m struct {
-		Config struct{ Digest digest.Digest } `json:"config"`
+		Config struct{ Digest digest.Digest }   `json:"config"`
 		Layers []struct{ Digest digest.Digest } `json:"layers"`
 	}
 	if err := json.Unmarshal(body, &m); err != nil {
