@@ -671,6 +671,7 @@ func (h *Hub) copyBody(ctx context.Context, w http.ResponseWriter, resp *http.Re
 	buf := make([]byte, 32<<10)
 	var sent int64
 	recorded := uint64(0)
+	var pace pacer
 	for {
 		if stopAt >= 0 && sent >= stopAt {
 			_ = rc.Flush()
@@ -709,7 +710,14 @@ func (h *Hub) copyBody(ctx context.Context, w http.ResponseWriter, resp *http.Re
 			}
 			if bps > 0 {
 				_ = rc.Flush()
-				if !sleepCtx(ctx, time.Duration(int64(n)*int64(time.Second)/bps)) {
+				// Pace against a fixed origin so timer overshoot does not
+				// accumulate; a new rate starts a new origin.
+				if bps != pace.bps {
+					pace = pacer{bps: bps, start: time.Now()}
+				}
+				pace.bytes += int64(n)
+				due := pace.start.Add(time.Duration(float64(pace.bytes) / float64(bps) * float64(time.Second)))
+				if !sleepCtx(ctx, time.Until(due)) {
 					return
 				}
 			}
@@ -729,6 +737,12 @@ func (h *Hub) copyBody(ctx context.Context, w http.ResponseWriter, resp *http.Re
 	if plan.blob && recorded == 0 {
 		h.recordTransfer(plan, start, sent)
 	}
+}
+
+type pacer struct {
+	bps   int64
+	start time.Time
+	bytes int64
 }
 
 type transferRec struct {
