@@ -445,12 +445,21 @@ func (h *Hub) serveFront(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// faultsFor lists the faults that can apply to r: a HEAD has no body to
+// damage, and must not use up a SetFaultN budget meant for GETs.
+func (h *Hub) faultsFor(r *http.Request) []Fault {
+	if r.Method == http.MethodHead {
+		return []Fault{Fault429, Fault500, FaultDrop}
+	}
+	return nil
+}
+
 func (h *Hub) serveManifest(w http.ResponseWriter, r *http.Request, identity, repo, backendPath string) {
 	get := r.Method == http.MethodGet
 	if !get {
 		h.count(func(c *Counts) { c.ManifestHEADs++ })
 	}
-	f := h.takeFault(ScopeManifests)
+	f := h.takeFault(ScopeManifests, h.faultsFor(r)...)
 	if h.injectStatusFault(w, f) {
 		return
 	}
@@ -508,7 +517,7 @@ func (h *Hub) serveBlob(w http.ResponseWriter, r *http.Request, backendRepo, res
 		h.forward(w, r, backendPath, bodyPlan{}, nil)
 		return
 	}
-	f := h.takeFault(ScopeBlobs)
+	f := h.takeFault(ScopeBlobs, h.faultsFor(r)...)
 	if h.injectStatusFault(w, f) {
 		return
 	}
@@ -534,7 +543,10 @@ func (h *Hub) serveCDN(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "bad digest", http.StatusBadRequest)
 		return
 	}
-	f := h.takeFault(ScopeBlobs, FaultDropMidBody, FaultCorrupt)
+	var f Fault
+	if r.Method == http.MethodGet {
+		f = h.takeFault(ScopeBlobs, FaultDropMidBody, FaultCorrupt)
+	}
 	plan := bodyPlan{blob: true, cdn: true, digest: d, corrupt: f == FaultCorrupt, dropMid: f == FaultDropMidBody}
 	h.forward(w, r, "/v2/"+m[1]+"/blobs/"+d.String(), plan, func(_ int, hdr http.Header) {
 		// The CDN is not a registry; it does not speak the API headers.

@@ -487,6 +487,19 @@ func TestFaults(t *testing.T) {
 		if c := hub.Counts(); c.Faults != 2 || c.ManifestGETs != 1 {
 			t.Errorf("Faults = %d, ManifestGETs = %d", c.Faults, c.ManifestGETs)
 		}
+
+		// A HEAD has no body to corrupt and must leave the budget to the GET.
+		hub.SetFaultN(FaultCorrupt, ScopeManifests, 1)
+		var digests []digest.Digest
+		if r := do(t, http.MethodHead, hub.URL+manifestPath, bearer(tok)); r.status != 200 {
+			t.Fatalf("HEAD = %d", r.status)
+		}
+		for range 2 {
+			digests = append(digests, digest.FromBytes(do(t, http.MethodGet, hub.URL+manifestPath, bearer(tok)).body))
+		}
+		if digests[0] == img.Digest || digests[1] != img.Digest {
+			t.Errorf("GET digests %v: want first corrupted, second intact (%s)", digests, img.Digest)
+		}
 	})
 }
 
