@@ -1,0 +1,113 @@
+package setup
+
+import (
+	"fmt"
+
+	"github.com/pelletier/go-toml/v2/unstable"
+)
+
+func buildkitTarget() Target {
+	return Target{
+		Name:     "buildkit",
+		Short:    "buildkitd.toml [registry.\"<registry>\"] mirrors (docker buildx, buildkitd)",
+		Writable: true,
+		Build: func(o Options) (Plan, error) {
+			s, err := o.server()
+			if err != nil {
+				return Plan{}, err
+			}
+			p := Plan{Files: []File{{
+				Path:  o.path("etc/buildkit/buildkitd.toml"),
+				Merge: func(b []byte) ([]byte, error) { return mergeBuildkitd(b, o.registries(), s) },
+			}}}
+			p.Notes = append(p.Notes,
+				"BuildKit sends ?ns=<registry> to the mirror, so one regcache serves every registry listed.",
+				"http/insecure is set on the mirror's own [registry.\"<mirror>\"] table: BuildKit reads it from there (on the docker.io table it would downgrade the fallback to Docker Hub instead).",
+				"buildx: docker buildx create --use --driver docker-container --buildkitd-config "+o.path("etc/buildkit/buildkitd.toml"),
+				"buildkitd: restart it to re-read the file.")
+			return p, nil
+		},
+	}
+}
+
+func mergeBuildkitd(src []byte, registries []string, s server) ([]byte, error) {
+	if len(src) == 0 {
+		src = []byte("# Pulls go through regcache (regcache setup buildkit).\n")
+	}
+	var err error
+	for _, r := range registries {
+		if src, err = ensureTableKV(src, []string{"registry", r}, "mirrors", func(e *tomlExpr) (string, bool) {
+			if e != nil && hasAll(e.strs, s.host) {
+				return "", true
+			}
+			list := []string{s.host}
+			if e != nil {
+				list = append(list, e.strs...)
+			}
+			return tomlStrings(list), false
+		}); err != nil {
+			return nil, err
+		}
+	}
+	if s.insecure {
+		key := "insecure"
+		if s.scheme == "http" {
+			key = "http"
+		}
+		if src, err = ensureTableKV(src, []string{"registry", s.host}, key, func(e *tomlExpr) (string, bool) {
+			return "true", e != nil && e.text == key+" = true"
+		}); err != nil {
+			return nil, err
+		}
+	}
+	m, err := decodeTOML(src)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range registries {
+		mirrors, _ := lookup(m, "registry", r, "mirrors").([]any)
+		found := false
+		for _, v := range mirrors {
+			found = found || v == s.host
+		}
+		if !found {
+			return nil, fmt.Errorf("registry %q is defined in a form regcache does not edit; edit this file by hand", r)
+		}
+	}
+	return src, nil
+}
+
+// ensureTableKV sets key in [table], creating the table at the end if
+// needed. value gets the existing expression (nil if absent) and returns the
+// new value text, or keep=true to leave it.
+func ensureTableKV(src []byte, table []string, key string, value func(*tomlExpr) (string, bool)) ([]byte, error) {
+	d, err := parseTOML(src)
+	if err != nil {
+		return nil, err
+	}
+	hs := d.find(unstable.Table, table...)
+	if len(hs) == 0 {
+		v, _ := value(nil)
+		return appendBlock(src, fmt.Sprintf("[%s]\n  %s = %s\n", tomlPath(table), tomlKey(key), v)), nil
+	}
+	var cur *tomlExpr
+	if i, ok := d.kv(hs[0], key); ok {
+		cur = &d.exprs[i]
+	}
+	v, keep := value(cur)
+	if keep {
+		return src, nil
+	}
+	return d.setKV(hs[0], key, v, nil), nil
+}
+
+func tomlPath(keys []string) string {
+	out := ""
+	for i, k := range keys {
+		if i > 0 {
+			out += "."
+		}
+		out += tomlKey(k)
+	}
+	return out
+}

@@ -1,0 +1,99 @@
+package setup
+
+import (
+	"fmt"
+
+	"github.com/pelletier/go-toml/v2/unstable"
+)
+
+func podmanTarget() Target {
+	return Target{
+		Name:     "podman",
+		Short:    "containers registries.conf [[registry]] + [[registry.mirror]] per registry (podman, buildah, skopeo, CRI-O)",
+		Writable: true,
+		Build: func(o Options) (Plan, error) {
+			s, err := o.server()
+			if err != nil {
+				return Plan{}, err
+			}
+			path := o.path("etc/containers/registries.conf")
+			p := Plan{Files: []File{{
+				Path:  path,
+				Merge: func(b []byte) ([]byte, error) { return mergeRegistriesConf(b, o.registries(), s) },
+			}}}
+			p.Notes = append(p.Notes,
+				"podman replaces the prefix with the mirror location, so regcache receives /v2/<registry>/<repository>/...",
+				"No restart needed; test with: CONTAINERS_REGISTRIES_CONF="+path+" podman pull docker.io/library/alpine:3.19")
+			return p, nil
+		},
+	}
+}
+
+// mergeRegistriesConf adds, for each registry, a [[registry]] entry (or
+// reuses the user's one) with regcache as its first [[registry.mirror]].
+func mergeRegistriesConf(src []byte, registries []string, s server) ([]byte, error) {
+	if len(src) == 0 {
+		src = []byte("# Pulls go through regcache (regcache setup podman).\n")
+	}
+	for _, r := range registries {
+		var err error
+		if src, err = ensurePodmanRegistry(src, r, s); err != nil {
+			return nil, err
+		}
+	}
+	m, err := decodeTOML(src)
+	if err != nil {
+		return nil, err
+	}
+	if _, v1 := m["registries"]; v1 {
+		return nil, fmt.Errorf("registries.conf uses the v1 [registries.*] format, which cannot be mixed with [[registry]]; convert it to v2 first")
+	}
+	return src, nil
+}
+
+func ensurePodmanRegistry(src []byte, registry string, s server) ([]byte, error) {
+	d, err := parseTOML(src)
+	if err != nil {
+		return nil, err
+	}
+	location := s.host + "/" + registry
+	mirror := fmt.Sprintf("[[registry.mirror]]\nlocation = %s\n", tomlString(location))
+	if s.insecure {
+		mirror += "insecure = true\n"
+	}
+	for _, h := range d.find(unstable.ArrayTable, "registry") {
+		prefix, loc := "", ""
+		if i, ok := d.kv(h, "prefix"); ok && d.exprs[i].isStr {
+			prefix = d.exprs[i].strs[0]
+		}
+		if i, ok := d.kv(h, "location"); ok && d.exprs[i].isStr {
+			loc = d.exprs[i].strs[0]
+		}
+		if prefix != registry && (prefix != "" || loc != registry) {
+			continue
+		}
+		// The mirrors of this entry are the [[registry.mirror]] tables that
+		// follow it directly.
+		_, next := d.section(h)
+		for j := next; j < len(d.exprs); {
+			e := d.exprs[j]
+			if e.kind != unstable.ArrayTable || !keyEq(e.key, []string{"registry", "mirror"}) {
+				break
+			}
+			if i, ok := d.kv(j, "location"); ok && d.exprs[i].isStr && d.exprs[i].strs[0] == location {
+				if !s.insecure {
+					return src, nil
+				}
+				return d.setKV(j, "insecure", "true", func(e tomlExpr) bool { return e.text == "insecure = true" }), nil
+			}
+			_, j = d.section(j)
+		}
+		// regcache goes first: podman tries mirrors in order.
+		if next < len(d.exprs) {
+			return d.insertBlock(next, mirror), nil
+		}
+		return appendBlock(src, mirror), nil
+	}
+	block := fmt.Sprintf("[[registry]]\nprefix = %s\nlocation = %s\n\n%s", tomlString(registry), tomlString(registry), mirror)
+	return appendBlock(src, block), nil
+}

@@ -1,0 +1,217 @@
+package setup
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/regcache/regcache/internal/rewrite"
+)
+
+// Options are the command-line choices common to all targets.
+type Options struct {
+	// Server is the regcache address: http://host:port, https://host or
+	// host:port (then http when Insecure, else https).
+	Server string
+	// Insecure means plain HTTP or a certificate clients cannot verify.
+	Insecure bool
+	// Registries whose pulls go through regcache; default docker.io.
+	Registries []string
+	// Root prefixes the standard install paths (tests, chroots, images).
+	Root string
+	// Path replaces the standard path of the target's main file (or
+	// directory, for containerd's certs.d).
+	Path string
+}
+
+// server is the parsed Server option.
+type server struct {
+	scheme string // http or https
+	host   string // host[:port]
+	// insecure: clients must allow http or skip TLS verification.
+	insecure bool
+}
+
+func (s server) url() string { return s.scheme + "://" + s.host }
+
+func (o Options) server() (server, error) {
+	raw := o.Server
+	if raw == "" {
+		return server{}, errors.New("--server is required")
+	}
+	if !strings.Contains(raw, "://") {
+		scheme := "https"
+		if o.Insecure {
+			scheme = "http"
+		}
+		raw = scheme + "://" + raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || strings.Trim(u.Path, "/") != "" {
+		return server{}, fmt.Errorf("--server %q: want http://host:port, https://host or host:port", o.Server)
+	}
+	return server{scheme: u.Scheme, host: u.Host, insecure: u.Scheme == "http" || o.Insecure}, nil
+}
+
+func (o Options) registries() []string {
+	if len(o.Registries) == 0 {
+		return []string{"docker.io"}
+	}
+	return o.Registries
+}
+
+// path returns the install path: Path if set, else std under Root.
+func (o Options) path(std string) string {
+	if o.Path != "" {
+		return o.Path
+	}
+	return filepath.Join(o.root(), std)
+}
+
+func (o Options) root() string {
+	if o.Root == "" {
+		return "/"
+	}
+	return o.Root
+}
+
+// upstream is the URL containerd uses for a registry when no host answers.
+func upstream(registry string) string {
+	if registry == "docker.io" {
+		return "https://registry-1.docker.io"
+	}
+	return "https://" + registry
+}
+
+// File is a configuration file a target installs.
+type File struct {
+	Path string
+	// Merge returns the new content given the current one (nil when the
+	// file does not exist). Merge(Merge(x)) must equal Merge(x).
+	Merge func(existing []byte) ([]byte, error)
+}
+
+// Snippet is a block of text for the user to paste somewhere (CI configs).
+type Snippet struct {
+	Title string
+	Lang  string
+	Body  string
+}
+
+// Plan is what a target generates.
+type Plan struct {
+	Files    []File
+	Snippets []Snippet
+	// Notes are printed after the files: restart commands, hints.
+	Notes []string
+}
+
+// Target is one "regcache setup <name>".
+type Target struct {
+	Name  string
+	Short string
+	// Writable targets install files with --write; the others only print.
+	Writable bool
+	Build    func(Options) (Plan, error)
+}
+
+// Targets lists every target, sorted by name.
+func Targets() []Target {
+	ts := []Target{
+		dockerTarget(), containerdTarget(), buildkitTarget(), podmanTarget(), k3sTarget(), kindTarget(),
+		codebuildTarget(), circleciTarget(), githubTarget(), gitlabTarget(),
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Name < ts[j].Name })
+	return ts
+}
+
+// Lookup finds a target by name.
+func Lookup(name string) (Target, bool) {
+	for _, t := range Targets() {
+		if t.Name == name {
+			return t, true
+		}
+	}
+	return Target{}, false
+}
+
+// Render prints a plan: each file as it would be written on a machine
+// without one, then the snippets and notes.
+func Render(w io.Writer, p Plan) error {
+	for _, f := range p.Files {
+		data, err := f.Merge(nil)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "# ==> %s\n%s\n", f.Path, data)
+	}
+	for _, s := range p.Snippets {
+		fmt.Fprintf(w, "# ==> %s\n%s\n", s.Title, strings.TrimRight(s.Body, "\n")+"\n")
+	}
+	for _, n := range p.Notes {
+		fmt.Fprintf(w, "# %s\n", strings.ReplaceAll(strings.TrimRight(n, "\n"), "\n", "\n# "))
+	}
+	return nil
+}
+
+// Action is what Install did with one file.
+type Action struct {
+	Path   string
+	Backup string // "" when there was nothing to back up
+	// Changed is false when the file already had the right content.
+	Changed bool
+}
+
+// Install merges each file of the plan into the file on disk. A changed
+// file is first copied to <path>.bak and then replaced atomically; an
+// unchanged file is not touched at all, so running it twice leaves the same
+// bytes (and the same backup). Nothing is written when any merge fails.
+func Install(p Plan) ([]Action, error) {
+	type pending struct {
+		path    string
+		old     []byte
+		existed bool
+		new     []byte
+	}
+	var todo []pending
+	for _, f := range p.Files {
+		old, err := os.ReadFile(f.Path)
+		existed := err == nil
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		data, err := f.Merge(old)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w (file not modified)", f.Path, err)
+		}
+		todo = append(todo, pending{f.Path, old, existed, data})
+	}
+	var acts []Action
+	for _, t := range todo {
+		a := Action{Path: t.path}
+		if t.existed && string(t.old) == string(t.new) {
+			acts = append(acts, a)
+			continue
+		}
+		a.Changed = true
+		if err := os.MkdirAll(filepath.Dir(t.path), 0o755); err != nil {
+			return acts, err
+		}
+		if t.existed {
+			a.Backup = t.path + ".bak"
+			if err := rewrite.WriteAtomic(a.Backup, t.old); err != nil {
+				return acts, err
+			}
+		}
+		if err := rewrite.WriteAtomic(t.path, t.new); err != nil {
+			return acts, err
+		}
+		acts = append(acts, a)
+	}
+	return acts, nil
+}
