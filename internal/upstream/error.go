@@ -55,6 +55,10 @@ type Error struct {
 	Message    string        // the upstream's message, shortened
 	RetryAfter time.Duration // from Retry-After on 429/503
 	Err        error         // underlying network or auth error, if any
+
+	// notSent marks refusals made here (circuit open, Retry-After pending)
+	// so they do not count as the source failing again.
+	notSent bool
 }
 
 func (e *Error) Error() string {
@@ -142,6 +146,8 @@ func IsUnavailable(err error) bool {
 	case IsRateLimited(err):
 		return true
 	case e.StatusCode >= 500, e.StatusCode == http.StatusRequestTimeout:
+		return true
+	case e.Code == CodeUnavailable:
 		return true
 	case e.StatusCode == 0 && e.Err != nil:
 		return !errors.Is(e.Err, context.Canceled)

@@ -17,13 +17,20 @@ import (
 //
 // The limits have changed more than once, so nothing here is hard-coded.
 type Budget struct {
-	Limit      int           // pulls allowed per window
-	Remaining  int           // pulls left in the current window
-	Window     time.Duration // from the ";w=" parameter; 0 if not sent
-	Source     string        // docker-ratelimit-source: the IP or account the limit is counted for
-	Known      bool          // false until a response carried the headers, or after one said there is no limit
-	UpdatedAt  time.Time     // when a response last changed the budget
-	RetryUntil time.Time     // from the last 429/503 (Retry-After, or a backoff when absent)
+	Limit     int           // pulls allowed per window
+	Remaining int           // pulls left in the current window
+	Window    time.Duration // from the ";w=" parameter; 0 if not sent
+	Source    string        // docker-ratelimit-source: the IP or account the limit is counted for
+	Known     bool          // false until a response carried the headers, or after one said there is no limit
+	UpdatedAt time.Time     // when a response last changed the budget
+	// RetryUntil is when counted pulls (manifest GETs) may be sent again,
+	// after a 429 or 503 (its Retry-After, or a backoff when absent).
+	RetryUntil time.Time
+	// PausedUntil is when the origin may be asked anything again. A pull-limit
+	// 429 (on a manifest GET, with ratelimit headers) leaves it alone, because
+	// Docker Hub still answers the free HEADs that resolve tags; a bare 429
+	// (the abuse limit) or a 503 with Retry-After sets it too.
+	PausedUntil time.Time
 }
 
 // backoff429 is how long to leave the origin alone after a 429 that did not
@@ -38,9 +45,10 @@ type budgetTracker struct {
 	host string // only responses from this host:port count
 	now  func() time.Time
 
-	mu       sync.Mutex
-	b        Budget
-	last429s int // 429s in a row, for the backoff when Retry-After is missing
+	mu           sync.Mutex
+	b            Budget
+	last429s     int // 429s in a row, for the backoff when Retry-After is missing
+	pausedStatus int // the status that set PausedUntil, reported while paused
 }
 
 func newBudgetTracker(host string, now func() time.Time) *budgetTracker {
@@ -96,10 +104,17 @@ func (t *budgetTracker) observe(req *http.Request, resp *http.Response) {
 			d = min(d, backoff429Max)
 		}
 		t.b.RetryUntil = now.Add(d)
+		pullLimit := req.Method == http.MethodGet && isManifest && (hasLimit || hasRemaining)
+		if !pullLimit {
+			t.b.PausedUntil = now.Add(d)
+			t.pausedStatus = resp.StatusCode
+		}
 		t.b.UpdatedAt = now
 	case http.StatusServiceUnavailable:
 		if d, ok := parseRetryAfter(h.Get("Retry-After"), now); ok {
 			t.b.RetryUntil = now.Add(d)
+			t.b.PausedUntil = now.Add(d)
+			t.pausedStatus = resp.StatusCode
 			t.b.UpdatedAt = now
 		}
 	default:
@@ -107,6 +122,40 @@ func (t *budgetTracker) observe(req *http.Request, resp *http.Response) {
 			t.last429s = 0
 		}
 	}
+}
+
+// gate refuses a request the origin asked us not to send yet, without
+// sending it: after a 429, asking again before Retry-After only extends the
+// penalty. It returns the status to report (429 or 503) and how long is
+// left, or ok when the request may go.
+func (t *budgetTracker) gate(method, path string) (status int, wait time.Duration, ok bool) {
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if now.Before(t.b.PausedUntil) {
+		return t.pausedStatus, t.b.PausedUntil.Sub(now), false
+	}
+	counted := method == http.MethodGet && strings.Contains(path, "/manifests/")
+	if counted && now.Before(t.b.RetryUntil) {
+		return http.StatusTooManyRequests, t.b.RetryUntil.Sub(now), false
+	}
+	return 0, 0, true
+}
+
+// belowReserve reports whether the known remaining budget is at or below
+// reserve. Docker Hub's windows are rolling, so a figure older than its
+// window no longer bounds anything and does not count.
+func (t *budgetTracker) belowReserve(reserve int) bool {
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.b.Known {
+		return false
+	}
+	if t.b.Window > 0 && now.Sub(t.b.UpdatedAt) > t.b.Window {
+		return false
+	}
+	return t.b.Remaining <= reserve
 }
 
 // parseRateLimit reads one ratelimit-* header value. Docker Hub sends

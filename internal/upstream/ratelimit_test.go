@@ -116,7 +116,8 @@ func TestBudgetObserve(t *testing.T) {
 			want: Budget{Limit: 100, Remaining: 5, Window: 6 * time.Hour, Known: true, UpdatedAt: now},
 		},
 		{
-			name: "429 with Retry-After",
+			// The pull limit: HEADs still work, so only GETs wait.
+			name: "pull-limit 429 with Retry-After",
 			resps: []resp{{http.MethodGet, "/v2/library/alpine/manifests/3.19", 429, map[string]string{
 				"ratelimit-limit":     "100;w=21600",
 				"ratelimit-remaining": "0;w=21600",
@@ -127,7 +128,7 @@ func TestBudgetObserve(t *testing.T) {
 		{
 			name:  "bare 429 backs off",
 			resps: []resp{{http.MethodHead, "/v2/library/alpine/manifests/3.19", 429, nil}},
-			want:  Budget{UpdatedAt: now, RetryUntil: now.Add(backoff429Min)},
+			want:  Budget{UpdatedAt: now, RetryUntil: now.Add(backoff429Min), PausedUntil: now.Add(backoff429Min)},
 		},
 		{
 			name: "second bare 429 backs off longer",
@@ -135,12 +136,12 @@ func TestBudgetObserve(t *testing.T) {
 				{http.MethodHead, "/v2/library/alpine/manifests/3.19", 429, nil},
 				{http.MethodHead, "/v2/library/alpine/manifests/3.19", 429, nil},
 			},
-			want: Budget{UpdatedAt: now, RetryUntil: now.Add(2 * backoff429Min)},
+			want: Budget{UpdatedAt: now, RetryUntil: now.Add(2 * backoff429Min), PausedUntil: now.Add(2 * backoff429Min)},
 		},
 		{
 			name:  "503 with Retry-After",
 			resps: []resp{{http.MethodGet, "/v2/", 503, map[string]string{"Retry-After": "30"}}},
-			want:  Budget{UpdatedAt: now, RetryUntil: now.Add(30 * time.Second)},
+			want:  Budget{UpdatedAt: now, RetryUntil: now.Add(30 * time.Second), PausedUntil: now.Add(30 * time.Second)},
 		},
 	}
 	for _, tt := range tests {

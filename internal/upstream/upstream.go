@@ -31,6 +31,13 @@ type Config struct {
 	Auth      authn.Authenticator // nil = anonymous
 	Transport http.RoundTripper   // nil = a tuned *http.Transport
 	Logger    *slog.Logger        // nil = discard
+
+	// Mirrors are asked, in order, for content addressed by digest (blobs,
+	// manifests by digest) before the origin. They never see Auth.
+	Mirrors []MirrorConfig
+	// Reserve is the number of counted pulls to keep for true misses; see
+	// BelowReserve.
+	Reserve int
 }
 
 // SourceOrigin is the Source of content that came from the origin registry.
@@ -53,10 +60,13 @@ var defaultManifestAccept = []string{
 
 // Registry is a client for one upstream registry. It is safe for concurrent use.
 type Registry struct {
-	name   string
-	log    *slog.Logger
-	origin *endpoint
-	budget *budgetTracker
+	name    string
+	log     *slog.Logger
+	origin  *endpoint
+	mirrors []*endpoint
+	budget  *budgetTracker
+	reserve int
+	now     func() time.Time
 }
 
 // Manifest is a manifest exactly as the upstream sent it.
@@ -76,6 +86,12 @@ type Blob struct {
 // New builds a client for cfg. It does no network I/O, so regcache starts
 // even when every upstream is down; the first request pings and authenticates.
 func New(cfg Config) (*Registry, error) {
+	return newRegistry(cfg, time.Now)
+}
+
+// newRegistry is New with a clock, which tests replace to drive breakers and
+// Retry-After without sleeping.
+func newRegistry(cfg Config, now func() time.Time) (*Registry, error) {
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -89,27 +105,47 @@ func New(cfg Config) (*Registry, error) {
 		regName = base.Host
 	}
 	logger = logger.With("registry", regName)
-
-	rt := cfg.Transport
-	if rt == nil {
-		rt = newBaseTransport()
+	if cfg.Reserve < 0 {
+		return nil, fmt.Errorf("upstream %q: reserve must not be negative", regName)
 	}
-	rt = &loggingTransport{inner: rt, logger: logger, source: SourceOrigin}
-	budget := newBudgetTracker(base.Host, time.Now)
+
+	wire := cfg.Transport
+	if wire == nil {
+		wire = newBaseTransport()
+	}
+	budget := newBudgetTracker(base.Host, now)
+	var rt http.RoundTripper = &loggingTransport{inner: wire, logger: logger, source: SourceOrigin}
 	rt = &rateLimitTransport{inner: rt, tracker: budget}
 
-	return &Registry{
-		name:   regName,
-		log:    logger,
-		budget: budget,
+	r := &Registry{
+		name:    regName,
+		log:     logger,
+		budget:  budget,
+		reserve: cfg.Reserve,
+		now:     now,
 		origin: &endpoint{
 			registry: regName,
 			source:   SourceOrigin,
 			base:     *base,
 			scopes:   newScopeCache(reg, cfg.Auth, rt, 0),
 			log:      logger,
+			breaker:  newBreaker(now),
+			budget:   budget,
 		},
-	}, nil
+	}
+	seen := map[string]bool{SourceOrigin: true}
+	for i, mc := range cfg.Mirrors {
+		m, err := newMirror(regName, mc, wire, logger, now)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %q: mirrors[%d]: %w", regName, i, err)
+		}
+		if seen[m.source] {
+			return nil, fmt.Errorf("upstream %q: mirrors[%d]: duplicate mirror name %q", regName, i, m.source)
+		}
+		seen[m.source] = true
+		r.mirrors = append(r.mirrors, m)
+	}
+	return r, nil
 }
 
 // parseRegistryURL checks a registry URL: http or https, a host, no path
@@ -156,45 +192,83 @@ func (r *Registry) Budget() Budget { return r.budget.get() }
 // Docker-Content-Digest; Size is -1 when it sent no Content-Length.
 func (r *Registry) HeadManifest(ctx context.Context, repo, ref string, accept []string) (ocispec.Descriptor, error) {
 	eb := r.errBase("HEAD manifest", repo, ref)
-	want, err := checkManifestArgs(repo, ref)
-	if err != nil {
-		return ocispec.Descriptor{}, withBase(err, eb)
+	want, verr := checkManifestArgs(repo, ref)
+	if verr != nil {
+		return ocispec.Descriptor{}, withBase(verr, eb)
 	}
-	return r.origin.headManifest(ctx, eb, repo, ref, want, accept)
+	var desc ocispec.Descriptor
+	err := r.origin.run(ctx, func(*ticket) error {
+		var err error
+		desc, err = r.origin.headManifest(ctx, eb, want, accept)
+		return err
+	})
+	return desc, err
 }
 
 // GetManifest downloads a manifest, at most MaxManifestSize bytes, and
 // returns it byte for byte. If ref is a digest the body must hash to it, and
 // a Docker-Content-Digest header must match the body; otherwise the call
-// fails with Code DIGEST_INVALID and returns nothing. Docker Hub counts each
-// call as a pull, so it sends exactly one request (plus the token refresh
-// ggcr does after a 401, which is not counted).
+// fails with Code DIGEST_INVALID and returns nothing.
+//
+// A tag is always fetched from the origin. A digest is fetched from the
+// first mirror that carries repo and answers with the right bytes, then from
+// the origin. Docker Hub counts each origin GET as a pull, so at most one is
+// sent per call (plus the token refresh ggcr does after a 401, which is not
+// counted).
 func (r *Registry) GetManifest(ctx context.Context, repo, ref string, accept []string) (Manifest, error) {
 	eb := r.errBase("GET manifest", repo, ref)
-	want, err := checkManifestArgs(repo, ref)
-	if err != nil {
-		return Manifest{}, withBase(err, eb)
+	want, verr := checkManifestArgs(repo, ref)
+	if verr != nil {
+		return Manifest{}, withBase(verr, eb)
 	}
-	return r.origin.getManifest(ctx, eb, repo, ref, want, accept)
+	var m Manifest
+	var err error
+	fetch := func(e *endpoint, eb Error, _ *ticket) error {
+		var err error
+		m, err = e.getManifest(ctx, eb, want, accept)
+		return err
+	}
+	if want == "" {
+		err = r.origin.run(ctx, func(t *ticket) error { return fetch(r.origin, eb, t) })
+	} else {
+		err = r.fromSources(ctx, eb, fetch)
+	}
+	return m, err
 }
 
-// GetBlob opens a blob, following redirects to other hosts (CDNs) without the
-// Authorization header. The caller closes Body and verifies the digest.
+// GetBlob opens a blob from the first mirror that carries repo and has it,
+// else from the origin, following redirects to other hosts (CDNs) without
+// the Authorization header. The caller closes Body and verifies the digest;
+// a mirror's body is also checked as it is read, and a mismatch fails the
+// last Read with DIGEST_INVALID and counts against that mirror.
 func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest) (Blob, error) {
 	eb := r.errBase("GET blob", repo, string(d))
 	if err := checkBlobArgs(repo, d); err != nil {
 		return Blob{}, withBase(err, eb)
 	}
-	return r.origin.getBlob(ctx, eb, repo, d)
+	var b Blob
+	err := r.fromSources(ctx, eb, func(e *endpoint, eb Error, t *ticket) error {
+		var err error
+		b, err = e.getBlob(ctx, eb, d, t)
+		return err
+	})
+	return b, err
 }
 
-// HeadBlob returns a blob's descriptor without downloading it.
+// HeadBlob returns a blob's descriptor without downloading it, asking
+// mirrors first like GetBlob.
 func (r *Registry) HeadBlob(ctx context.Context, repo string, d digest.Digest) (ocispec.Descriptor, error) {
 	eb := r.errBase("HEAD blob", repo, string(d))
 	if err := checkBlobArgs(repo, d); err != nil {
 		return ocispec.Descriptor{}, withBase(err, eb)
 	}
-	return r.origin.headBlob(ctx, eb, repo, d)
+	var desc ocispec.Descriptor
+	err := r.fromSources(ctx, eb, func(e *endpoint, eb Error, _ *ticket) error {
+		var err error
+		desc, err = e.headBlob(ctx, eb, d)
+		return err
+	})
+	return desc, err
 }
 
 // Do passes a read-only request through to the origin: method (GET or HEAD)
@@ -214,14 +288,19 @@ func (r *Registry) Do(ctx context.Context, method, repo, suffix string, query ur
 	if !validSuffix(suffix) {
 		return nil, withBase(&Error{Code: CodeUnsupported, Message: "invalid path suffix"}, eb)
 	}
-	resp, uerr := r.origin.send(ctx, eb, method, "/v2/"+repo+"/"+suffix, query, passHeaders(header))
-	if uerr != nil {
-		return nil, uerr
-	}
-	if resp.StatusCode/100 != 2 {
-		return nil, responseError(resp, eb, CodeNameUnknown)
-	}
-	return resp, nil
+	var resp *http.Response
+	err := r.origin.run(ctx, func(*ticket) error {
+		res, uerr := r.origin.send(ctx, eb, method, "/v2/"+repo+"/"+suffix, query, passHeaders(header))
+		if uerr != nil {
+			return uerr
+		}
+		if res.StatusCode/100 != 2 {
+			return responseError(res, eb, CodeNameUnknown)
+		}
+		resp = res
+		return nil
+	})
+	return resp, err
 }
 
 func (r *Registry) errBase(op, repo, ref string) Error {
@@ -235,12 +314,32 @@ type endpoint struct {
 	base     url.URL
 	scopes   *scopeCache
 	log      *slog.Logger
+	breaker  *breaker
+
+	// Origin only: the budget whose Retry-After gates requests.
+	budget *budgetTracker
+
+	// Mirrors only.
+	mirror   bool
+	prefix   string   // prepended to the repository, e.g. "docker"
+	patterns []string // repositories carried (path.Match); empty = all
 }
 
 // send makes one request to the endpoint with the transport for repo's
 // scope. Non-2xx responses are returned as they are; the caller decides what
 // they mean.
 func (e *endpoint) send(ctx context.Context, eb Error, method, path string, query url.Values, header http.Header) (*http.Response, *Error) {
+	if e.budget != nil {
+		if status, wait, ok := e.budget.gate(method, path); !ok {
+			ge := eb
+			ge.StatusCode = status
+			ge.Code = statusCode(status, "")
+			ge.Message = "origin asked for a pause (Retry-After); request not sent"
+			ge.RetryAfter = wait
+			ge.notSent = true
+			return nil, &ge
+		}
+	}
 	rt, err := e.scopes.transport(ctx, eb.Repository)
 	if err != nil {
 		return nil, wrapError(err, eb)
@@ -265,8 +364,8 @@ func (e *endpoint) send(ctx context.Context, eb Error, method, path string, quer
 	return resp, nil
 }
 
-func (e *endpoint) headManifest(ctx context.Context, eb Error, repo, ref string, want digest.Digest, accept []string) (ocispec.Descriptor, error) {
-	resp, uerr := e.send(ctx, eb, http.MethodHead, "/v2/"+repo+"/manifests/"+ref, nil, acceptHeader(accept))
+func (e *endpoint) headManifest(ctx context.Context, eb Error, want digest.Digest, accept []string) (ocispec.Descriptor, error) {
+	resp, uerr := e.send(ctx, eb, http.MethodHead, "/v2/"+eb.Repository+"/manifests/"+eb.Reference, nil, acceptHeader(accept))
 	if uerr != nil {
 		return ocispec.Descriptor{}, uerr
 	}
@@ -284,7 +383,7 @@ func (e *endpoint) headManifest(ctx context.Context, eb Error, repo, ref string,
 		case err != nil:
 			// A HEAD cannot be checked against a body; a garbled header is
 			// treated as absent so the caller GETs and verifies instead.
-			e.log.WarnContext(ctx, "ignoring unparsable Docker-Content-Digest", "source", e.source, "repository", repo)
+			e.log.WarnContext(ctx, "ignoring unparsable Docker-Content-Digest", "source", e.source, "repository", eb.Repository)
 		case want != "" && got != want:
 			return ocispec.Descriptor{}, digestError(eb, fmt.Sprintf("asked for %s, Docker-Content-Digest says %s", want, got))
 		default:
@@ -294,8 +393,8 @@ func (e *endpoint) headManifest(ctx context.Context, eb Error, repo, ref string,
 	return desc, nil
 }
 
-func (e *endpoint) getManifest(ctx context.Context, eb Error, repo, ref string, want digest.Digest, accept []string) (Manifest, error) {
-	resp, uerr := e.send(ctx, eb, http.MethodGet, "/v2/"+repo+"/manifests/"+ref, nil, acceptHeader(accept))
+func (e *endpoint) getManifest(ctx context.Context, eb Error, want digest.Digest, accept []string) (Manifest, error) {
+	resp, uerr := e.send(ctx, eb, http.MethodGet, "/v2/"+eb.Repository+"/manifests/"+eb.Reference, nil, acceptHeader(accept))
 	if uerr != nil {
 		return Manifest{}, uerr
 	}
@@ -356,19 +455,23 @@ func (e *endpoint) getManifest(ctx context.Context, eb Error, repo, ref string, 
 	}, nil
 }
 
-func (e *endpoint) getBlob(ctx context.Context, eb Error, repo string, d digest.Digest) (Blob, error) {
-	resp, uerr := e.send(ctx, eb, http.MethodGet, "/v2/"+repo+"/blobs/"+string(d), nil, nil)
+func (e *endpoint) getBlob(ctx context.Context, eb Error, d digest.Digest, t *ticket) (Blob, error) {
+	resp, uerr := e.send(ctx, eb, http.MethodGet, "/v2/"+eb.Repository+"/blobs/"+string(d), nil, nil)
 	if uerr != nil {
 		return Blob{}, uerr
 	}
 	if resp.StatusCode != http.StatusOK {
 		return Blob{}, responseError(resp, eb, CodeBlobUnknown)
 	}
-	return Blob{Body: resp.Body, Size: resp.ContentLength, Source: e.source}, nil
+	body := resp.Body
+	if e.mirror {
+		body = newVerifyingReader(ctx, body, d, eb, t)
+	}
+	return Blob{Body: body, Size: resp.ContentLength, Source: e.source}, nil
 }
 
-func (e *endpoint) headBlob(ctx context.Context, eb Error, repo string, d digest.Digest) (ocispec.Descriptor, error) {
-	resp, uerr := e.send(ctx, eb, http.MethodHead, "/v2/"+repo+"/blobs/"+string(d), nil, nil)
+func (e *endpoint) headBlob(ctx context.Context, eb Error, d digest.Digest) (ocispec.Descriptor, error) {
+	resp, uerr := e.send(ctx, eb, http.MethodHead, "/v2/"+eb.Repository+"/blobs/"+string(d), nil, nil)
 	if uerr != nil {
 		return ocispec.Descriptor{}, uerr
 	}
