@@ -145,16 +145,16 @@ func setupCtr(t *testing.T, w *world, mirror string) pullFunc {
 // dockerd pulls the bare name ("alpine") through registry-mirrors, so the
 // mirror receives /v2/library/alpine/... with no registry host anywhere.
 func setupDockerd(t *testing.T, w *world, mirror string) pullFunc {
-	env := startDockerd(t, w, mirror)
+	docker, env := startDockerd(t, w, mirror)
 	return func(t *testing.T, img testImage) string {
-		out := w.mustRun(t, pullTimeout, env, "docker", "pull", img.bareName())
+		out := w.mustRun(t, pullTimeout, env, docker, "pull", img.bareName())
 		var reported string
 		for _, line := range strings.Split(out, "\n") {
 			if strings.HasPrefix(line, "Digest: ") {
 				reported = strings.TrimSpace(strings.TrimPrefix(line, "Digest: "))
 			}
 		}
-		out = w.mustRun(t, time.Minute, env, "docker", "image", "inspect", "--format", "{{json .RepoDigests}}", img.bareName())
+		out = w.mustRun(t, time.Minute, env, docker, "image", "inspect", "--format", "{{json .RepoDigests}}", img.bareName())
 		var repoDigests []string
 		if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &repoDigests); err != nil {
 			t.Fatalf("docker image inspect: %v: %q", err, out)

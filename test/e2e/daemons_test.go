@@ -19,11 +19,11 @@ import (
 
 // startDockerd starts dockerd with registry-mirrors pointing at mirror (a
 // mirror at the domain root, as Docker Hub users configure it) and returns
-// the environment for the docker CLI.
-func startDockerd(t *testing.T, w *world, mirror string) []string {
+// the docker CLI and the environment to run it with.
+func startDockerd(t *testing.T, w *world, mirror string) (docker string, env []string) {
 	t.Helper()
 	dockerd := requireBinary(t, "dockerd", "docker.io (Debian) or docker-ce")
-	requireBinary(t, "docker", "docker.io (Debian) or docker-ce-cli")
+	docker = requireBinary(t, "docker", "docker.io (Debian) or docker-ce-cli")
 	dir := w.mkdir("dockerd")
 	sock := filepath.Join(dir, "docker.sock")
 	cfg, err := json.Marshal(map[string]any{
@@ -52,15 +52,15 @@ func startDockerd(t *testing.T, w *world, mirror string) []string {
 		"--config-file", cfgPath,
 	)
 	t.Cleanup(func() { p.stop(20 * time.Second) })
-	env := w.baseEnv("DOCKER_HOST=unix://" + sock)
+	env = w.baseEnv("DOCKER_HOST=unix://" + sock)
 	err = waitFor(t.Context(), 60*time.Second, p, func() error {
-		_, err := w.run(t.Context(), 10*time.Second, env, "docker", "version", "--format", "{{.Server.Version}}")
+		_, err := w.run(t.Context(), 10*time.Second, env, docker, "version", "--format", "{{.Server.Version}}")
 		return err
 	})
 	if err != nil {
 		t.Fatalf("dockerd did not start: %v", err)
 	}
-	return env
+	return docker, env
 }
 
 // startContainerd starts a standalone containerd for ctr and returns its

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -49,7 +50,6 @@ func startRegcache(t *testing.T, w *world, cfg regcacheConfig) *regcache {
 	r := &regcache{
 		w:       w,
 		cfg:     cfg,
-		port:    freePort(t),
 		dataDir: w.mkdir("regcache-data"),
 		cfgPath: filepath.Join(w.mkdir("regcache-etc"), "regcache.yaml"),
 		env:     w.baseEnv(),
@@ -68,6 +68,30 @@ func startRegcache(t *testing.T, w *world, cfg regcacheConfig) *regcache {
 			auth = fmt.Sprintf("    auth: {username: %s, password_env: %s}\n", strconv.Quote(cfg.user), hubPasswordEnv)
 		}
 	}
+	// A free port can be taken by someone else before regcache binds it;
+	// only the first start may move to another port (a restart must keep
+	// it, daemons are configured with it).
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		r.port = freePort(t)
+		if err = r.writeConfig(auth); err != nil {
+			t.Fatal(err)
+		}
+		// Retry only when regcache exited (as on a bind error), not when
+		// it hung.
+		var exited bool
+		if exited, err = r.tryStart(t); err == nil || !exited {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *regcache) writeConfig(auth string) error {
 	// debug logging on purpose: the secret scan is only meaningful if
 	// regcache logs as much as it ever will.
 	yaml := fmt.Sprintf(`listen: "127.0.0.1:%d"
@@ -78,13 +102,8 @@ log_level: debug
 registries:
   docker.io:
     url: %s
-%s`, r.port, strconv.Quote(r.dataDir), cfg.tagTTL, strconv.Quote(cfg.upstreamURL), auth)
-	if err := os.WriteFile(r.cfgPath, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r.start(t)
-	t.Cleanup(r.stop)
-	return r
+%s`, r.port, strconv.Quote(r.dataDir), r.cfg.tagTTL, strconv.Quote(r.cfg.upstreamURL), auth)
+	return os.WriteFile(r.cfgPath, []byte(yaml), 0o644)
 }
 
 // host is what clients put in image references: 127.0.0.1:PORT.
@@ -95,9 +114,18 @@ func (r *regcache) url() string { return "http://" + r.host() }
 // start launches the server and waits until GET /v2/ answers 200.
 func (r *regcache) start(t *testing.T) {
 	t.Helper()
+	if _, err := r.tryStart(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tryStart starts the server; on failure it says whether the process had
+// exited by itself.
+func (r *regcache) tryStart(t *testing.T) (exited bool, err error) {
+	t.Helper()
 	r.proc = startProc(t, "regcache", r.w.logFile("regcache"), r.env,
 		regcacheBuild.bin, "serve", "--config", r.cfgPath)
-	err := waitFor(t.Context(), 30*time.Second, r.proc, func() error {
+	err = waitFor(t.Context(), 30*time.Second, r.proc, func() error {
 		code, err := httpGetStatus(t.Context(), r.url()+"/v2/")
 		if err != nil {
 			return err
@@ -105,12 +133,17 @@ func (r *regcache) start(t *testing.T) {
 		if code != http.StatusOK {
 			return fmt.Errorf("GET /v2/: %d", code)
 		}
+		if r.proc.exited() {
+			return errors.New("something else answers on regcache's port")
+		}
 		return nil
 	})
 	if err != nil {
+		exited = r.proc.exited()
 		r.proc.stop(5 * time.Second)
-		t.Fatalf("regcache did not come up on %s: %v\n%s", r.host(), err, r.logTail())
+		return exited, fmt.Errorf("regcache did not come up on %s: %v\n%s", r.host(), err, r.logTail())
 	}
+	return false, nil
 }
 
 // stop saves /metrics into the logs (for the secret scan), then stops the
