@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/regcache/regcache/internal/ratelimit"
+	"github.com/regcache/regcache/internal/testhub"
+)
+
+// regcache ratelimit --json reports exactly what the fake hub sent, for the
+// anonymous budget and for an account's.
+func TestRatelimitCommand(t *testing.T) {
+	backend := testhub.StartRegistry(t)
+	backend.PushImage(t, "ratelimitpreview/test", "latest", testhub.ImageOptions{})
+	hub := testhub.NewHub(t, backend, testhub.Options{
+		Users: map[string]string{"ci-user": "hub-secret"}, AnonymousLimit: 100, UserLimit: 200,
+	})
+	// Spend some of each budget so "remaining" differs from the limit.
+	ref, err := name.ParseReference(hub.Host+"/ratelimitpreview/test:latest", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := remote.Get(ref); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := remote.Get(ref, remote.WithAuth(authn.FromConfig(authn.AuthConfig{Username: "ci-user", Password: "hub-secret"}))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hub.ResetCounts()
+	tests := []struct {
+		name     string
+		args     []string
+		stdin    string
+		env      map[string]string
+		identity string
+		limit    int
+	}{
+		{"anonymous", []string{"--anonymous"}, "", nil, "anonymous", 100},
+		{"password-stdin", []string{"--username", "ci-user", "--password-stdin"}, "hub-secret\n", nil, "ci-user", 200},
+		{"environment", nil, "", map[string]string{"DOCKERHUB_USERNAME": "ci-user", "DOCKERHUB_PASSWORD": "hub-secret"}, "ci-user", 200},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("DOCKER_CONFIG", t.TempDir())
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			out, err := runCmd(t, tc.stdin, append([]string{"ratelimit", "--url", hub.URL, "--json"}, tc.args...)...)
+			if err != nil {
+				t.Fatalf("ratelimit: %v\n%s", err, out)
+			}
+			var rep ratelimit.Report
+			if err := json.Unmarshal([]byte(out), &rep); err != nil {
+				t.Fatalf("not JSON: %q", out)
+			}
+			id := tc.identity
+			if id == "anonymous" {
+				id = ""
+			}
+			want := hub.Remaining(id)
+			if !rep.Limited || rep.Limit != tc.limit || rep.Remaining != want || rep.Remaining != tc.limit-3 || rep.Identity != tc.identity || rep.WindowSeconds != 21600 {
+				t.Fatalf("report %+v, want limit %d remaining %d identity %s", rep, tc.limit, want, tc.identity)
+			}
+			if strings.Contains(out, "hub-secret") {
+				t.Fatal("the password was printed")
+			}
+		})
+	}
+	// HEADs are free: checking did not spend any pulls.
+	if c := hub.Counts(); c.ManifestGETs != 0 {
+		t.Fatalf("the check spent %d pulls", c.ManifestGETs)
+	}
+
+	t.Run("wrong password", func(t *testing.T) {
+		out, err := runCmd(t, "nope\n", "ratelimit", "--url", hub.URL, "--username", "ci-user", "--password-stdin")
+		if err == nil || strings.Contains(out+err.Error(), "nope") {
+			t.Fatalf("err = %v, out = %q", err, out)
+		}
+	})
+	t.Run("no headers is no limit", func(t *testing.T) {
+		open := testhub.NewHub(t, backend, testhub.Options{})
+		out, err := runCmd(t, "", "ratelimit", "--url", open.URL, "--anonymous")
+		if err != nil || !strings.Contains(out, "no limit") {
+			t.Fatalf("out %q err %v", out, err)
+		}
+	})
+}
+
+func runCmd(t *testing.T, stdin string, args ...string) (string, error) {
+	t.Helper()
+	cmd := newRootCmd()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetIn(strings.NewReader(stdin))
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
