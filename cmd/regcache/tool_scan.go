@@ -47,6 +47,7 @@ ARG defaults), compose files, Kubernetes manifests, Helm values, .gitlab-ci.yml,
 				}
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
+				enc.SetEscapeHTML(false)
 				if err := enc.Encode(res); err != nil {
 					return err
 				}

@@ -171,15 +171,20 @@ func (s *yamlScanner) image(n *yaml.Node, kind string, weight int) {
 }
 
 // script records docker pull/run images in a shell command scalar or a
-// sequence of them.
+// sequence of them. An image already pulled earlier in the same script is
+// in the local store and costs no second pull.
 func (s *yamlScanner) script(n *yaml.Node, kind string, weight int) {
+	s.scriptSeen(n, kind, weight, map[string]bool{})
+}
+
+func (s *yamlScanner) scriptSeen(n *yaml.Node, kind string, weight int, pulled map[string]bool) {
 	n = deref(n)
 	if n == nil {
 		return
 	}
 	if n.Kind == yaml.SequenceNode {
 		for _, c := range n.Content {
-			s.script(c, kind, weight)
+			s.scriptSeen(c, kind, weight, pulled)
 		}
 		return
 	}
@@ -188,7 +193,16 @@ func (s *yamlScanner) script(n *yaml.Node, kind string, weight int) {
 		return
 	}
 	for _, sr := range shellImages(v) {
-		s.add(n, sr.index, sr.text, kind+" ("+sr.cmd+")", weight, nil)
+		w := weight
+		var probe Ref
+		probe.fill(sr.text)
+		if probe.Normalized != "" {
+			if pulled[probe.Normalized] {
+				w = 0
+			}
+			pulled[probe.Normalized] = true
+		}
+		s.add(n, sr.index, sr.text, kind+" ("+sr.cmd+")", w, nil)
 	}
 }
 

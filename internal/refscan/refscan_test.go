@@ -1,0 +1,282 @@
+package refscan
+
+import (
+	"bytes"
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// golden compares got with testdata/<name>, or rewrites it with -update.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update)", err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("%s differs from golden file; rerun with -update and review the diff.\ngot:\n%s", name, got)
+	}
+}
+
+// scanCorpus scans testdata/corpus with paths relative to it.
+func scanCorpus(t *testing.T) Result {
+	t.Helper()
+	wd, _ := os.Getwd()
+	t.Cleanup(func() { os.Chdir(wd) })
+	if err := os.Chdir("testdata/corpus"); err != nil {
+		t.Fatal(err)
+	}
+	return Scan([]string{"."}, Options{})
+}
+
+func expectedLine(r Ref) string {
+	v := r.Normalized
+	if v == "" {
+		v = "unresolved: " + r.Original
+	}
+	return fmt.Sprintf("%s:%d %s %d", r.File, r.Line, v, r.PullsPerRun)
+}
+
+// TestCorpusExpected is acceptance criterion 1: scan finds exactly the
+// references of the hand-written list, nothing missed, nothing invented.
+func TestCorpusExpected(t *testing.T) {
+	f, err := os.Open("testdata/corpus.expected")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := scanCorpus(t)
+	if len(res.Errors) > 0 {
+		t.Fatalf("unexpected errors: %v", res.Errors)
+	}
+	defer f.Close()
+	var want []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		want = append(want, strings.Join(strings.Fields(line), " "))
+	}
+	var got []string
+	for _, r := range res.Refs {
+		got = append(got, expectedLine(r))
+	}
+	sort.Strings(want)
+	sort.Strings(got)
+	missing, extra := diffSets(want, got)
+	for _, m := range missing {
+		t.Errorf("missed: %s", m)
+	}
+	for _, e := range extra {
+		t.Errorf("invented (or wrong): %s", e)
+	}
+}
+
+func diffSets(want, got []string) (missing, extra []string) {
+	count := map[string]int{}
+	for _, w := range want {
+		count[w]++
+	}
+	for _, g := range got {
+		count[g]--
+	}
+	for k, n := range count {
+		for ; n > 0; n-- {
+			missing = append(missing, k)
+		}
+		for ; n < 0; n++ {
+			extra = append(extra, k)
+		}
+	}
+	sort.Strings(missing)
+	sort.Strings(extra)
+	return missing, extra
+}
+
+// TestCorpusGolden pins every field of the scan output.
+func TestCorpusGolden(t *testing.T) {
+	wd, _ := os.Getwd()
+	res := scanCorpus(t)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(res); err != nil {
+		t.Fatal(err)
+	}
+	os.Chdir(wd)
+	golden(t, "scan.golden.json", buf.Bytes())
+}
+
+// TestSpansMatchText checks that every rewritable span points at exactly
+// the bytes it claims, which is what makes rewriting surgical.
+func TestSpansMatchText(t *testing.T) {
+	res := scanCorpus(t)
+	for _, r := range res.Refs {
+		if r.Span == nil {
+			continue
+		}
+		src, err := os.ReadFile(r.File)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(src[r.Span.Start:r.Span.End]); got != r.Span.Text {
+			t.Errorf("%s:%d: span has %q, want %q", r.File, r.Line, got, r.Span.Text)
+		}
+	}
+}
+
+func TestDockerfile(t *testing.T) {
+	tests := []struct {
+		name string
+		src  string
+		want []string // "line original -> normalized|problem"
+	}{
+		{"stage names are not images", "FROM golang:1.22 AS Build\nFROM build\nCOPY --from=BUILD /a /b\nCOPY --from=0 /a /b\n",
+			[]string{"1 golang:1.22 -> docker.io/library/golang:1.22"}},
+		{"stage named like its image", "FROM node AS node\nFROM node\n",
+			[]string{"1 node -> docker.io/library/node:latest"}},
+		{"scratch", "FROM scratch\n", nil},
+		{"continuation", "FROM \\\n  --platform=linux/amd64 \\\n  alpine:3.19 AS a\n",
+			[]string{"3 alpine:3.19 -> docker.io/library/alpine:3.19"}},
+		{"escape directive", "# escape=`\nFROM alpine:3.19 `\n  AS a\nRUN echo \\\nFROM x\n",
+			// With ` as escape a trailing backslash continues nothing.
+			[]string{"2 alpine:3.19 -> docker.io/library/alpine:3.19", "5 x -> docker.io/library/x:latest"}},
+		{"heredoc body skipped", "FROM alpine\nRUN <<-EOT\n\tFROM ubuntu\n\tEOT\nCOPY --from=busybox:1 / /\n",
+			[]string{"1 alpine -> docker.io/library/alpine:latest", "5 busybox:1 -> docker.io/library/busybox:1"}},
+		{"stage ARG not visible to FROM", "FROM alpine\nARG V=1\nFROM node:${V}\n",
+			[]string{"1 alpine -> docker.io/library/alpine:latest", "3 node:${V} -> ARG V has no default before the first FROM; set only by --build-arg"}},
+		{"default operator", "ARG V\nFROM node:${V:-20}\n", []string{"2 node:${V:-20} -> docker.io/library/node:20"}},
+		{"comment inside continuation", "FROM \\\n# note\n  redis:7\n", []string{"3 redis:7 -> docker.io/library/redis:7"}},
+		{"lowercase instructions", "from alpine as a\ncopy --from=nginx / /\n",
+			[]string{"1 alpine -> docker.io/library/alpine:latest", "2 nginx -> docker.io/library/nginx:latest"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string
+			for _, r := range scanDockerfile("Dockerfile", []byte(tt.src), 1) {
+				v := r.Normalized
+				if v == "" || (r.Problem != "" && !strings.Contains(r.Problem, "only the name")) {
+					v = r.Problem
+				}
+				got = append(got, fmt.Sprintf("%d %s -> %s", r.Line, r.Original, v))
+			}
+			if strings.Join(got, "\n") != strings.Join(tt.want, "\n") {
+				t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(tt.want, "\n"))
+			}
+		})
+	}
+}
+
+func TestPlatformsMultiplyStagesWithoutFixedPlatform(t *testing.T) {
+	src := "FROM --platform=$BUILDPLATFORM golang:1.22 AS b\nFROM alpine:3.19\nFROM --platform=linux/arm64 redis:7\nFROM alpine:3.19\n"
+	var got []int
+	for _, r := range scanDockerfile("Dockerfile", []byte(src), 3) {
+		got = append(got, r.PullsPerRun)
+	}
+	if fmt.Sprint(got) != "[1 3 1 0]" {
+		t.Errorf("pulls = %v, want [1 3 1 0]", got)
+	}
+}
+
+func TestShellImages(t *testing.T) {
+	tests := []struct {
+		script string
+		want   []string
+	}{
+		{"docker pull alpine:3.19", []string{"alpine:3.19"}},
+		{"docker pull --platform linux/arm64 alpine", []string{"alpine"}},
+		{"docker run --rm -e A=1 -v /a:/b -p 80:80 --name x nginx:1 nginx -g off", []string{"nginx:1"}},
+		{"docker run --rm=true --network=host redis", []string{"redis"}},
+		{"docker image pull a && podman run b; docker container run c | cat", []string{"a", "b", "c"}},
+		{"docker build -t x .\ndocker push x", nil},
+		{"echo docker pull", nil},
+		{"docker run \\\n  --rm \\\n  busybox echo", []string{"busybox"}},
+		{`docker run "quoted:image"`, nil},
+	}
+	for _, tt := range tests {
+		var got []string
+		for _, r := range shellImages(tt.script) {
+			got = append(got, r.text)
+			if tt.script[r.index:r.index+len(r.text)] != r.text {
+				t.Errorf("%q: index %d does not point at %q", tt.script, r.index, r.text)
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+			t.Errorf("%q: got %v, want %v", tt.script, got, tt.want)
+		}
+	}
+}
+
+func TestClassify(t *testing.T) {
+	tests := map[string]Format{
+		"Dockerfile": FormatDockerfile, "app/Dockerfile.prod": FormatDockerfile, "x/api.dockerfile": FormatDockerfile,
+		"Containerfile": FormatDockerfile, ".gitlab-ci.yml": FormatGitLab, "ci/deploy.gitlab-ci.yml": FormatGitLab,
+		".circleci/config.yml": FormatCircleCI, "a/.github/workflows/ci.yaml": FormatGitHub,
+		"buildspec.yml": FormatCodeBuild, "buildspec-release.yaml": FormatCodeBuild,
+		"docker-compose.override.yml": FormatCompose, "compose.yaml": FormatCompose,
+		"chart/values-prod.yaml": FormatHelm, "k8s/deploy.yaml": FormatYAML,
+		"README.md": FormatNone, "main.go": FormatNone, "dockerfile-lint.yml": FormatNone,
+	}
+	for p, want := range tests {
+		if got := Classify(p); got != want {
+			t.Errorf("Classify(%q) = %q, want %q", p, got, want)
+		}
+	}
+}
+
+// TestBadInput: unparseable YAML, a binary file and an unreadable path are
+// reported with file (and line where there is one) and yield no references.
+func TestBadInput(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	badYAML := write("docker-compose.yml", []byte("services:\n  web:\n\timage: nginx\n"))
+	binary := write("Dockerfile", []byte("FROM alpine\n\x00\x01\x02"))
+	missing := filepath.Join(dir, "nope", "Dockerfile")
+
+	res := Scan([]string{badYAML, binary, missing}, Options{})
+	if len(res.Refs) != 0 {
+		t.Errorf("refs from bad input: %v", res.Refs)
+	}
+	want := map[string]int{badYAML: 3, binary: 2, missing: 0}
+	if len(res.Errors) != len(want) {
+		t.Fatalf("errors = %v", res.Errors)
+	}
+	for _, e := range res.Errors {
+		line, ok := want[e.File]
+		if !ok || e.Line != line {
+			t.Errorf("error %v: want line %d", e.Error(), line)
+		}
+	}
+	if os.Geteuid() != 0 {
+		p := write("sub/Dockerfile", []byte("FROM alpine\n"))
+		os.Chmod(p, 0)
+		if _, err := ScanFile(p, Options{}); err == nil || !strings.Contains(err.Error(), "permission denied") {
+			t.Errorf("unreadable file: %v", err)
+		}
+	}
+}
