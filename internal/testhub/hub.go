@@ -225,17 +225,18 @@ func NewHub(t testing.TB, backend *Registry, opts Options) *Hub {
 	// Handlers may be sleeping (delay, throttle); cancelling the base context
 	// on cleanup lets them return instead of holding the test open.
 	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
 	errLog := log.New(io.Discard, "", 0)
 
 	front, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("testhub: listen: %v", err)
 	}
+	t.Cleanup(func() { _ = front.Close() })
 	h.Host = front.Addr().String()
 	h.URL = "http://" + h.Host
 	h.Realm = h.URL + "/token"
 	fsrv := &http.Server{Handler: http.HandlerFunc(h.serveFront), ErrorLog: errLog, BaseContext: func(net.Listener) context.Context { return ctx }}
-	go func() { _ = fsrv.Serve(front) }()
 
 	var csrv *http.Server
 	if opts.BlobRedirect {
@@ -258,6 +259,8 @@ func NewHub(t testing.TB, backend *Registry, opts Options) *Hub {
 		csrv = &http.Server{Handler: http.HandlerFunc(h.serveCDN), ErrorLog: errLog, BaseContext: func(net.Listener) context.Context { return ctx }}
 		go func() { _ = csrv.Serve(cdn) }()
 	}
+	// Only now: handlers read the CDN fields set above.
+	go func() { _ = fsrv.Serve(front) }()
 
 	t.Cleanup(func() {
 		cancel()
