@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,37 +16,94 @@ import (
 	"github.com/regcache/regcache/internal/testhub"
 )
 
-// TestKill9MidBlobDownload is acceptance item 6: regcache is killed with
-// SIGKILL while it is streaming a blob from a slow upstream, and restarted
-// on the same data dir. Nothing partial may ever be served or stored, and
-// the next pull completes with verified content.
-func TestKill9MidBlobDownload(t *testing.T) {
-	const (
-		layerSize = 16 << 20
-		throttle  = 4 << 20 // bytes/s: the cold download takes ~4s
-		killAfter = 2 << 20 // kill once this much is in flight
-	)
+// Acceptance item 6: regcache is killed with SIGKILL while it streams a
+// blob from a slow upstream, and restarted on the same data dir. Nothing
+// partial may ever be served or stored, and the next pull completes with
+// verified content.
+const (
+	kill9LayerSize = 16 << 20
+	kill9Throttle  = 4 << 20 // bytes/s: a cold download takes ~4s
+	kill9After     = 2 << 20 // kill once this much is in flight
+)
+
+// kill9Env is a credentialed hub with one big single-layer image, throttled,
+// and a regcache in front of it that has not seen the image.
+type kill9Env struct {
+	w     *world
+	img   testhub.Image
+	layer digest.Digest
+	hub   *testhub.Hub
+	rc    *regcache
+}
+
+func newKill9Env(t *testing.T) *kill9Env {
 	w := newWorld(t)
 	reg := testhub.StartRegistry(t)
-	img := reg.PushImage(t, "library/postgres", "16", testhub.ImageOptions{LayerSize: layerSize, Uncompressed: true})
+	img := reg.PushImage(t, "library/postgres", "16", testhub.ImageOptions{LayerSize: kill9LayerSize, Uncompressed: true})
+	if len(img.Layers) != 1 {
+		t.Fatalf("want a single-layer image, got %d layers", len(img.Layers))
+	}
 	secret := randomSecret(t)
 	hub := testhub.NewHub(t, reg, testhub.Options{Users: map[string]string{"ci-user": secret}})
 	rc := startRegcache(t, w, regcacheConfig{upstreamURL: hub.URL, user: "ci-user", password: secret, passwordFile: true})
+	hub.SetThrottle(kill9Throttle)
+	return &kill9Env{w: w, img: img, layer: img.Layers[0], hub: hub, rc: rc}
+}
 
-	var layer digest.Digest
-	for _, l := range img.Layers {
-		layer = l // the only layer: the big one
+func (e *kill9Env) blobURL() string {
+	return e.rc.url() + "/v2/docker.io/" + e.img.Repo + "/blobs/" + e.layer.String()
+}
+
+// waitMidway waits until the blob download is under way but unfinished:
+// regcache has streamed part of it to a client (clientBytes), or (if it
+// does not stream) holds part of it in its tmp area. ended reports whether
+// the client's download is already over.
+func (e *kill9Env) waitMidway(t *testing.T, clientBytes func() int64, ended func() bool) {
+	t.Helper()
+	err := waitFor(t.Context(), 30*time.Second, e.rc.proc, func() error {
+		if ended() {
+			return errors.New("the download ended before regcache could be killed")
+		}
+		if n, m := clientBytes(), tmpBytes(e.rc.dataDir); n < kill9After && m < kill9After {
+			return fmt.Errorf("only %d bytes at the client, %d in tmp", n, m)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("waiting for the download to be mid-way: %v", err)
 	}
-	blobURL := func() string { return rc.url() + "/v2/docker.io/" + img.Repo + "/blobs/" + layer.String() }
-	hub.SetThrottle(throttle)
+	if done := completedTransfers(e.hub, e.layer); done != 0 {
+		t.Fatalf("upstream already finished the blob %d times; the kill would not be mid-download", done)
+	}
+	t.Logf("kill -9 with %d of %d bytes at the client, %d in regcache's tmp", clientBytes(), kill9LayerSize, tmpBytes(e.rc.dataDir))
+}
 
-	// A client starts the cold download through regcache.
+// checkCachedIntact waits for the blob to be in regcache's store, complete
+// and verified, and checks every other stored blob too.
+func (e *kill9Env) checkCachedIntact(t *testing.T) {
+	t.Helper()
+	err := waitFor(t.Context(), 10*time.Second, e.rc.proc, func() error {
+		if checkStoreBlobs(t, e.rc.dataDir)[e.layer.String()] != kill9LayerSize {
+			return errors.New("blob not in the store")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("after a complete pull: %v", err)
+	}
+}
+
+// TestKill9MidBlobDownload: a plain HTTP client downloads the blob; after
+// the kill and restart, crane pulls the image (verifying every digest) and
+// the blob is served whole.
+func TestKill9MidBlobDownload(t *testing.T) {
+	e := newKill9Env(t)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	var received atomic.Int64
 	clientDone := make(chan error, 1)
 	go func() {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, blobURL(), nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.blobURL(), nil)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			clientDone <- err
@@ -59,71 +117,104 @@ func TestKill9MidBlobDownload(t *testing.T) {
 		_, err = io.Copy(countingWriter{&received}, resp.Body)
 		clientDone <- err
 	}()
-
-	// Mid-way means: regcache has streamed part of it to the client, or
-	// (if it does not stream) has part of it in its tmp area.
-	err := waitFor(ctx, 30*time.Second, rc.proc, func() error {
+	var ended atomic.Bool
+	e.waitMidway(t, received.Load, func() bool {
 		select {
 		case err := <-clientDone:
-			return fmt.Errorf("download ended before the kill (err=%v, %d bytes)", err, received.Load())
+			ended.Store(true)
+			clientDone <- err // keep it for below
 		default:
 		}
-		if n, m := received.Load(), tmpBytes(rc.dataDir); n < killAfter && m < killAfter {
-			return fmt.Errorf("only %d bytes at the client, %d in tmp", n, m)
-		}
-		return nil
+		return ended.Load()
 	})
-	if err != nil {
-		t.Fatalf("waiting for the download to be mid-way: %v", err)
-	}
-	if done := completedTransfers(hub, layer); done != 0 {
-		t.Fatalf("upstream already finished the blob %d times; the kill would not be mid-download", done)
-	}
-	t.Logf("kill -9 with %d of %d bytes at the client, %d in regcache's tmp", received.Load(), layerSize, tmpBytes(rc.dataDir))
-	rc.kill9()
+	e.rc.kill9()
 
 	// The cut-off client must see an error, never a clean end of a short body.
 	select {
 	case err := <-clientDone:
 		if err == nil {
-			t.Errorf("client read %d of %d bytes and then a clean EOF: a partial blob looked complete", received.Load(), layerSize)
+			t.Errorf("client read %d of %d bytes and then a clean EOF: a partial blob looked complete", received.Load(), kill9LayerSize)
 		}
 	case <-time.After(10 * time.Second):
 		t.Error("client still reading 10s after regcache was killed")
 	}
 	cancel()
-	if stored := checkStoreBlobs(t, rc.dataDir); stored[layer.String()] != 0 {
-		t.Errorf("the killed download's blob %s is in the store", layer)
+	if stored := checkStoreBlobs(t, e.rc.dataDir); stored[e.layer.String()] != 0 {
+		t.Errorf("the killed download's blob %s is in the store", e.layer)
 	}
 
-	rc.start(t)
-	checkStoreBlobs(t, rc.dataDir)
+	e.rc.start(t)
+	checkStoreBlobs(t, e.rc.dataDir)
 
 	// The next pull, still from the slow upstream, completes and every byte
 	// is verified: crane checks each blob against its digest.
-	dest := w.mkdir("crane-after-restart")
+	dest := e.w.mkdir("crane-after-restart")
 	crane := requireBinary(t, "crane", "crane")
-	w.mustRun(t, 2*time.Minute, w.baseEnv(), crane, "pull", "--insecure", "--format", "oci",
-		rc.host()+"/docker.io/"+img.Repo+":"+img.Tag, dest)
-	if got := ociLayoutDigest(t, dest); got != img.Digest.String() {
-		t.Errorf("pull after restart: digest %s, upstream %s", got, img.Digest)
+	e.w.mustRun(t, 2*time.Minute, e.w.baseEnv(), crane, "pull", "--insecure", "--format", "oci",
+		e.rc.host()+"/docker.io/"+e.img.Repo+":"+e.img.Tag, dest)
+	if got := ociLayoutDigest(t, dest); got != e.img.Digest.String() {
+		t.Errorf("pull after restart: digest %s, upstream %s", got, e.img.Digest)
 	}
 
 	// Served from the cache now: the full body, verified independently.
-	hub.SetThrottle(0)
-	if err := fetchAndVerify(t.Context(), blobURL(), layer, layerSize); err != nil {
+	e.hub.SetThrottle(0)
+	if err := fetchAndVerify(t.Context(), e.blobURL(), e.layer, kill9LayerSize); err != nil {
 		t.Error(err)
 	}
-	// The cache must end up holding the blob, correctly.
-	err = waitFor(t.Context(), 10*time.Second, rc.proc, func() error {
-		if checkStoreBlobs(t, rc.dataDir)[layer.String()] != layerSize {
-			return errors.New("blob not in the store")
-		}
-		return nil
-	})
-	if err != nil {
-		t.Errorf("after a complete pull: %v", err)
+	e.checkCachedIntact(t)
+}
+
+// TestKill9DockerPullResumes: dockerd is pulling `postgres:16` through
+// regcache when regcache is killed and restarted. dockerd retries the layer
+// (resuming with a Range request); the same `docker pull` must complete
+// with the upstream digest, which dockerd verifies over the whole layer.
+func TestKill9DockerPullResumes(t *testing.T) {
+	e := newKill9Env(t)
+	rec := startRecorder(t, e.w, "dockerd", e.rc.host())
+	docker, env := startDockerd(t, e.w, rec.host)
+
+	type result struct {
+		out string
+		err error
 	}
+	pulled := make(chan result, 1)
+	go func() {
+		out, err := e.w.run(t.Context(), 3*time.Minute, env, docker, "pull", "postgres:16")
+		pulled <- result{out, err}
+	}()
+	var res *result
+	e.waitMidway(t, func() int64 { return 0 }, func() bool {
+		if res == nil {
+			select {
+			case r := <-pulled:
+				res = &r
+			default:
+			}
+		}
+		return res != nil
+	})
+	e.rc.kill9()
+	if stored := checkStoreBlobs(t, e.rc.dataDir); stored[e.layer.String()] != 0 {
+		t.Errorf("the killed download's blob %s is in the store", e.layer)
+	}
+	e.rc.start(t)
+
+	r := <-pulled
+	if r.err != nil {
+		t.Fatalf("docker pull did not survive a regcache restart: %v\n%s", r.err, tailLines(r.out, 30))
+	}
+	if !strings.Contains(r.out, "Digest: "+e.img.Digest.String()) {
+		t.Errorf("docker pull after restart: want Digest: %s in\n%s", e.img.Digest, r.out)
+	}
+	var ranged []string
+	for _, req := range rec.requests() {
+		if req.Range != "" {
+			ranged = append(ranged, req.String())
+		}
+	}
+	t.Logf("dockerd's ranged requests: %q", ranged)
+	e.hub.SetThrottle(0)
+	e.checkCachedIntact(t)
 }
 
 type countingWriter struct{ n *atomic.Int64 }

@@ -25,12 +25,16 @@ type recorder struct {
 }
 
 type recordedRequest struct {
-	Method, URI, UserAgent string
-	Status                 int
+	Method, URI, UserAgent, Range string
+	Status                        int
 }
 
 func (r recordedRequest) String() string {
-	return fmt.Sprintf("%s %s -> %d (%s)", r.Method, r.URI, r.Status, r.UserAgent)
+	rng := ""
+	if r.Range != "" {
+		rng = " Range: " + r.Range
+	}
+	return fmt.Sprintf("%s %s%s -> %d (%s)", r.Method, r.URI, rng, r.Status, r.UserAgent)
 }
 
 func startRecorder(t *testing.T, w *world, name, target string) *recorder {
@@ -55,7 +59,7 @@ func startRecorder(t *testing.T, w *world, name, target string) *recorder {
 	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
 		sw := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
 		proxy.ServeHTTP(sw, req)
-		rr := recordedRequest{Method: req.Method, URI: req.RequestURI, UserAgent: req.UserAgent(), Status: sw.status}
+		rr := recordedRequest{Method: req.Method, URI: req.RequestURI, UserAgent: req.UserAgent(), Range: req.Header.Get("Range"), Status: sw.status}
 		rec.mu.Lock()
 		rec.reqs = append(rec.reqs, rr)
 		rec.mu.Unlock()
