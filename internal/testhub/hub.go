@@ -66,6 +66,13 @@ type Options struct {
 }
 
 // Fault is a failure the hub injects into responses.
+//
+// On repository requests a fault applies after authentication, so a client
+// without a token still gets its 401 challenge first. ScopeAll also covers
+// the token realm and the /v2/ ping, for the faults that replace a whole
+// response (429, 500, Drop). The body faults (DropMidBody, Corrupt) only
+// touch manifest and blob GET bodies; with BlobRedirect they are applied by
+// the CDN listener.
 type Fault int
 
 const (
