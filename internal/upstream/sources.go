@@ -98,17 +98,16 @@ func (e *endpoint) repoPath(repo string) string {
 // once while the breaker is open, and its outcome recorded afterwards. An
 // operation that hands back a body still to be verified (a mirror's blob)
 // defers the verdict to the end of that body through its ticket.
-func (e *endpoint) run(ctx context.Context, op func(t *ticket) error) error {
+func (e *endpoint) run(ctx context.Context, eb Error, op func(t *ticket) error) error {
 	ok, probe := e.breaker.allow()
 	if !ok {
 		_, _, until := e.breaker.state()
-		return &Error{
-			Registry:   e.registry,
-			Code:       CodeUnavailable,
-			Message:    "circuit open after repeated failures; not asked until " + until.UTC().Format(time.RFC3339),
-			RetryAfter: max(until.Sub(e.breaker.now()), 0),
-			notSent:    true,
-		}
+		ce := eb
+		ce.Code = CodeUnavailable
+		ce.Message = "circuit open after repeated failures; not asked until " + until.UTC().Format(time.RFC3339)
+		ce.RetryAfter = max(until.Sub(e.breaker.now()), 0)
+		ce.notSent = true
+		return &ce
 	}
 	t := &ticket{breaker: e.breaker, probe: probe}
 	err := op(t)
@@ -195,7 +194,7 @@ func (r *Registry) fromSources(ctx context.Context, eb Error, fetch func(e *endp
 		meb := eb
 		meb.Registry = m.registry
 		meb.Repository = m.repoPath(repo)
-		err := m.run(ctx, func(t *ticket) error { return fetch(m, meb, t) })
+		err := m.run(ctx, meb, func(t *ticket) error { return fetch(m, meb, t) })
 		if err == nil {
 			return nil
 		}
@@ -208,7 +207,7 @@ func (r *Registry) fromSources(ctx context.Context, eb Error, fetch func(e *endp
 		}
 		r.log.Log(ctx, level, "mirror skipped", "mirror", m.source, "op", eb.Op, "repository", repo, "err", err)
 	}
-	return r.origin.run(ctx, func(t *ticket) error { return fetch(r.origin, eb, t) })
+	return r.origin.run(ctx, eb, func(t *ticket) error { return fetch(r.origin, eb, t) })
 }
 
 func isNotSent(err error) bool {
@@ -243,7 +242,7 @@ func (r *Registry) ResolveTagAtMirror(ctx context.Context, repo, tag string, acc
 		meb.Registry = m.registry
 		meb.Repository = m.repoPath(repo)
 		var man Manifest
-		err := m.run(ctx, func(*ticket) error {
+		err := m.run(ctx, meb, func(*ticket) error {
 			var err error
 			man, err = m.getManifest(ctx, meb, "", accept)
 			return err
@@ -356,4 +355,16 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 func (v *verifyingReader) Close() error {
 	v.t.finish(outcomeNeutral, 0)
 	return v.rc.Close()
+}
+
+// ProbeBudget refreshes Budget the way Docker documents it: a HEAD of a
+// manifest, which is not counted but carries the ratelimit headers, after a
+// token for that repository. For Docker Hub use "ratelimitpreview/test" and
+// "latest". A registry that sends no headers leaves Budget().Known false:
+// no limit applies.
+func (r *Registry) ProbeBudget(ctx context.Context, repo, ref string) (Budget, error) {
+	if _, err := r.HeadManifest(ctx, repo, ref, nil); err != nil && !IsNotFound(err) && !IsRateLimited(err) {
+		return r.Budget(), err
+	}
+	return r.Budget(), nil
 }

@@ -413,6 +413,11 @@ func TestOriginBreaker(t *testing.T) {
 	if got := hits.Load(); got != breakerThreshold {
 		t.Errorf("origin hit %d times, want %d before the breaker opened", got, breakerThreshold)
 	}
+	_, err := r.GetManifest(context.Background(), "library/node", "22", nil)
+	var ue *Error
+	if !errors.As(err, &ue) || ue.Op != "GET manifest" || ue.Repository != "library/node" || ue.Code != CodeUnavailable || ue.RetryAfter <= 0 {
+		t.Errorf("circuit-open error = %#v", err)
+	}
 }
 
 func TestRetryAfterHonoured(t *testing.T) {

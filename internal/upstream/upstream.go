@@ -197,7 +197,7 @@ func (r *Registry) HeadManifest(ctx context.Context, repo, ref string, accept []
 		return ocispec.Descriptor{}, withBase(verr, eb)
 	}
 	var desc ocispec.Descriptor
-	err := r.origin.run(ctx, func(*ticket) error {
+	err := r.origin.run(ctx, eb, func(*ticket) error {
 		var err error
 		desc, err = r.origin.headManifest(ctx, eb, want, accept)
 		return err
@@ -229,7 +229,7 @@ func (r *Registry) GetManifest(ctx context.Context, repo, ref string, accept []s
 		return err
 	}
 	if want == "" {
-		err = r.origin.run(ctx, func(t *ticket) error { return fetch(r.origin, eb, t) })
+		err = r.origin.run(ctx, eb, func(t *ticket) error { return fetch(r.origin, eb, t) })
 	} else {
 		err = r.fromSources(ctx, eb, fetch)
 	}
@@ -289,7 +289,7 @@ func (r *Registry) Do(ctx context.Context, method, repo, suffix string, query ur
 		return nil, withBase(&Error{Code: CodeUnsupported, Message: "invalid path suffix"}, eb)
 	}
 	var resp *http.Response
-	err := r.origin.run(ctx, func(*ticket) error {
+	err := r.origin.run(ctx, eb, func(*ticket) error {
 		res, uerr := r.origin.send(ctx, eb, method, "/v2/"+repo+"/"+suffix, query, passHeaders(header))
 		if uerr != nil {
 			return uerr
