@@ -13,6 +13,15 @@
 //	                            repository scope, cached so tokens are reused
 //	http.Client                 redirects, dropping Authorization across hosts
 //
+// Content addressed by digest (blobs, manifests by digest) may come from
+// mirrors: each configured mirror that carries the repository is asked in
+// order, with its repository prefix (ECR Public serves library/node as
+// docker/library/node), then the origin. A tag is always resolved at the
+// origin, with a HEAD that Docker Hub does not count; FetchManifest chains
+// the two so an official image costs no counted pull. Every source has a
+// circuit breaker, and after a 429 the origin is left alone until its
+// Retry-After has passed.
+//
 // Every failed call returns an *Error carrying the registry's OCI error code,
 // so callers decide "serve stale", "not found" or "rate limited" with
 // IsUnavailable, IsNotFound and IsRateLimited instead of parsing strings.

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -185,7 +187,9 @@ func responseError(resp *http.Response, base Error, notFoundCode string) *Error 
 		} else if doc.Details != "" {
 			e.Message = doc.Details
 		}
-	} else if len(body) > 0 && utf8.Valid(body) && !strings.Contains(resp.Header.Get("Content-Type"), "html") {
+	} else if len(body) > 0 && utf8.Valid(body) && isPlainText(resp.Header.Get("Content-Type")) {
+		// Only plain text: an object store's XML error (a CDN after a
+		// redirect) can echo the request's signature.
 		e.Message = strings.TrimSpace(string(body))
 	}
 	if e.Code == "" {
@@ -239,8 +243,40 @@ func wrapError(err error, base Error) *Error {
 		e.Message = shorten(e.Message)
 		return &e
 	}
-	e.Err = err
+	e.Err = redactURLError(err)
 	return &e
+}
+
+// redactURLError strips the query and user info from the URL that net/http
+// puts in its errors. After a redirect that URL is the CDN's, and CDN URLs
+// carry short-lived signatures in their query (?verify=..., X-Amz-Signature).
+func redactURLError(err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
+	}
+	return &url.Error{Op: ue.Op, URL: redactURL(ue.URL), Err: ue.Err}
+}
+
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<unparsable URL>"
+	}
+	u.User = nil
+	if u.RawQuery != "" {
+		u.RawQuery = "REDACTED"
+	}
+	u.Fragment = ""
+	return u.String()
+}
+
+func isPlainText(ct string) bool {
+	if ct == "" {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && mt == "text/plain"
 }
 
 // parseRetryAfter reads Retry-After as delta-seconds or an HTTP-date.

@@ -515,3 +515,50 @@ func TestArgumentValidation(t *testing.T) {
 		t.Errorf("invalid arguments reached the upstream: %v", f.counts)
 	}
 }
+
+func TestRedirectSignatureNotLeaked(t *testing.T) {
+	const sig = "verify=1700000000-SECRETSIG"
+	f := newFakeRegistry(t, "anon")
+	d := f.putBlob([]byte("x"))
+	tests := []struct {
+		name string
+		cdn  func(t *testing.T) string
+	}{
+		{"unreachable CDN", func(*testing.T) string {
+			srv := httptest.NewServer(http.NotFoundHandler())
+			srv.Close()
+			return srv.URL
+		}},
+		{"CDN XML error echoing the signature", func(t *testing.T) string {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/xml")
+				w.WriteHeader(http.StatusForbidden)
+				io.WriteString(w, "<Error><Code>SignatureDoesNotMatch</Code><SignatureProvided>"+r.URL.RawQuery+"</SignatureProvided></Error>")
+			}))
+			t.Cleanup(srv.Close)
+			return srv.URL
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cdn := tt.cdn(t)
+			f.mu.Lock()
+			f.hook = func(w http.ResponseWriter, r *http.Request) bool {
+				if strings.Contains(r.URL.Path, "/blobs/") {
+					http.Redirect(w, r, cdn+"/data?"+sig, http.StatusTemporaryRedirect)
+					return true
+				}
+				return false
+			}
+			f.mu.Unlock()
+			r := newTestRegistry(t, f, nil)
+			_, err := r.GetBlob(context.Background(), "library/alpine", d)
+			if err == nil {
+				t.Fatal("want error")
+			}
+			if strings.Contains(err.Error(), "SECRETSIG") {
+				t.Errorf("error leaks the CDN signature: %v", err)
+			}
+		})
+	}
+}
