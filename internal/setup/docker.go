@@ -123,6 +123,16 @@ func parseObject(src []byte) ([]member, error) {
 
 func jsonErr(src []byte, dec *json.Decoder, err error) error {
 	off := int(dec.InputOffset())
+	// A Decoder's SyntaxError offset is relative to its internal buffer;
+	// decoding the whole input again gives the offset in the file.
+	var v any
+	var se *json.SyntaxError
+	if errors.As(json.Unmarshal(src, &v), &se) {
+		off = int(se.Offset) - 1 // Offset counts the offending byte
+	}
+	if off < 0 {
+		off = 0
+	}
 	if off > len(src) {
 		off = len(src)
 	}

@@ -1,0 +1,270 @@
+package setup
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		os.MkdirAll(filepath.Dir(path), 0o755)
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update)", err)
+	}
+	if string(got) != string(want) {
+		t.Errorf("%s differs from golden file; rerun with -update and review.\ngot:\n%s", name, got)
+	}
+}
+
+// TestRenderGolden pins the printed output of every target; the
+// docs/ci-integration.md sections are written from these files.
+func TestRenderGolden(t *testing.T) {
+	variants := []struct {
+		name string
+		opts Options
+	}{
+		{"http", Options{Server: "http://cache.internal:5000", Registries: []string{"docker.io", "ghcr.io"}}},
+		{"https-insecure", Options{Server: "regcache.example.com", Insecure: false, Registries: []string{"docker.io"}}},
+	}
+	variants[1].opts.Server = "https://regcache.example.com"
+	variants[1].opts.Insecure = true
+	for _, v := range variants {
+		for _, tg := range Targets() {
+			t.Run(v.name+"/"+tg.Name, func(t *testing.T) {
+				p, err := tg.Build(v.opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var buf bytes.Buffer
+				if err := Render(&buf, p); err != nil {
+					t.Fatal(err)
+				}
+				golden(t, filepath.Join("render", v.name, tg.Name+".golden"), buf.Bytes())
+			})
+		}
+	}
+}
+
+// TestMergeExisting merges into realistic existing files: unrelated keys
+// and comments survive, and merging the result again changes nothing.
+func TestMergeExisting(t *testing.T) {
+	http := server{scheme: "http", host: "cache.internal:5000", insecure: true}
+	tests := []struct {
+		in      string
+		merge   func([]byte) ([]byte, error)
+		survive []string // text that must still be there
+	}{
+		{"daemon.json", func(b []byte) ([]byte, error) { return mergeDaemonJSON(b, http) },
+			[]string{`"log-driver": "json-file"`, `"max-file": "3"`, `"https://mirror.gcr.io"`, `"base": "10.200.0.0/16"`, `"debug": false`}},
+		{"hosts.toml", func(b []byte) ([]byte, error) { return mergeHostsTOML(b, "docker.io", http) },
+			[]string{"# docker.io on this node", "# Google's public cache", "# read-only", `[host."https://mirror.gcr.io"]`}},
+		{"buildkitd.toml", func(b []byte) ([]byte, error) { return mergeBuildkitd(b, []string{"docker.io", "ghcr.io"}, http) },
+			[]string{"# BuildKit daemon configuration", "# keep build cache small", "gckeepstorage = 9000", "# GCR mirror first", `"mirror.gcr.io"`, "insecure = false"}},
+		{"registries.conf", func(b []byte) ([]byte, error) {
+			return mergeRegistriesConf(b, []string{"docker.io", "quay.io", "ghcr.io"}, http)
+		}, []string{"# Registries for podman", "unqualified-search-registries", "# Docker Hub, with", `location = "mirror.internal/docker.io"`, "blocked = false"}},
+		{"registries.yaml", func(b []byte) ([]byte, error) { return mergeK3s(b, []string{"docker.io"}, http) },
+			[]string{"# k3s private registry configuration", "# public cache", "https://mirror.gcr.io", "username: ci"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			in, err := os.ReadFile(filepath.Join("testdata", "merge", tt.in+".in"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := tt.merge(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, filepath.Join("merge", tt.in+".golden"), out)
+			for _, s := range tt.survive {
+				if !strings.Contains(string(out), s) {
+					t.Errorf("lost %q", s)
+				}
+			}
+			again, err := tt.merge(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(again, out) {
+				t.Errorf("second merge changed the file:\n%s", again)
+			}
+			// From scratch, too.
+			fresh, err := tt.merge(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again, _ := tt.merge(fresh); !bytes.Equal(again, fresh) {
+				t.Errorf("merge of a fresh file is not idempotent:\n%s\n---\n%s", fresh, again)
+			}
+		})
+	}
+}
+
+// TestInstallTwice is acceptance criterion 4 for every writable target.
+func TestInstallTwice(t *testing.T) {
+	for _, tg := range Targets() {
+		if !tg.Writable {
+			continue
+		}
+		t.Run(tg.Name, func(t *testing.T) {
+			root := t.TempDir()
+			opts := Options{Server: "http://cache.internal:5000", Root: root, Registries: []string{"docker.io", "ghcr.io"}}
+			if tg.Name == "kind" {
+				opts.Path = filepath.Join(root, "certs.d")
+			}
+			p, err := tg.Build(opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Seed an existing file with unrelated content where the format
+			// allows a comment, to see it survive.
+			seed := map[string]string{
+				"docker":   `{"log-driver": "journald"}`,
+				"buildkit": "# ops comment\ndebug = true\n",
+				"podman":   "# ops comment\nunqualified-search-registries = [\"docker.io\"]\n",
+				"k3s":      "# ops comment\nconfigs: {}\n",
+			}[tg.Name]
+			if seed != "" {
+				os.MkdirAll(filepath.Dir(p.Files[0].Path), 0o755)
+				if err := os.WriteFile(p.Files[0].Path, []byte(seed), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			first, err := Install(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap := snapshot(t, root)
+			second, err := Install(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, a := range second {
+				if a.Changed {
+					t.Errorf("second install changed %s", a.Path)
+				}
+			}
+			if after := snapshot(t, root); !equalMaps(snap, after) {
+				t.Errorf("second install changed the tree")
+			}
+			if seed != "" {
+				if first[0].Backup == "" {
+					t.Fatal("no backup of the existing file")
+				}
+				bak, _ := os.ReadFile(first[0].Backup)
+				if string(bak) != seed {
+					t.Errorf("backup = %q, want the original", bak)
+				}
+				info, _ := os.Stat(first[0].Path)
+				if info.Mode().Perm() != 0o600 {
+					t.Errorf("mode = %v, want 0600 kept", info.Mode().Perm())
+				}
+				got, _ := os.ReadFile(first[0].Path)
+				for _, keep := range []string{"journald", "# ops comment"} {
+					if strings.Contains(seed, keep) && !strings.Contains(string(got), keep) {
+						t.Errorf("lost %q:\n%s", keep, got)
+					}
+				}
+			}
+		})
+	}
+}
+
+func snapshot(t *testing.T, root string) map[string]string {
+	m := map[string]string{}
+	filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			b, _ := os.ReadFile(p)
+			m[p] = info.Mode().String() + "\n" + string(b)
+		}
+		return nil
+	})
+	return m
+}
+
+func equalMaps(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// TestBadExistingFile: a file that does not parse is reported with its line
+// and left untouched, with no backup.
+func TestBadExistingFile(t *testing.T) {
+	cases := map[string]struct {
+		target, rel, content, wantErr string
+	}{
+		"json": {"docker", "etc/docker/daemon.json", "{\n  \"debug\": true,\n  \"x\": [1,\n}\n", "line 4"},
+		"toml": {"buildkit", "etc/buildkit/buildkitd.toml", "debug = true\n[registry\n", "line 2"},
+		"yaml": {"k3s", "etc/rancher/k3s/registries.yaml", "mirrors:\n\tdocker.io: {}\n", "line 2"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			root := t.TempDir()
+			path := filepath.Join(root, c.rel)
+			os.MkdirAll(filepath.Dir(path), 0o755)
+			os.WriteFile(path, []byte(c.content), 0o644)
+			tg, _ := Lookup(c.target)
+			p, err := tg.Build(Options{Server: "http://cache.internal:5000", Root: root})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Install(p)
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("err = %v, want the path and %s", err, c.wantErr)
+			}
+			got, _ := os.ReadFile(path)
+			if string(got) != c.content {
+				t.Error("file modified")
+			}
+			if _, err := os.Stat(path + ".bak"); err == nil {
+				t.Error("backup written for a failed merge")
+			}
+		})
+	}
+}
+
+func TestServerOption(t *testing.T) {
+	tests := []struct {
+		in       Options
+		url      string
+		insecure bool
+	}{
+		{Options{Server: "cache.internal:5000", Insecure: true}, "http://cache.internal:5000", true},
+		{Options{Server: "cache.internal:5000"}, "https://cache.internal:5000", false},
+		{Options{Server: "https://r.example.com/", Insecure: true}, "https://r.example.com", true},
+		{Options{Server: "http://10.0.0.5:5000"}, "http://10.0.0.5:5000", true},
+	}
+	for _, tt := range tests {
+		s, err := tt.in.server()
+		if err != nil || s.url() != tt.url || s.insecure != tt.insecure {
+			t.Errorf("%+v: got %+v, %v", tt.in, s, err)
+		}
+	}
+	for _, bad := range []string{"", "ftp://x", "http://x/path", "http://"} {
+		if _, err := (Options{Server: bad}).server(); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}
