@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"sort"
 
 	"github.com/regcache/regcache/internal/config"
@@ -44,7 +45,16 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		if err != nil {
 			return nil, err
 		}
-		u, err := upstream.New(upstream.Config{Name: name, URL: rc.URL, Auth: auth, Logger: log})
+		var mirrors []upstream.MirrorConfig
+		for i, mc := range rc.Mirrors {
+			mkey := fmt.Sprintf("%s.mirrors[%d]", key, i)
+			mauth, err := credentials.For(hostOf(mc.URL), mc.Auth, mkey+".auth")
+			if err != nil {
+				return nil, err
+			}
+			mirrors = append(mirrors, upstream.MirrorConfig{URL: mc.URL, RepoPrefix: mc.RepoPrefix, Repositories: mc.Repositories, Auth: mauth})
+		}
+		u, err := upstream.New(upstream.Config{Name: name, URL: rc.URL, Auth: auth, Logger: log, Mirrors: mirrors, Reserve: rc.Reserve})
 		if err != nil {
 			return nil, fmt.Errorf("%s.url: %w", key, err)
 		}
@@ -55,6 +65,7 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		Store:        st,
 		Upstreams:    ups,
 		TagTTL:       cfg.TagTTL.D(),
+		TagFallback:  cfg.TagFallback == "mirrors",
 		ListTTL:      cfg.TagsListTTL.D(),
 		FetchTimeout: cfg.UpstreamTimeout.D(),
 		Logger:       log,
@@ -72,4 +83,12 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+func hostOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	return u.Host
 }

@@ -199,12 +199,6 @@ func TestClientDisconnectKeepsFetch(t *testing.T) {
 // Acceptance 4: once warm, a cached tag is served through 429, 500 and
 // dropped connections; an uncached tag gets 429 or 503 as OCI JSON.
 func TestServeStaleOnUpstreamError(t *testing.T) {
-	s := newStack(t, stackOptions{tagTTL: "0s"})
-	img := s.backend.PushImage(t, "library/nginx", "1.25", testhub.ImageOptions{})
-	s.backend.PushImage(t, "library/redis", "7", testhub.ImageOptions{})
-	if _, err := s.pull("library/nginx", "1.25"); err != nil {
-		t.Fatal(err)
-	}
 	tests := []struct {
 		fault      testhub.Fault
 		wantStatus []int
@@ -216,6 +210,14 @@ func TestServeStaleOnUpstreamError(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.fault.String(), func(t *testing.T) {
+			// A fresh stack each time: after a 429 regcache rightly leaves
+			// the origin alone for its Retry-After.
+			s := newStack(t, stackOptions{tagTTL: "0s"})
+			img := s.backend.PushImage(t, "library/nginx", "1.25", testhub.ImageOptions{})
+			s.backend.PushImage(t, "library/redis", "7", testhub.ImageOptions{})
+			if _, err := s.pull("library/nginx", "1.25"); err != nil {
+				t.Fatal(err)
+			}
 			s.hub.SetFault(tc.fault)
 			defer s.hub.SetFault(testhub.FaultNone)
 			resp, body := s.do("GET", "/v2/library/nginx/manifests/1.25", map[string]string{"Accept": acceptAll})
@@ -239,13 +241,17 @@ func TestServeStaleOnUpstreamError(t *testing.T) {
 			if tc.fault == testhub.Fault429 && (!strings.Contains(msg, "auth") || resp.Header.Get("Retry-After") == "") {
 				t.Errorf("429 should name the remedy and carry Retry-After: %q %v", msg, resp.Header)
 			}
+			reason := "error"
+			if tc.fault == testhub.Fault429 {
+				reason = "rate_limited"
+			}
+			if n := testutil.ToFloat64(s.app.Metrics.StaleServed.WithLabelValues("docker.io", reason)); n < 1 {
+				t.Errorf("stale %s counter = %v", reason, n)
+			}
+			if !strings.Contains(s.logs.String(), "serving cached tag") {
+				t.Errorf("no log line for the stale answer")
+			}
 		})
-	}
-	if n := testutil.ToFloat64(s.app.Metrics.StaleServed.WithLabelValues("docker.io", "rate_limited")); n < 1 {
-		t.Errorf("stale rate_limited counter = %v", n)
-	}
-	if !strings.Contains(s.logs.String(), "serving cached tag") {
-		t.Errorf("no log line for the stale answer")
 	}
 }
 

@@ -24,14 +24,18 @@ var defaultYAML []byte
 
 // Config is the whole configuration of one regcache server.
 type Config struct {
-	Listen          string              `yaml:"listen"`
-	Storage         Storage             `yaml:"storage"`
-	TagTTL          Duration            `yaml:"tag_ttl"`
-	TagsListTTL     Duration            `yaml:"tags_list_ttl"`
-	UpstreamTimeout Duration            `yaml:"upstream_timeout"`
-	DefaultRegistry string              `yaml:"default_registry"`
-	LogLevel        string              `yaml:"log_level"`
-	Registries      map[string]Registry `yaml:"registries"`
+	Listen          string   `yaml:"listen"`
+	Storage         Storage  `yaml:"storage"`
+	TagTTL          Duration `yaml:"tag_ttl"`
+	TagsListTTL     Duration `yaml:"tags_list_ttl"`
+	UpstreamTimeout Duration `yaml:"upstream_timeout"`
+	DefaultRegistry string   `yaml:"default_registry"`
+	// TagFallback says whether a tag the origin cannot resolve (429, 5xx,
+	// unreachable) and that is not cached may be resolved at a mirror:
+	// "mirrors" (default) or "never".
+	TagFallback string              `yaml:"tag_fallback"`
+	LogLevel    string              `yaml:"log_level"`
+	Registries  map[string]Registry `yaml:"registries"`
 }
 
 // Storage selects where cached content lives.
@@ -47,6 +51,9 @@ type Registry struct {
 	// Aliases are other names clients use for the same registry, such as
 	// index.docker.io for docker.io.
 	Aliases []string `yaml:"aliases"`
+	// Reserve is the number of counted pulls kept for true misses: below
+	// it, cached tags are served past tag_ttl rather than spending a pull.
+	Reserve int `yaml:"reserve"`
 }
 
 // Mirror is an alternative source for a registry's content.
@@ -176,6 +183,11 @@ func (c *Config) validate() error {
 	if len(c.Registries) == 0 {
 		return errors.New("registries: at least one registry is required")
 	}
+	switch c.TagFallback {
+	case "mirrors", "never":
+	default:
+		return fmt.Errorf("tag_fallback: %q is not one of mirrors, never", c.TagFallback)
+	}
 	switch strings.ToLower(c.LogLevel) {
 	case "", "debug", "info", "warn", "error":
 	default:
@@ -198,6 +210,9 @@ func (c *Config) validate() error {
 		}
 		if err := r.Auth.validate(key + ".auth"); err != nil {
 			return err
+		}
+		if r.Reserve < 0 {
+			return fmt.Errorf("%s.reserve: must not be negative", key)
 		}
 		for i, m := range r.Mirrors {
 			mk := fmt.Sprintf("%s.mirrors[%d]", key, i)

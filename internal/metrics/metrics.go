@@ -35,6 +35,11 @@ type Metrics struct {
 	SharedFetches *prometheus.CounterVec
 	// TagRevalidations counts tag checks by outcome (unchanged, changed).
 	TagRevalidations *prometheus.CounterVec
+	// MirrorHits counts content served by a mirror instead of the origin.
+	MirrorHits *prometheus.CounterVec
+	// TagFallbacks counts tags resolved at a mirror because the origin
+	// could not answer.
+	TagFallbacks *prometheus.CounterVec
 	// DigestMismatches counts upstream content rejected by verification.
 	DigestMismatches *prometheus.CounterVec
 }
@@ -68,6 +73,12 @@ func New() *Metrics {
 		TagRevalidations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_tag_revalidations_total", Help: "Expired tags checked upstream, by outcome.",
 		}, []string{"registry", "outcome"}),
+		MirrorHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_mirror_hits_total", Help: "Manifests and blobs fetched from a mirror instead of the origin.",
+		}, []string{"registry", "mirror", "kind"}),
+		TagFallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_tag_fallbacks_total", Help: "Tags resolved at a mirror because the origin could not answer (a mirror's tag may lag).",
+		}, []string{"registry", "mirror"}),
 		DigestMismatches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_digest_mismatches_total", Help: "Upstream content rejected because it did not match its digest.",
 		}, []string{"registry", "source"}),
@@ -76,7 +87,7 @@ func New() *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Requests, m.BytesServed, m.UpstreamBytes, m.UpstreamRequests, m.CountedPulls,
-		m.StaleServed, m.SharedFetches, m.TagRevalidations, m.DigestMismatches,
+		m.StaleServed, m.SharedFetches, m.TagRevalidations, m.DigestMismatches, m.MirrorHits, m.TagFallbacks,
 	)
 	return m
 }

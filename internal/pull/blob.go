@@ -23,6 +23,8 @@ type Blob struct {
 	Content store.Content
 	Stream  *StreamReader
 	Result  Result
+	// Source is where a streamed blob is coming from: origin or a mirror.
+	Source string
 }
 
 // Close releases the blob.
@@ -80,7 +82,7 @@ func (c *Cache) Blob(ctx context.Context, registry, repo string, d digest.Digest
 		f.release()
 		return nil, err
 	}
-	return &Blob{Digest: d, Size: f.size, Stream: &StreamReader{f: f, ctx: ctx}, Result: Miss}, nil
+	return &Blob{Digest: d, Size: f.size, Stream: &StreamReader{f: f, ctx: ctx}, Result: Miss, Source: f.source}, nil
 }
 
 // StatBlob answers a blob HEAD without downloading anything.
@@ -118,8 +120,9 @@ func (c *Cache) confirmBlob(ctx context.Context, up Upstream, registry, repo str
 // for the digest while it runs. Bytes go to a store Writer; readers tail the
 // writer with ReadAt.
 type fetch struct {
-	d    digest.Digest
-	size int64
+	d      digest.Digest
+	size   int64
+	source string // set before ready is closed
 
 	ready chan struct{} // closed when size is known or the fetch failed early
 
@@ -185,9 +188,16 @@ func (c *Cache) startFetch(up Upstream, registry, repo string, d digest.Digest) 
 	defer c.blobMu.Unlock()
 	if f, ok := c.blobs[d]; ok {
 		f.mu.Lock()
-		f.refs++
+		failed := f.done && f.err != nil
+		if !failed {
+			f.refs++
+		}
 		f.mu.Unlock()
-		return f, true
+		if !failed {
+			return f, true
+		}
+		// A failed download lingers until its goroutine unwinds; a new
+		// request must not inherit its error.
 	}
 	if _, err := c.opt.Store.Stat(context.Background(), d); err == nil {
 		return nil, false
@@ -202,7 +212,9 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 	defer f.release()
 	defer func() {
 		c.blobMu.Lock()
-		delete(c.blobs, f.d)
+		if c.blobs[f.d] == f {
+			delete(c.blobs, f.d)
+		}
 		c.blobMu.Unlock()
 	}()
 	readyOnce := sync.OnceFunc(func() { close(f.ready) })
@@ -228,8 +240,12 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 		return
 	}
 	f.mu.Lock()
-	f.writer, f.size = w, blob.Size
+	f.writer, f.size, f.source = w, blob.Size, sourceName(blob.Source)
 	f.mu.Unlock()
+	if f.source != upstream.SourceOrigin {
+		c.m.MirrorHits.WithLabelValues(registry, f.source, "blob").Inc()
+	}
+	fetched := c.m.UpstreamBytes.WithLabelValues(registry, f.source, "blob")
 	readyOnce()
 
 	buf := make([]byte, 256<<10)
@@ -243,7 +259,7 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 				return
 			}
 			total += int64(n)
-			c.m.UpstreamBytes.WithLabelValues(registry, "origin", "blob").Add(float64(n))
+			fetched.Add(float64(n))
 			f.progress(int64(n), false, nil)
 		}
 		if rerr == io.EOF {
@@ -257,7 +273,7 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 	}
 	if err := w.Commit(ctx); err != nil {
 		if errors.Is(err, store.ErrDigestMismatch) {
-			c.m.DigestMismatches.WithLabelValues(registry, "origin").Inc()
+			c.m.DigestMismatches.WithLabelValues(registry, f.source).Inc()
 			err = &upstream.Error{Registry: registry, Op: "GET blob", Repository: repo, Reference: f.d.String(),
 				Code: upstream.CodeDigestInvalid, Message: "content does not match its digest; discarded"}
 		}
@@ -266,7 +282,7 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 		return
 	}
 	c.link(ctx, registry, repo, f.d)
-	c.log.Info("blob cached", "registry", registry, "repo", repo, "digest", f.d, "bytes", total,
+	c.log.Info("blob cached", "registry", registry, "repo", repo, "digest", f.d, "bytes", total, "source", f.source,
 		"seconds", time.Since(start).Seconds())
 	f.progress(0, true, nil)
 }

@@ -43,6 +43,12 @@ type Upstream interface {
 	GetManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Manifest, error)
 	GetBlob(ctx context.Context, repo string, d digest.Digest) (upstream.Blob, error)
 	HeadBlob(ctx context.Context, repo string, d digest.Digest) (ocispec.Descriptor, error)
+	// ResolveTagAtMirror resolves a tag at the first mirror that has it,
+	// for when the origin cannot answer.
+	ResolveTagAtMirror(ctx context.Context, repo, tag string, accept []string) (upstream.Manifest, error)
+	// BelowReserve reports that the origin's pull budget is at or below the
+	// configured reserve.
+	BelowReserve() bool
 	Do(ctx context.Context, method, repo, suffix string, query url.Values, header http.Header) (*http.Response, error)
 }
 
@@ -52,6 +58,9 @@ type Options struct {
 	Upstreams map[string]Upstream // by registry name
 	// TagTTL is how long a tag→digest answer is trusted.
 	TagTTL time.Duration
+	// TagFallback allows resolving a tag at a mirror when the origin cannot
+	// answer and the tag is not cached.
+	TagFallback bool
 	// ListTTL is how long tag lists and referrers answers are reused.
 	ListTTL time.Duration
 	// FetchTimeout bounds one upstream manifest fetch or revalidation.

@@ -3,6 +3,7 @@ package pull
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -31,6 +32,12 @@ type Manifest struct {
 	Result    Result
 	// StaleReason is the upstream error that made the answer stale.
 	StaleReason error
+	// Source names where fetched bytes came from: "origin" or a mirror.
+	// Empty for answers from the cache.
+	Source string
+	// TagFromMirror is set when the tag itself was resolved at a mirror
+	// because the origin could not answer; a mirror's tag may lag.
+	TagFromMirror bool
 }
 
 // tagRecord is the cached answer to "which manifest does this tag name, for
@@ -115,8 +122,15 @@ func (c *Cache) fetchManifest(ctx context.Context, up Upstream, registry, repo, 
 	if err != nil {
 		return nil, err
 	}
-	c.m.CountedPulls.WithLabelValues(registry).Inc()
-	c.m.UpstreamBytes.WithLabelValues(registry, "origin", "manifest").Add(float64(len(um.Data)))
+	return c.storeFetched(ctx, registry, repo, ref, want, um)
+}
+
+// storeFetched verifies a manifest the upstream sent and stores it.
+func (c *Cache) storeFetched(ctx context.Context, registry, repo, ref string, want digest.Digest, um upstream.Manifest) (*Manifest, error) {
+	c.countFetch(registry, um.Source, "manifest", len(um.Data))
+	if um.Source == upstream.SourceOrigin || um.Source == "" {
+		c.m.CountedPulls.WithLabelValues(registry).Inc()
+	}
 	got := digest.FromBytes(um.Data)
 	if want != "" && got != want {
 		c.m.DigestMismatches.WithLabelValues(registry, "origin").Inc()
@@ -136,7 +150,23 @@ func (c *Cache) fetchManifest(ctx context.Context, up Upstream, registry, repo, 
 		return nil, err
 	}
 	c.link(ctx, registry, repo, got)
-	return &Manifest{Digest: got, MediaType: mt, Data: um.Data, Result: Miss}, nil
+	return &Manifest{Digest: got, MediaType: mt, Data: um.Data, Result: Miss, Source: sourceName(um.Source)}, nil
+}
+
+func sourceName(s string) string {
+	if s == "" {
+		return upstream.SourceOrigin
+	}
+	return s
+}
+
+// countFetch records bytes fetched and, for mirrors, the hit.
+func (c *Cache) countFetch(registry, source, kind string, n int) {
+	source = sourceName(source)
+	c.m.UpstreamBytes.WithLabelValues(registry, source, kind).Add(float64(n))
+	if source != upstream.SourceOrigin {
+		c.m.MirrorHits.WithLabelValues(registry, source, kind).Inc()
+	}
 }
 
 // sniffMediaType reads the mediaType field for upstreams that send no usable
@@ -261,7 +291,10 @@ func (c *Cache) revalidate(ctx context.Context, up Upstream, registry, repo, tag
 			return nil, cause
 		}
 		reason := "error"
-		if upstream.IsRateLimited(cause) {
+		switch {
+		case cause == errReserve:
+			reason = "reserve"
+		case upstream.IsRateLimited(cause):
 			reason = "rate_limited"
 		}
 		c.m.StaleServed.WithLabelValues(registry, reason).Inc()
@@ -278,6 +311,9 @@ func (c *Cache) revalidate(ctx context.Context, up Upstream, registry, repo, tag
 			c.tags.Remove(key)
 			_ = c.opt.Store.DeleteMeta(ctx, key)
 			return nil, err
+		}
+		if !have {
+			return c.tagAtMirror(ctx, up, registry, repo, tag, mask, key, err)
 		}
 		return stale(err)
 	}
@@ -305,10 +341,45 @@ func (c *Cache) revalidate(ctx context.Context, up Upstream, registry, repo, tag
 		c.saveTag(ctx, key, tagRecord{Digest: desc.Digest, MediaType: sm.mediaType, Checked: c.now()})
 		return &Manifest{Digest: desc.Digest, MediaType: sm.mediaType, Data: sm.data, Result: Revalidated}, nil
 	}
+	if have && up.BelowReserve() {
+		// The tag moved, but the budget is nearly spent: keep the remaining
+		// pulls for content nobody has cached, and serve what we have.
+		return stale(errReserve)
+	}
 	m, err := c.fetchManifest(ctx, up, registry, repo, desc.Digest.String(), desc.Digest)
 	if err != nil {
 		return stale(err)
 	}
 	c.saveTag(ctx, key, tagRecord{Digest: m.Digest, MediaType: m.MediaType, Checked: c.now()})
+	return m, nil
+}
+
+// errReserve is the stale reason when the pull budget is below the reserve.
+var errReserve = errors.New("origin pull budget is at or below the configured reserve")
+
+// tagAtMirror resolves a tag that is not cached at a mirror, because the
+// origin could not answer. The answer is stored with a zero check time, so
+// the next request asks the origin again, and it is marked: a mirror's tag
+// can lag the origin's.
+func (c *Cache) tagAtMirror(ctx context.Context, up Upstream, registry, repo, tag string, mask AcceptMask, key string, originErr error) (*Manifest, error) {
+	if !c.opt.TagFallback || upstream.IsNotFound(originErr) {
+		return nil, originErr
+	}
+	um, err := up.ResolveTagAtMirror(ctx, repo, tag, mask.Values())
+	if err != nil {
+		// The client should hear about the origin's failure, which is the
+		// real cause; the mirror was only a fallback.
+		c.log.Info("tag fallback to mirrors failed", "registry", registry, "repo", repo, "tag", tag, "err", err)
+		return nil, originErr
+	}
+	m, err := c.storeFetched(ctx, registry, repo, tag, "", um)
+	if err != nil {
+		return nil, originErr
+	}
+	c.m.TagFallbacks.WithLabelValues(registry, m.Source).Inc()
+	c.log.Warn("tag resolved at a mirror because the origin failed", "registry", registry, "repo", repo, "tag", tag,
+		"mirror", m.Source, "digest", m.Digest, "origin_err", originErr)
+	c.saveTag(ctx, key, tagRecord{Digest: m.Digest, MediaType: m.MediaType})
+	m.TagFromMirror = true
 	return m, nil
 }

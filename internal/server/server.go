@@ -151,6 +151,14 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, rt Route)
 	h.Set("Etag", `"`+m.Digest.String()+`"`)
 	h.Set("Content-Length", strconv.Itoa(len(m.Data)))
 	setResult(h, m.Result)
+	if m.Source != "" {
+		h.Set("X-Regcache-Source", m.Source)
+	}
+	if m.TagFromMirror {
+		// A mirror's tag can lag the origin's: say so.
+		h.Set("X-Regcache-Tag-Source", "mirror")
+		h.Add("Warning", `199 regcache "tag resolved at mirror `+m.Source+` because the origin failed"`)
+	}
 	if inm := r.Header.Get("If-None-Match"); inm != "" && strings.Contains(inm, m.Digest.String()) {
 		h.Del("Content-Length")
 		w.WriteHeader(http.StatusNotModified)
@@ -202,6 +210,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, rt Route) {
 		s.count(rt, b.Result, cw.n)
 		return
 	}
+	h.Set("X-Regcache-Source", b.Source)
 	s.streamBlob(w, r, rt, b)
 }
 
