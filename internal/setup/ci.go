@@ -14,17 +14,19 @@ import (
 // jq (present on CodeBuild standard, CircleCI machine and GitHub-hosted
 // images) and makes dockerd re-read it: registry-mirrors and
 // insecure-registries are reloaded on SIGHUP, no restart needed.
-func daemonReloadScript(s server, reload string) string {
+// sudo is "sudo " on runners that run jobs as a normal user and "" where
+// the job already runs as root (CodeBuild).
+func daemonReloadScript(s server, sudo, reload string) string {
 	filter := fmt.Sprintf(`.["registry-mirrors"] = ([%q] + ((.["registry-mirrors"] // []) - [%q]))`, s.url(), s.url())
 	if s.insecure {
 		filter += fmt.Sprintf(` | .["insecure-registries"] = (((.["insecure-registries"] // []) - [%q]) + [%q])`, s.host, s.host)
 	}
 	return strings.Join([]string{
-		"sudo mkdir -p /etc/docker",
-		"[ -s /etc/docker/daemon.json ] || echo '{}' | sudo tee /etc/docker/daemon.json >/dev/null",
+		sudo + "mkdir -p /etc/docker",
+		"[ -s /etc/docker/daemon.json ] || echo '{}' | " + sudo + "tee /etc/docker/daemon.json >/dev/null",
 		"jq '" + filter + "' /etc/docker/daemon.json > /tmp/daemon.json",
-		"sudo mv /tmp/daemon.json /etc/docker/daemon.json",
-		reload,
+		sudo + "mv /tmp/daemon.json /etc/docker/daemon.json",
+		sudo + reload,
 		"docker info --format '{{.RegistryConfig.Mirrors}}'",
 	}, "\n")
 }
@@ -69,7 +71,7 @@ phases:
   install:
     commands:
       - |
-%s`, s.host, indent(daemonReloadScript(s, "sudo pkill -HUP dockerd"), "        "))
+%s`, s.host, indent(daemonReloadScript(s, "", "pkill -HUP dockerd"), "        "))
 			cfn := fmt.Sprintf(`# Let the CodeBuild project reach regcache and tell builds where it is.
 RegcacheIngressFromCodeBuild:
   Type: AWS::EC2::SecurityGroupIngress
@@ -142,7 +144,7 @@ jobs:
           name: Pull Docker Hub images through regcache
           command: |
 %s      - checkout
-`, indent(daemonReloadScript(s, "sudo systemctl reload docker"), "            "))
+`, indent(daemonReloadScript(s, "sudo ", "systemctl reload docker"), "            "))
 			notes := []string{"Jobs on CircleCI cloud must reach the server over the internet: use https with a certificate they trust (or self-hosted runners)."}
 			if s.scheme == "http" {
 				notes = append(notes, "The docker executor cannot pull from a plain-http registry: give regcache an https address for it.")
@@ -184,7 +186,7 @@ func githubTarget() Target {
         with:
           buildkitd-config-inline: |
 %s      - uses: actions/checkout@v4
-`, indent(daemonReloadScript(s, "sudo systemctl reload docker"), "          "), indent(string(bk), "            "))
+`, indent(daemonReloadScript(s, "sudo ", "systemctl reload docker"), "          "), indent(string(bk), "            "))
 			return Plan{
 				Snippets: []Snippet{{Title: ".github/workflows/build.yml steps", Lang: "yaml", Body: steps}},
 				Notes: []string{
@@ -268,9 +270,10 @@ func kindTarget() Target {
 					Merge: func(b []byte) ([]byte, error) { return mergeHostsTOML(b, r, s) },
 				})
 			}
-			abs := dir
-			if a, err := filepath.Abs(dir); err == nil && o.Path != "" {
-				abs = a
+			// kind mounts host paths as given: make it absolute.
+			abs, err := filepath.Abs(dir)
+			if err != nil {
+				return Plan{}, err
 			}
 			cluster := fmt.Sprintf(`kind: Cluster
 apiVersion: kind.x-k8s.io/v1alpha4
