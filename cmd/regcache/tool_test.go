@@ -42,8 +42,8 @@ func writeFiles(t *testing.T, files map[string]string) string {
 
 func TestScanRewriteCLI(t *testing.T) {
 	dir := writeFiles(t, map[string]string{
-		"Dockerfile":         "# base\nFROM node:21.7.0-alpine3.19 AS build\nFROM nginx@sha256:9ae97d36d26566ff84e8893c64a6dc4fe8ca6d1144bf5b87b2b85a32def253c7\n",
-		"docker-compose.yml": "services:\n  db:\n    image: postgres:16  # comment\n",
+		"Dockerfile":                "# base\nFROM node:21.7.0-alpine3.19 AS build\nFROM nginx@sha256:9ae97d36d26566ff84e8893c64a6dc4fe8ca6d1144bf5b87b2b85a32def253c7\n",
+		"docker-compose.yml":        "services:\n  db:\n    image: postgres:16  # comment\n",
 		"broken/docker-compose.yml": "services:\n\tdb: {}\n",
 	})
 	broken, _ := os.ReadFile(filepath.Join(dir, "broken/docker-compose.yml"))
