@@ -272,3 +272,39 @@ func TestServerOption(t *testing.T) {
 		}
 	}
 }
+
+// TestDocsMatchGenerator keeps docs/ci-integration.md written from the
+// generated output: every snippet and file it shows must be exactly what
+// the commands print for --server http://cache.internal:5000.
+func TestDocsMatchGenerator(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/ci-integration.md")
+	if err != nil {
+		t.Skip("docs not present:", err)
+	}
+	for _, tg := range Targets() {
+		opts := Options{Server: "http://cache.internal:5000"}
+		if tg.Name == "kind" {
+			opts.Path = "/srv/kind/regcache-certs.d"
+		}
+		p, err := tg.Build(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bodies []string
+		for _, s := range p.Snippets {
+			bodies = append(bodies, s.Body)
+		}
+		for _, f := range p.Files {
+			b, err := f.Merge(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			bodies = append(bodies, string(b))
+		}
+		for _, b := range bodies {
+			if !strings.Contains(string(doc), "\n"+strings.TrimRight(b, "\n")+"\n```") {
+				t.Errorf("docs/ci-integration.md is missing the current %s output:\n%s", tg.Name, b)
+			}
+		}
+	}
+}
