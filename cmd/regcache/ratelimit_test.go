@@ -3,6 +3,11 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -10,6 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/regcache/regcache/internal/app"
+	"github.com/regcache/regcache/internal/config"
 	"github.com/regcache/regcache/internal/ratelimit"
 	"github.com/regcache/regcache/internal/testhub"
 )
@@ -105,4 +112,63 @@ func runCmd(t *testing.T, stdin string, args ...string) (string, error) {
 	cmd.SetArgs(args)
 	err := cmd.Execute()
 	return out.String(), err
+}
+
+// regcache status shows what a running server learned from its upstreams'
+// headers, without spending a pull.
+func TestStatusCommand(t *testing.T) {
+	backend := testhub.StartRegistry(t)
+	backend.PushImage(t, "library/alpine", "3.19", testhub.ImageOptions{})
+	hub := testhub.NewHub(t, backend, testhub.Options{AnonymousLimit: 100})
+	mirror := testhub.NewHub(t, backend, testhub.Options{RepoPrefix: "docker/"})
+	cfg, err := config.Parse([]byte(fmt.Sprintf("storage: {root: %s}\nregistries:\n  docker.io:\n    url: %s\n    reserve: 5\n    mirrors: [{url: %s, repo_prefix: docker/, repositories: [\"library/*\"]}]\n",
+		t.TempDir(), hub.URL, mirror.URL)), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := app.New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.Handler)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/v2/library/alpine/manifests/3.19")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("pull: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	hub.ResetCounts()
+
+	out, err := runCmd(t, "", "status", "--server", srv.URL, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st app.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Registries) != 1 {
+		t.Fatalf("status JSON: %v %q", err, out)
+	}
+	b := st.Registries[0].Budget
+	if !b.Limited || b.Limit != 100 || b.Remaining != hub.Remaining("") || b.WindowSeconds != 21600 {
+		t.Fatalf("budget %+v, hub remaining %d", b, hub.Remaining(""))
+	}
+	if srcs := st.Registries[0].Sources; len(srcs) != 2 || srcs[1].Name != "origin" || srcs[0].State != "closed" {
+		t.Fatalf("sources %+v", srcs)
+	}
+	out, err = runCmd(t, "", "status", "--server", srv.URL)
+	if err != nil || !strings.Contains(out, "docker.io") || !strings.Contains(out, "origin") || !strings.Contains(out, fmt.Sprint(hub.Remaining(""))) {
+		t.Fatalf("table: %v\n%s", err, out)
+	}
+	if hub.Counts().Requests != 0 {
+		t.Fatal("status made upstream requests")
+	}
+	// The same figures as gauges.
+	resp, err = http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := fmt.Sprintf("regcache_upstream_ratelimit_remaining{registry=\"docker.io\"} %d", hub.Remaining("")); !strings.Contains(string(metrics), want) {
+		t.Fatalf("metrics lack %q", want)
+	}
 }

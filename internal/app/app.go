@@ -26,6 +26,8 @@ type App struct {
 	Cache     *pull.Cache
 	Store     *store.FS
 	Upstreams map[string]*upstream.Registry
+	// identities names who each registry's budget is counted for.
+	identities map[string]string
 }
 
 // New builds an App. It makes no network connection: regcache must start,
@@ -36,7 +38,7 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	m := metrics.New()
-	a := &App{Metrics: m, Store: st, Upstreams: map[string]*upstream.Registry{}}
+	a := &App{Metrics: m, Store: st, Upstreams: map[string]*upstream.Registry{}, identities: map[string]string{}}
 	ups := map[string]pull.Upstream{}
 	for _, name := range sortedKeys(cfg.Registries) {
 		rc := cfg.Registries[name]
@@ -60,6 +62,12 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		}
 		ups[name] = u
 		a.Upstreams[name] = u
+		if rc.Auth != nil {
+			a.identities[name] = rc.Auth.Username
+			if a.identities[name] == "" {
+				a.identities[name] = "docker-config"
+			}
+		}
 	}
 	a.Cache = pull.New(pull.Options{
 		Store:        st,
@@ -72,7 +80,8 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		Metrics:      m,
 	})
 	router := &server.Router{Lookup: cfg.Lookup, DefaultRegistry: cfg.DefaultRegistry}
-	a.Handler = server.New(server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m})
+	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams))
+	a.Handler = server.New(server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler()})
 	return a, nil
 }
 

@@ -1,0 +1,122 @@
+package app
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/regcache/regcache/internal/ratelimit"
+	"github.com/regcache/regcache/internal/upstream"
+)
+
+// Status is what GET /_regcache/status returns: each upstream's pull budget
+// as last seen in its headers, and the health of each of its sources.
+type Status struct {
+	Registries []RegistryStatus `json:"registries"`
+}
+
+// RegistryStatus is one configured registry.
+type RegistryStatus struct {
+	Name         string           `json:"name"`
+	Budget       ratelimit.Report `json:"budget"`
+	BelowReserve bool             `json:"below_reserve"`
+	Sources      []SourceStatus   `json:"sources"`
+}
+
+// SourceStatus is one mirror or the origin.
+type SourceStatus struct {
+	Name      string     `json:"name"`
+	URL       string     `json:"url"`
+	State     string     `json:"state"`
+	Failures  int        `json:"consecutive_failures"`
+	OpenUntil *time.Time `json:"open_until,omitempty"`
+}
+
+// status collects the figures; it makes no upstream request, so the page is
+// cheap and cannot spend pulls.
+func (a *App) status(now time.Time) Status {
+	var st Status
+	for _, name := range sortedKeys(a.Upstreams) {
+		u := a.Upstreams[name]
+		identity := "anonymous"
+		if a.identities[name] != "" {
+			identity = a.identities[name]
+		}
+		rs := RegistryStatus{Name: name, Budget: ratelimit.FromBudget(name, identity, u.Budget(), now), BelowReserve: u.BelowReserve()}
+		for _, s := range u.Sources() {
+			ss := SourceStatus{Name: s.Name, URL: s.URL, State: string(s.State), Failures: s.Failures}
+			if !s.OpenUntil.IsZero() {
+				t := s.OpenUntil
+				ss.OpenUntil = &t
+			}
+			rs.Sources = append(rs.Sources, ss)
+		}
+		st.Registries = append(st.Registries, rs)
+	}
+	return st
+}
+
+func (a *App) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_regcache/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(a.status(time.Now()))
+	})
+	return mux
+}
+
+// upstreamCollector exports budgets and breaker states at scrape time, read
+// from the upstream clients, so they are never stale and cost nothing
+// between scrapes.
+type upstreamCollector struct {
+	ups                        map[string]*upstream.Registry
+	limit, remaining, belowRes *prometheus.Desc
+	sourceUp, sourceFailures   *prometheus.Desc
+}
+
+func newUpstreamCollector(ups map[string]*upstream.Registry) *upstreamCollector {
+	return &upstreamCollector{
+		ups:            ups,
+		limit:          prometheus.NewDesc("regcache_upstream_ratelimit_limit", "Pull limit per window, from the origin's ratelimit-limit header.", []string{"registry"}, nil),
+		remaining:      prometheus.NewDesc("regcache_upstream_ratelimit_remaining", "Pulls left in the window, from the origin's ratelimit-remaining header.", []string{"registry"}, nil),
+		belowRes:       prometheus.NewDesc("regcache_upstream_below_reserve", "1 while the origin's remaining pulls are at or below the configured reserve.", []string{"registry"}, nil),
+		sourceUp:       prometheus.NewDesc("regcache_source_available", "1 when a source's circuit breaker is closed, 0.5 half-open, 0 open.", []string{"registry", "source"}, nil),
+		sourceFailures: prometheus.NewDesc("regcache_source_consecutive_failures", "Consecutive failures of a source (mirror or origin).", []string{"registry", "source"}, nil),
+	}
+}
+
+func (c *upstreamCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.limit, c.remaining, c.belowRes, c.sourceUp, c.sourceFailures} {
+		ch <- d
+	}
+}
+
+func (c *upstreamCollector) Collect(ch chan<- prometheus.Metric) {
+	for name, u := range c.ups {
+		b := u.Budget()
+		if b.Known {
+			ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(b.Limit), name)
+			ch <- prometheus.MustNewConstMetric(c.remaining, prometheus.GaugeValue, float64(b.Remaining), name)
+		}
+		below := 0.0
+		if u.BelowReserve() {
+			below = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.belowRes, prometheus.GaugeValue, below, name)
+		for _, s := range u.Sources() {
+			up := 1.0
+			switch s.State {
+			case upstream.BreakerOpen:
+				up = 0
+			case upstream.BreakerHalfOpen:
+				up = 0.5
+			}
+			ch <- prometheus.MustNewConstMetric(c.sourceUp, prometheus.GaugeValue, up, name, s.Name)
+			ch <- prometheus.MustNewConstMetric(c.sourceFailures, prometheus.GaugeValue, float64(s.Failures), name, s.Name)
+		}
+	}
+}
