@@ -129,7 +129,7 @@ func setupPodman(t *testing.T, w *world, mirror string) pullFunc {
 // makes containerd send ?ns=docker.io to the mirror.
 func setupCtr(t *testing.T, w *world, mirror string) pullFunc {
 	ctr := requireBinary(t, "ctr", "containerd")
-	sock := startContainerd(t, w)
+	sock := startContainerd(t, w, "containerd")
 	hostsDir := writeHostsDir(t, w, mirror)
 	env := w.baseEnv()
 	return func(t *testing.T, img testImage) string {

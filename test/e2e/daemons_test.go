@@ -12,10 +12,9 @@ import (
 
 // Daemons started for clients that need one. Each gets its own root, state
 // and socket under the test's temp dir, so nothing collides with a system
-// daemon or with the other daemon: dockerd 20.10 supervises its own
-// containerd under --exec-root/--data-root when it finds no system
-// containerd socket, and the standalone containerd used by ctr listens on
-// its own socket.
+// daemon or with another test's. dockerd 20.10 would use a system
+// containerd if /run/containerd/containerd.sock exists (and supervise its
+// own otherwise), so it is always given its own containerd explicitly.
 
 // startDockerd starts dockerd with registry-mirrors pointing at mirror (a
 // mirror at the domain root, as Docker Hub users configure it) and returns
@@ -26,6 +25,7 @@ func startDockerd(t *testing.T, w *world, mirror string) (docker string, env []s
 	docker = requireBinary(t, "docker", "docker.io (Debian) or docker-ce-cli")
 	dir := w.mkdir("dockerd")
 	sock := filepath.Join(dir, "docker.sock")
+	containerdSock := startContainerd(t, w, "dockerd-containerd")
 	cfg, err := json.Marshal(map[string]any{
 		"registry-mirrors": []string{"http://" + mirror},
 		// No insecure-registries entry: a mirror given with http:// is
@@ -50,6 +50,7 @@ func startDockerd(t *testing.T, w *world, mirror string) (docker string, env []s
 		"--pidfile", filepath.Join(dir, "dockerd.pid"),
 		"-H", "unix://"+sock,
 		"--config-file", cfgPath,
+		"--containerd", containerdSock,
 	)
 	t.Cleanup(func() { p.stop(20 * time.Second) })
 	env = w.baseEnv("DOCKER_HOST=unix://" + sock)
@@ -66,10 +67,10 @@ func startDockerd(t *testing.T, w *world, mirror string) (docker string, env []s
 // startContainerd starts a standalone containerd for ctr and returns its
 // socket. CRI and snapshotters that need special kernels are disabled; the
 // native snapshotter works on any filesystem.
-func startContainerd(t *testing.T, w *world) string {
+func startContainerd(t *testing.T, w *world, name string) string {
 	t.Helper()
 	containerd := requireBinary(t, "containerd", "containerd")
-	dir := w.mkdir("containerd")
+	dir := w.mkdir(name)
 	sock := filepath.Join(dir, "containerd.sock")
 	cfg := fmt.Sprintf(`version = 2
 root = %q
@@ -82,12 +83,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 [debug]
   address = %q
   level = "debug"
-`, w.mkdir("containerd", "root"), w.mkdir("containerd", "state"), sock, sock+".ttrpc", filepath.Join(dir, "debug.sock"))
+`, w.mkdir(name, "root"), w.mkdir(name, "state"), sock, sock+".ttrpc", filepath.Join(dir, "debug.sock"))
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := startProc(t, "containerd", w.logFile("containerd"), w.baseEnv(), containerd, "--config", cfgPath)
+	p := startProc(t, name, w.logFile(name), w.baseEnv(), containerd, "--config", cfgPath)
 	t.Cleanup(func() { p.stop(20 * time.Second) })
 	ctr := requireBinary(t, "ctr", "containerd")
 	err := waitFor(t.Context(), 30*time.Second, p, func() error {
