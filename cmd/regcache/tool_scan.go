@@ -3,9 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"strings"
-	"text/tabwriter"
 
 	"github.com/regcache/regcache/internal/refscan"
 	"github.com/spf13/cobra"
@@ -52,7 +49,7 @@ ARG defaults), compose files, Kubernetes manifests, Helm values, .gitlab-ci.yml,
 					return err
 				}
 			} else {
-				writeScanTable(out, res)
+				refscan.WriteTable(out, res)
 			}
 			for _, e := range res.Errors {
 				fmt.Fprintln(cmd.ErrOrStderr(), "error:", e.Error())
@@ -80,31 +77,3 @@ ARG defaults), compose files, Kubernetes manifests, Helm values, .gitlab-ci.yml,
 	return cmd
 }
 
-func yesNo(b bool) string {
-	if b {
-		return "yes"
-	}
-	return "no"
-}
-
-func writeScanTable(w io.Writer, res refscan.Result) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "LOCATION\tKIND\tREFERENCE\tNORMALIZED\tHUB\tPINNED\tPULLS/RUN\tNOTE")
-	hub, pulls := 0, 0
-	for _, r := range res.Refs {
-		norm := r.Normalized
-		if norm == "" {
-			norm = "-"
-		}
-		note := strings.TrimSpace(strings.Join([]string{r.Problem, r.Note}, "; "))
-		note = strings.Trim(note, "; ")
-		fmt.Fprintf(tw, "%s:%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.File, r.Line, r.Kind, r.Original, norm,
-			yesNo(r.DockerHub), yesNo(r.Pinned), r.PullsPerRun, note)
-		if r.DockerHub {
-			hub++
-		}
-		pulls += r.PullsPerRun
-	}
-	tw.Flush()
-	fmt.Fprintf(w, "\n%d reference(s), %d to Docker Hub, about %d counted Docker Hub pull(s) per run\n", len(res.Refs), hub, pulls)
-}

@@ -125,6 +125,16 @@ func TestCorpusGolden(t *testing.T) {
 	golden(t, "scan.golden.json", buf.Bytes())
 }
 
+// TestCorpusTableGolden pins the human-readable output.
+func TestCorpusTableGolden(t *testing.T) {
+	wd, _ := os.Getwd()
+	res := scanCorpus(t)
+	var buf bytes.Buffer
+	WriteTable(&buf, res)
+	os.Chdir(wd)
+	golden(t, "scan.golden.txt", buf.Bytes())
+}
+
 // TestSpansMatchText checks that every rewritable span points at exactly
 // the bytes it claims, which is what makes rewriting surgical.
 func TestSpansMatchText(t *testing.T) {

@@ -38,6 +38,21 @@ var skipDirs = map[string]bool{".git": true, "node_modules": true, ".hg": true, 
 // recognises. Files named explicitly are scanned even if unrecognised YAML.
 func Scan(paths []string, opts Options) Result {
 	var res Result
+	// A file reached twice (". Dockerfile") is scanned once, so a rewrite
+	// never sees the same reference twice.
+	done := map[string]bool{}
+	scanOnce := func(p string) {
+		key, err := filepath.Abs(p)
+		if err != nil {
+			key = p
+		}
+		if done[key] {
+			return
+		}
+		done[key] = true
+		refs, ferr := ScanFile(p, opts)
+		res.add(refs, ferr)
+	}
 	for _, root := range paths {
 		info, err := os.Stat(root)
 		if err != nil {
@@ -45,8 +60,7 @@ func Scan(paths []string, opts Options) Result {
 			continue
 		}
 		if !info.IsDir() {
-			refs, ferr := ScanFile(root, opts)
-			res.add(refs, ferr)
+			scanOnce(root)
 			continue
 		}
 		err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
@@ -66,8 +80,7 @@ func Scan(paths []string, opts Options) Result {
 			if !d.Type().IsRegular() || Classify(filepath.ToSlash(p)) == FormatNone {
 				return nil
 			}
-			refs, ferr := ScanFile(p, opts)
-			res.add(refs, ferr)
+			scanOnce(p)
 			return nil
 		})
 		if err != nil {

@@ -84,9 +84,22 @@ func Plan(file string, src []byte, refs []refscan.Ref, t Target) FileResult {
 
 // WriteAtomic replaces path with data through a temporary file in the same
 // directory and a rename, so a reader never sees a half-written file. The
-// file mode is preserved.
+// mode of an existing file is kept (0644 for a new one), and a symlink is
+// followed so the link stays a link.
 func WriteAtomic(path string, data []byte) error {
-	mode := os.FileMode(0o644)
+	return WriteAtomicMode(path, data, 0)
+}
+
+// WriteAtomicMode is WriteAtomic with the mode to use when the file does not
+// exist yet (0 means 0644).
+func WriteAtomicMode(path string, data []byte, newMode os.FileMode) error {
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
+	mode := newMode
+	if mode == 0 {
+		mode = 0o644
+	}
 	if info, err := os.Stat(path); err == nil {
 		mode = info.Mode().Perm()
 	}

@@ -287,3 +287,22 @@ func TestStaleSpanNotApplied(t *testing.T) {
 		t.Errorf("stale span applied: %q, skips %v", fr.New, fr.Skips)
 	}
 }
+
+func TestWriteAtomicFollowsSymlink(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real.yml")
+	link := filepath.Join(dir, "link.yml")
+	os.WriteFile(real, []byte("a\n"), 0o644)
+	if err := os.Symlink("real.yml", link); err != nil {
+		t.Skip(err)
+	}
+	if err := WriteAtomic(link, []byte("b\n")); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Lstat(link); fi.Mode()&os.ModeSymlink == 0 {
+		t.Error("symlink replaced by a file")
+	}
+	if b, _ := os.ReadFile(real); string(b) != "b\n" {
+		t.Errorf("target = %q", b)
+	}
+}

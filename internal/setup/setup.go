@@ -176,6 +176,7 @@ func Install(p Plan) ([]Action, error) {
 		path    string
 		old     []byte
 		existed bool
+		mode    os.FileMode
 		new     []byte
 	}
 	var todo []pending
@@ -185,11 +186,15 @@ func Install(p Plan) ([]Action, error) {
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, err
 		}
+		var mode os.FileMode
+		if info, err := os.Stat(f.Path); err == nil {
+			mode = info.Mode().Perm()
+		}
 		data, err := f.Merge(old)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w (file not modified)", f.Path, err)
 		}
-		todo = append(todo, pending{f.Path, old, existed, data})
+		todo = append(todo, pending{f.Path, old, existed, mode, data})
 	}
 	var acts []Action
 	for _, t := range todo {
@@ -204,7 +209,8 @@ func Install(p Plan) ([]Action, error) {
 		}
 		if t.existed {
 			a.Backup = t.path + ".bak"
-			if err := rewrite.WriteAtomic(a.Backup, t.old); err != nil {
+			// The backup may hold secrets (registry credentials): same mode.
+			if err := rewrite.WriteAtomicMode(a.Backup, t.old, t.mode); err != nil {
 				return acts, err
 			}
 		}
