@@ -76,4 +76,3 @@ ARG defaults), compose files, Kubernetes manifests, Helm values, .gitlab-ci.yml,
 	cmd.Flags().IntVar(&platforms, "platforms", 1, "platforms per multi-platform Dockerfile build, for the pull estimate")
 	return cmd
 }
-
