@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/regcache/regcache/internal/config"
 	"github.com/regcache/regcache/internal/testhub"
 )
 
@@ -526,5 +528,58 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met in 30s")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// regcache starts with every upstream unreachable and serves what it has
+// cached; nothing is contacted at start-up.
+func TestStartsOfflineAndServesCache(t *testing.T) {
+	s := newStack(t, stackOptions{tagTTL: "0s"})
+	img := s.backend.PushImage(t, "library/alpine", "3.19", testhub.ImageOptions{})
+	if _, err := s.pull("library/alpine", "3.19"); err != nil {
+		t.Fatal(err)
+	}
+	// A port nothing listens on.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := ln.Addr().String()
+	ln.Close()
+	yaml := fmt.Sprintf("storage: {root: %s}\ntag_ttl: 0s\nupstream_timeout: 2s\nregistries:\n  docker.io:\n    url: http://%s\n", s.app.Store.Root(), dead)
+	cfg, err := config.Parse([]byte(yaml), "offline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("start-up with the upstream down: %v", err)
+	}
+	s.srv.Config.Handler = a.Handler
+	s.app = a
+	if d, err := s.pull("library/alpine", "3.19"); err != nil || d != img.Digest {
+		t.Fatalf("offline pull of a cached tag: %v", err)
+	}
+	resp, body := s.do("GET", "/v2/library/alpine/manifests/edge", nil)
+	if code, _ := ociError(t, body); resp.StatusCode != 503 || code != "UNAVAILABLE" {
+		t.Fatalf("uncached tag offline: %d %s", resp.StatusCode, code)
+	}
+}
+
+// Content is stored once per digest, but a repository only gets content the
+// upstream confirms it has: knowing a private blob's digest is not enough to
+// read it through another repository's name.
+func TestCachedContentIsScopedToRepositories(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	img := s.backend.PushImage(t, "private/secret", "1", testhub.ImageOptions{})
+	if _, err := s.pull("private/secret", "1"); err != nil {
+		t.Fatal(err)
+	}
+	s.backend.PushImage(t, "public/app", "1", testhub.ImageOptions{})
+	for _, p := range []string{
+		"/v2/public/app/blobs/" + img.Layers[0].String(),
+		"/v2/public/app/manifests/" + img.Digest.String(),
+	} {
+		resp, body := s.do("GET", p, nil)
+		if resp.StatusCode != 404 {
+			t.Fatalf("%s: %d %q — cached content leaked across repositories", p, resp.StatusCode, body)
+		}
 	}
 }
