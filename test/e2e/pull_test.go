@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"testing"
+	"time"
 
 	"github.com/regcache/regcache/internal/testhub"
 )
@@ -35,8 +36,12 @@ func pullWithEveryClient(t *testing.T, w *world, mirror string, images []testIma
 			t.Parallel()
 			rec := startRecorder(t, w, c.name, mirror)
 			pull := c.setup(t, w, rec.host)
+			deadline := time.Now().Add(clientBudget)
 			for _, img := range images {
 				t.Run(img.name, func(t *testing.T) {
+					if time.Now().After(deadline) {
+						t.Fatalf("%s used up its %s budget on earlier images", c.name, clientBudget)
+					}
 					if got := pull(t, img); got != img.want {
 						t.Errorf("%s pulled docker.io/%s:%s with digest %q, upstream has %s", c.name, img.repo, img.tag, got, img.want)
 					}
