@@ -420,11 +420,29 @@ func matrixSize(m *yaml.Node) int {
 }
 
 func (s *yamlScanner) codebuild(root *yaml.Node) {
-	for _, ph := range mapPairs(mapGet(root, "phases")) {
-		s.script(mapGet(ph[1], "commands"), "codebuild command", 1)
-		s.script(mapGet(mapGet(ph[1], "finally"), "commands"), "codebuild command", 1)
-	}
+	// All phases run in one build with one docker daemon: an image pulled
+	// in pre_build is already there in build.
+	// In a batch, every build of build-list/build-graph that does not name
+	// its own buildspec runs these phases again.
 	batch := mapGet(root, "batch")
+	runs := 0
+	for _, key := range []string{"build-list", "build-graph"} {
+		if l := deref(mapGet(batch, key)); l != nil && l.Kind == yaml.SequenceNode {
+			for _, b := range l.Content {
+				if mapGet(b, "buildspec") == nil {
+					runs++
+				}
+			}
+		}
+	}
+	if runs == 0 {
+		runs = 1
+	}
+	pulled := map[string]bool{}
+	for _, ph := range mapPairs(mapGet(root, "phases")) {
+		s.scriptSeen(mapGet(ph[1], "commands"), "codebuild command", runs, pulled)
+		s.scriptSeen(mapGet(mapGet(ph[1], "finally"), "commands"), "codebuild command", runs, pulled)
+	}
 	envImage := func(env *yaml.Node) {
 		img := deref(mapGet(env, "image"))
 		if img == nil {

@@ -61,9 +61,12 @@ empty image store (the usual case for hosted CI):
     built (--platforms, default 1); the same image and platform used twice in
     one Dockerfile counts once, as BuildKit resolves it once per build;
   - YAML anchors and GitLab "extends" count once per job that uses them;
-    hidden GitLab jobs (".name") count 0 by themselves;
-  - references that cannot be resolved (ARG without default, templates)
-    count 0 and are listed with a problem.`
+    hidden GitLab jobs (".name") count 0 by themselves; a GitHub matrix
+    counts once per combination; CodeBuild commands once per batch build;
+  - an image pulled earlier in the same job or build is not counted again;
+  - a reference whose registry is unknown (a name from an ARG without
+    default, a template) counts 0 and is listed with the problem; one where
+    only the tag is a variable still counts.`
 
 // FileError is a problem reading or parsing a file. Line is 0 when the error
 // is not tied to a line (unreadable file).
