@@ -178,7 +178,7 @@ func (s *yamlScanner) helmImageMap(m *yaml.Node) bool {
 	if hasRegistry {
 		orig = "registry: " + registry + ", " + orig
 	}
-	s.add(deref(repoNode), 0, repo, "helm repository+tag", 1, func(r *Ref) {
+	s.add(deref(repoNode), 0, repo, "helm repository+tag", 1, func(r *Ref, off int) {
 		ref := full
 		if tag != "" {
 			ref += ":" + tag
@@ -197,18 +197,11 @@ func (s *yamlScanner) helmImageMap(m *yaml.Node) bool {
 			if r.Problem == "" {
 				r.Problem = "registry and repository are separate keys; rewrite by hand"
 			}
-		case n >= len(repo) && !hasTemplate(repo):
-			r.Span = &Span{Text: repo}
+		case n >= len(repo) && !hasTemplate(repo) && off >= 0:
+			// Only the repository value is replaced; the tag stays.
+			r.Span = &Span{Start: off, End: off + len(repo), Text: repo}
 		}
 	})
-	// add computes offsets for the repository scalar; fix up the span.
-	if r := s.seen[refKey{deref(repoNode), 0}]; r != nil && r.Span != nil && r.Span.End == 0 {
-		if off := s.valueOffset(deref(repoNode), 0, len(repo)); off >= 0 {
-			r.Span.Start, r.Span.End = off, off+len(repo)
-		} else {
-			r.Span = nil
-		}
-	}
 	return true
 }
 
@@ -459,7 +452,7 @@ func (s *yamlScanner) codebuild(root *yaml.Node) {
 			}
 			if strings.HasPrefix(v, "aws/codebuild/") {
 				// CodeBuild curated images are not registry references.
-				s.add(deref(i), 0, v, "codebuild build image", 1, func(r *Ref) {
+				s.add(deref(i), 0, v, "codebuild build image", 1, func(r *Ref, _ int) {
 					r.Registry = "codebuild (curated)"
 					r.Note = "AWS CodeBuild curated image, pulled by CodeBuild itself"
 				})

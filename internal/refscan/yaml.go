@@ -130,7 +130,9 @@ func (s *yamlScanner) valueOffset(n *yaml.Node, i, length int) int {
 
 // add records text (a substring of scalar n at index i) as a reference,
 // or adds weight to it when it was already reached through an alias.
-func (s *yamlScanner) add(n *yaml.Node, i int, text, kind string, weight int, prep func(*Ref)) {
+// prep, if set, fills the reference itself; it gets the file offset of
+// text (-1 when the scalar is not written verbatim).
+func (s *yamlScanner) add(n *yaml.Node, i int, text, kind string, weight int, prep func(r *Ref, off int)) {
 	key := refKey{n, i}
 	if r, ok := s.seen[key]; ok {
 		if r.DockerHub {
@@ -146,7 +148,7 @@ func (s *yamlScanner) add(n *yaml.Node, i int, text, kind string, weight int, pr
 		r.Line, r.Column = n.Line, n.Column
 	}
 	if prep != nil {
-		prep(r)
+		prep(r, off)
 	}
 	if r.Registry == "" && r.Problem == "" {
 		if spanLen := r.resolveLiteral(text); spanLen > 0 && off >= 0 {
