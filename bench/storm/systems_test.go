@@ -1,0 +1,357 @@
+package storm
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/regcache/regcache/internal/app"
+	"github.com/regcache/regcache/internal/config"
+	"github.com/regcache/regcache/internal/testhub"
+)
+
+// originTap is a transparent reverse proxy in front of the origin hub that
+// counts response body bytes by kind. The hub itself counts blob bytes but
+// not manifest bytes; the tap gives both (its blob figure must agree with
+// the hub's BlobBytes).
+type originTap struct {
+	URL                              string
+	manifestBytes, blobBytes, others atomic.Int64
+}
+
+var manifestPath = regexp.MustCompile(`^/v2/.+/manifests/[^/]+$`)
+var blobPath = regexp.MustCompile(`^/v2/.+/blobs/[^/]+$`)
+
+func newOriginTap(t testing.TB, hub *testhub.Hub) *originTap {
+	t.Helper()
+	target, _ := url.Parse(hub.URL)
+	tap := &originTap{}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.Transport = &http.Transport{Proxy: nil, DisableCompression: true, MaxIdleConnsPerHost: 64}
+	rp.ErrorLog = nil
+	rp.ModifyResponse = func(resp *http.Response) error {
+		req := resp.Request
+		if req.Method != http.MethodGet {
+			return nil
+		}
+		ctr := &tap.others
+		switch {
+		case manifestPath.MatchString(req.URL.Path):
+			ctr = &tap.manifestBytes
+		case blobPath.MatchString(req.URL.Path):
+			ctr = &tap.blobBytes
+		}
+		if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
+			ctr = &tap.others
+		}
+		resp.Body = &countingBody{ReadCloser: resp.Body, n: ctr}
+		return nil
+	}
+	srv := httptest.NewServer(rp)
+	t.Cleanup(srv.Close)
+	tap.URL = srv.URL
+	return tap
+}
+
+type countingBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (c *countingBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// ---- CNCF Distribution v3 in proxy mode ----
+
+type distribution struct {
+	URL string
+	out *tailBuffer
+}
+
+// startDistribution runs the registry binary testhub would use (Distribution
+// v3.1.2 from `go install`) as a pull-through cache of remote, anonymous
+// (no proxy username/password: it fetches anonymous tokens from the realm
+// the origin challenges with).
+func startDistribution(t testing.TB, remote string) *distribution {
+	t.Helper()
+	bin, err := testhub.FindRegistryBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "--version").CombinedOutput(); err != nil || !strings.Contains(string(out), "v3.") {
+		t.Fatalf("%s is not Distribution v3 (%v): %s; install it with `go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2`", bin, err, out)
+	}
+	dir := t.TempDir()
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		host, err := freeAddr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		secret := make([]byte, 16)
+		_, _ = rand.Read(secret)
+		cfg := fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: %q
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: %q
+  secret: %q
+proxy:
+  remoteurl: %q
+`, filepath.Join(dir, "data"), host, hex.EncodeToString(secret), remote)
+		path := filepath.Join(dir, "config.yml")
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out := &tailBuffer{max: 256 << 10}
+		cmd := exec.Command(bin, "serve", path)
+		cmd.Stdout, cmd.Stderr = out, out
+		cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none", "OTEL_METRICS_EXPORTER=none", "OTEL_LOGS_EXPORTER=none")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan error, 1)
+		go func() { exited <- cmd.Wait() }()
+		if err := waitReady("http://"+host+"/v2/", exited); err != nil {
+			_ = cmd.Process.Kill()
+			<-exited
+			lastErr = fmt.Errorf("%w; output:\n%s", err, out.String())
+			continue
+		}
+		t.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			<-exited
+		})
+		return &distribution{URL: "http://" + host, out: out}
+	}
+	t.Fatalf("starting distribution proxy: %v", lastErr)
+	return nil
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	addr := l.Addr().String()
+	return addr, l.Close()
+}
+
+func waitReady(u string, exited <-chan error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := &http.Client{Timeout: time.Second}
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if resp, err := c.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
+				return nil
+			}
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("exited before answering: %v", err)
+		case <-ctx.Done():
+			return fmt.Errorf("no answer from %s: %w", u, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// ---- regcache ----
+
+// regcacheConfig is the regcache configuration of the storm: tags are
+// revalidated on every pull (tag_ttl 0s, the strictest setting: a HEAD at
+// the origin each time), one pull of the 10 is kept in reserve, and the
+// ECR Public–style mirror carries library/*.
+const regcacheConfig = `listen: 127.0.0.1:0
+storage: {root: %s}
+tag_ttl: 0s
+tag_fallback: mirrors
+upstream_timeout: 30s
+log_level: info
+registries:
+  docker.io:
+    url: %s
+    reserve: %d
+    mirrors:
+      - url: %s
+        repo_prefix: docker/
+        repositories: ["library/*"]
+`
+
+const regcacheReserve = 1
+
+type regcache struct {
+	URL  string
+	app  *app.App
+	logs *syncBuffer
+}
+
+func startRegcache(t testing.TB, origin, mirror string) *regcache {
+	t.Helper()
+	yaml := fmt.Sprintf(regcacheConfig, t.TempDir(), origin, regcacheReserve, mirror)
+	cfg, err := config.Parse([]byte(yaml), "storm config")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	a, err := app.New(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(a.Handler)
+	t.Cleanup(srv.Close)
+	return &regcache{URL: srv.URL, app: a, logs: logs}
+}
+
+// scrape GETs /metrics and returns every sample by its full series name
+// (name{labels}) as the Prometheus text format prints it.
+func scrape(t testing.TB, base string) promSamples {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics: %d", resp.StatusCode)
+	}
+	out := promSamples{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
+type promSamples map[string]float64
+
+// sum adds the samples of metric whose labels contain every one of want
+// (each `k="v"`), and says whether any series matched.
+func (p promSamples) sum(metric string, want ...string) (float64, bool) {
+	var total float64
+	found := false
+	for series, v := range p {
+		name, labels, _ := strings.Cut(series, "{")
+		if name != metric {
+			continue
+		}
+		ok := true
+		for _, w := range want {
+			if strings.HasPrefix(w, "!") {
+				ok = ok && !strings.Contains(labels, w[1:])
+			} else {
+				ok = ok && strings.Contains(labels, w)
+			}
+		}
+		if ok {
+			total += v
+			found = true
+		}
+	}
+	return total, found
+}
+
+// lines returns the samples of the given metrics, sorted, for the report.
+func (p promSamples) lines(metrics ...string) []string {
+	var out []string
+	for series, v := range p {
+		name, _, _ := strings.Cut(series, "{")
+		for _, m := range metrics {
+			if name == m {
+				out = append(out, fmt.Sprintf("%s %g", series, v))
+			}
+		}
+	}
+	sortStrings(out)
+	return out
+}
+
+// ---- small helpers ----
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+	max int
+}
+
+func (b *tailBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.Write(p)
+	if over := b.buf.Len() - b.max; over > 0 {
+		b.buf.Next(over)
+	}
+	return len(p), nil
+}
+
+func (b *tailBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
