@@ -22,5 +22,5 @@ func TestClientsPullDirect(t *testing.T) {
 		w.mustRun(t, time.Minute, w.baseEnv(), crane, "copy", "--insecure",
 			reg.Host+"/"+img.repo+":"+img.tag, reg.Host+"/docker.io/"+img.repo+":"+img.tag)
 	}
-	pullWithEveryClient(t, w, reg.Host, images)
+	pullWithEveryClient(t, w, reg.Host, false, images)
 }

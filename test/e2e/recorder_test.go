@@ -27,6 +27,8 @@ type recorder struct {
 type recordedRequest struct {
 	Method, URI, UserAgent, Range string
 	Status                        int
+	// Namespace is the OCI-Namespace response header.
+	Namespace string
 }
 
 func (r recordedRequest) String() string {
@@ -59,7 +61,10 @@ func startRecorder(t *testing.T, w *world, name, target string) *recorder {
 	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
 		sw := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
 		proxy.ServeHTTP(sw, req)
-		rr := recordedRequest{Method: req.Method, URI: req.RequestURI, UserAgent: req.UserAgent(), Range: req.Header.Get("Range"), Status: sw.status}
+		rr := recordedRequest{
+			Method: req.Method, URI: req.RequestURI, UserAgent: req.UserAgent(), Range: req.Header.Get("Range"),
+			Status: sw.status, Namespace: sw.Header().Get("OCI-Namespace"),
+		}
 		rec.mu.Lock()
 		rec.reqs = append(rec.reqs, rr)
 		rec.mu.Unlock()
@@ -121,7 +126,10 @@ func (r route) String() string {
 // checkRoute asserts that every manifest and blob request the client sent
 // used routing mode want, and that there was at least one: a client that
 // reached regcache some other way would not be testing what it claims to.
-func checkRoute(t *testing.T, reqs []recordedRequest, want route) {
+//
+// With echoNS, a successful answer to ?ns= must carry it back as
+// OCI-Namespace (regcache does; a plain registry does not).
+func checkRoute(t *testing.T, reqs []recordedRequest, want route, echoNS bool) {
 	t.Helper()
 	n := 0
 	for _, r := range reqs {
@@ -148,6 +156,10 @@ func checkRoute(t *testing.T, reqs []recordedRequest, want route) {
 		}
 		if !ok {
 			t.Errorf("request not routed by %s: %s", want, r)
+		}
+		// The distribution spec's answer to ?ns=: echo it.
+		if echoNS && ns != "" && r.Status < 300 && r.Namespace != ns {
+			t.Errorf("OCI-Namespace: %q in the answer to %s", r.Namespace, r)
 		}
 	}
 	if n == 0 {
