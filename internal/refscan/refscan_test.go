@@ -290,3 +290,12 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 }
+
+func TestExplicitUnknownFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "notes.txt")
+	os.WriteFile(p, []byte("FROM node:21 in prose\n"), 0o644)
+	res := Scan([]string{p, p}, Options{})
+	if len(res.Refs) != 0 || len(res.Errors) != 1 {
+		t.Errorf("got %+v", res)
+	}
+}

@@ -115,7 +115,7 @@ func errMsg(err error) string {
 	return err.Error()
 }
 
-// ScanFile reads and scans one file.
+// ScanFile reads and scans one file, classified by its name.
 func ScanFile(path string, opts Options) ([]Ref, *FileError) {
 	src, err := os.ReadFile(path)
 	if err != nil {
@@ -124,7 +124,7 @@ func ScanFile(path string, opts Options) ([]Ref, *FileError) {
 	slash := filepath.ToSlash(path)
 	f := Classify(slash)
 	if f == FormatNone {
-		f = FormatYAML
+		return nil, &FileError{File: path, Msg: "not a Dockerfile/Containerfile or YAML file; skipped"}
 	}
 	if f == FormatYAML && bytes.Contains(src, []byte("{{")) && strings.Contains("/"+slash, "/templates/") {
 		// Helm chart templates are not YAML until rendered; their images
