@@ -200,9 +200,13 @@ func scanDockerfile(file string, src []byte, platforms int) []Ref {
 			var used []string
 			for _, m := range dfVar.FindAllStringSubmatch(tok.text, -1) {
 				name := m[1] + m[4]
-				used = append(used, "ARG "+name+" (line "+strconv.Itoa(args[name].line)+")")
+				if a, ok := args[name]; ok && a.hasDflt {
+					used = append(used, "ARG "+name+" (line "+strconv.Itoa(a.line)+")")
+				} else {
+					used = append(used, "the fallback in "+m[0])
+				}
 			}
-			r.Note = "resolved with default of " + strings.Join(used, ", ")
+			r.Note = "resolved with " + strings.Join(used, ", ")
 		}
 		if r.Problem == "" && stages[strings.ToLower(expanded)] {
 			return // an ARG that names an earlier stage
@@ -221,7 +225,11 @@ func scanDockerfile(file string, src []byte, platforms int) []Ref {
 			if platform != "" && !strings.Contains(platform, "TARGET") {
 				n = 1 // a fixed platform or $BUILDPLATFORM is a single one
 			}
-			key := r.Normalized + "|" + platform
+			key := r.Normalized
+			if key == "" {
+				key = tok.text // tag unknown: only the same text is surely the same image
+			}
+			key += "|" + platform
 			if !seen[key] {
 				seen[key] = true
 				r.PullsPerRun = n
