@@ -45,6 +45,7 @@ func TestScanRewriteCLI(t *testing.T) {
 		"Dockerfile":                "# base\nFROM node:21.7.0-alpine3.19 AS build\nFROM nginx@sha256:9ae97d36d26566ff84e8893c64a6dc4fe8ca6d1144bf5b87b2b85a32def253c7\n",
 		"docker-compose.yml":        "services:\n  db:\n    image: postgres:16  # comment\n",
 		"broken/docker-compose.yml": "services:\n\tdb: {}\n",
+		"broken/Dockerfile":         "FROM alpine\n\x00\x01binary",
 	})
 	broken, _ := os.ReadFile(filepath.Join(dir, "broken/docker-compose.yml"))
 
@@ -65,7 +66,7 @@ func TestScanRewriteCLI(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("scan --json: %v\n%s", err, out)
 	}
-	if len(res.References) != 3 || len(res.Errors) != 1 || res.Errors[0].Line != 2 {
+	if len(res.References) != 3 || len(res.Errors) != 2 || res.Errors[0].Line != 2 || res.Errors[1].Line != 2 {
 		t.Errorf("scan --json = %+v", res)
 	}
 
@@ -90,6 +91,9 @@ func TestScanRewriteCLI(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, "broken/docker-compose.yml")); !bytes.Equal(b, broken) {
 		t.Error("broken file modified")
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "broken/Dockerfile")); string(b) != "FROM alpine\n\x00\x01binary" {
+		t.Error("binary file modified")
 	}
 	got, _ := os.ReadFile(filepath.Join(dir, "docker-compose.yml"))
 	if string(got) != "services:\n  db:\n    image: cache.internal:5000/docker.io/library/postgres:16  # comment\n" {
