@@ -1,7 +1,7 @@
 package pull
 
 import (
-	"mime"
+	"strconv"
 	"strings"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -43,26 +43,38 @@ var maskTypes = []struct {
 
 // ParseAccept reduces Accept header values to a mask. Wildcards and unknown
 // types add nothing: what a registry does for them is its own choice, and
-// the mask (0 included) keys that choice.
+// the mask (0 included) keys that choice. It runs on every manifest request,
+// so it scans the header instead of using mime.ParseMediaType.
 func ParseAccept(values []string) AcceptMask {
 	var m AcceptMask
 	for _, v := range values {
-		for _, part := range strings.Split(v, ",") {
-			mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
-			if err != nil {
-				continue
-			}
-			if q, ok := params["q"]; ok && (q == "0" || q == "0.0" || q == "0.00" || q == "0.000") {
+		for part := range strings.SplitSeq(v, ",") {
+			mt, params, _ := strings.Cut(part, ";")
+			mt = strings.TrimSpace(mt)
+			if zeroQuality(params) {
 				continue
 			}
 			for _, t := range maskTypes {
-				if mt == t.mt {
+				if strings.EqualFold(mt, t.mt) {
 					m |= t.bit
 				}
 			}
 		}
 	}
 	return m
+}
+
+// zeroQuality reports a "q=0" parameter: the client refuses the type.
+func zeroQuality(params string) bool {
+	for p := range strings.SplitSeq(params, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(p), "=")
+		if ok && strings.EqualFold(strings.TrimSpace(k), "q") {
+			if q, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && q == 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Values returns the Accept header values that express the mask, richest

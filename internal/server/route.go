@@ -5,7 +5,6 @@ import (
 	"net/url"
 	"strings"
 
-	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 )
 
@@ -136,19 +135,75 @@ func looksLikeHost(s string) bool {
 	return strings.ContainsAny(s, ".:") || s == "localhost"
 }
 
-// validRepo checks a repository path with the reference grammar, anchored:
-// a fixed domain in front makes the parser treat every component as path.
+// validRepo checks a repository path against the distribution reference
+// grammar: components of [a-z0-9] runs joined by ".", "_", "__" or "-"+,
+// separated by "/", at most 255 bytes. It is hand-written because it runs
+// on every request; TestValidRepoMatchesReference checks it against
+// github.com/distribution/reference.
 func validRepo(repo string) bool {
-	named, err := reference.ParseNamed("regcache.invalid/" + repo)
-	return err == nil && reference.Path(named) == repo
+	if len(repo) == 0 || len(repo) > 255 {
+		return false
+	}
+	for comp := range strings.SplitSeq(repo, "/") {
+		if !validComponent(comp) {
+			return false
+		}
+	}
+	return true
 }
 
+func validComponent(c string) bool {
+	if c == "" || !alnum(c[0]) || !alnum(c[len(c)-1]) {
+		return false
+	}
+	for i := 1; i < len(c); i++ {
+		switch ch := c[i]; {
+		case alnum(ch):
+		case ch == '.':
+			if !alnum(c[i-1]) || !alnum(c[i+1]) {
+				return false
+			}
+		case ch == '_':
+			// "_" or "__" between alphanumerics.
+			j := i
+			for j < len(c) && c[j] == '_' {
+				j++
+			}
+			if j-i > 2 || !alnum(c[i-1]) || !alnum(c[j]) {
+				return false
+			}
+			i = j - 1
+		case ch == '-':
+			j := i
+			for j < len(c) && c[j] == '-' {
+				j++
+			}
+			if !alnum(c[i-1]) || !alnum(c[j]) {
+				return false
+			}
+			i = j - 1
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func alnum(c byte) bool { return ('a' <= c && c <= 'z') || ('0' <= c && c <= '9') }
+
+// anchoredTag checks [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
 func anchoredTag(tag string) bool {
 	if tag == "" || len(tag) > 128 {
 		return false
 	}
-	loc := reference.TagRegexp.FindStringIndex(tag)
-	return loc != nil && loc[0] == 0 && loc[1] == len(tag)
+	for i := 0; i < len(tag); i++ {
+		c := tag[i]
+		word := ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') || c == '_'
+		if !word && (i == 0 || (c != '.' && c != '-')) {
+			return false
+		}
+	}
+	return true
 }
 
 func quote(s string) string {

@@ -2,7 +2,10 @@ package server
 
 import (
 	"net/url"
+	"strings"
 	"testing"
+
+	"github.com/distribution/reference"
 )
 
 func testRouter() *Router {
@@ -105,5 +108,42 @@ func TestRewriteLink(t *testing.T) {
 	want = `</v2/library/alpine/tags/list?last=b&n=1&ns=docker.io>; rel="next"`
 	if got != want {
 		t.Fatalf("rewriteLink = %q, want %q", got, want)
+	}
+}
+
+func TestValidRepoMatchesReference(t *testing.T) {
+	cases := []string{
+		"library/alpine", "a", "a/b/c", "foo.bar/baz", "a_b", "a__b", "a___b", "a-b", "a--b", "a.b",
+		"a..b", "a.-b", "-a", "a-", "_a", "a_", ".a", "a.", "A", "a/B", "a//b", "/a", "a/", "",
+		"a_-b", "a-_b", "9", "x/9-9/0.0", "ns/re_po--x", "a" + strings.Repeat("b", 300), "ä", "a b", "a:b", "a@b",
+	}
+	for _, c := range cases {
+		named, err := reference.ParseNamed("regcache.invalid/" + c)
+		want := err == nil && reference.Path(named) == c
+		if got := validRepo(c); got != want {
+			t.Errorf("validRepo(%q) = %v, reference says %v", c, got, want)
+		}
+	}
+}
+
+func FuzzValidRepo(f *testing.F) {
+	for _, s := range []string{"library/alpine", "a__b", "a-.b", "x/y_z"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, c string) {
+		named, err := reference.ParseNamed("regcache.invalid/" + c)
+		want := err == nil && reference.Path(named) == c
+		if got := validRepo(c); got != want {
+			t.Errorf("validRepo(%q) = %v, reference says %v", c, got, want)
+		}
+	})
+}
+
+func TestAnchoredTag(t *testing.T) {
+	for _, c := range []string{"latest", "3.19", "v1.0-rc1", "_x", "A_b.c-d", strings.Repeat("a", 128), strings.Repeat("a", 129), "", "-a", ".a", "a/b", "a:b", "a b"} {
+		want := reference.TagRegexp.FindString(c) == c && c != ""
+		if got := anchoredTag(c); got != want {
+			t.Errorf("anchoredTag(%q) = %v, want %v", c, got, want)
+		}
 	}
 }
