@@ -77,7 +77,7 @@ func (p *puller) pull(ctx context.Context, repo, tag string) (digest.Digest, int
 				Architecture string `json:"architecture"`
 			} `json:"platform"`
 		} `json:"manifests"`
-		Config struct{ Digest digest.Digest } `json:"config"`
+		Config struct{ Digest digest.Digest }   `json:"config"`
 		Layers []struct{ Digest digest.Digest } `json:"layers"`
 	}
 	if err := json.Unmarshal(body, &m); err != nil {

@@ -50,6 +50,12 @@ func newOriginTap(t testing.TB, hub *testhub.Hub) *originTap {
 	rp.Transport = &http.Transport{Proxy: nil, DisableCompression: true, MaxIdleConnsPerHost: 64}
 	rp.ErrorLog = nil
 	rp.ModifyResponse = func(resp *http.Response) error {
+		// The token realm goes through the tap too, so the origin is one
+		// host:port. (go-containerregistry, which regcache uses, refuses a
+		// realm on another literal loopback address as an SSRF guard.)
+		if ch := resp.Header.Get("WWW-Authenticate"); ch != "" {
+			resp.Header.Set("WWW-Authenticate", strings.ReplaceAll(ch, hub.Realm, tap.URL+"/token"))
+		}
 		req := resp.Request
 		if req.Method != http.MethodGet {
 			return nil
@@ -67,9 +73,10 @@ func newOriginTap(t testing.TB, hub *testhub.Hub) *originTap {
 		resp.Body = &countingBody{ReadCloser: resp.Body, n: ctr}
 		return nil
 	}
-	srv := httptest.NewServer(rp)
+	srv := httptest.NewUnstartedServer(rp)
+	tap.URL = "http://" + srv.Listener.Addr().String()
+	srv.Start()
 	t.Cleanup(srv.Close)
-	tap.URL = srv.URL
 	return tap
 }
 

@@ -30,10 +30,10 @@ type spec struct {
 	weight int
 }
 
-func (s spec) name() string    { return s.repo + ":" + s.tag }
-func (s spec) official() bool  { return strings.HasPrefix(s.repo, "library/") }
-func (s spec) String() string  { return s.name() }
-func (s spec) isIndex() bool   { return s.index || s.dockerList }
+func (s spec) name() string   { return s.repo + ":" + s.tag }
+func (s spec) official() bool { return strings.HasPrefix(s.repo, "library/") }
+func (s spec) String() string { return s.name() }
+func (s spec) isIndex() bool  { return s.index || s.dockerList }
 func (s spec) kind() string {
 	if s.isIndex() {
 		return "index"
@@ -88,7 +88,6 @@ type seeded struct {
 	orig, next manifestRef // next is set only when spec.move
 	// children are the linux/amd64 child digests of orig and next (index only).
 	origChild, nextChild digest.Digest
-	// bytes is the size of one pull (linux/amd64): manifest(s), config, layers.
 }
 
 // seedWorkload pushes every tag and, for moving tags, the content they move
