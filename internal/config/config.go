@@ -132,6 +132,9 @@ func parse(data []byte, source string) (*Config, error) {
 	// lists registries means "only these", which is what keeps regcache from
 	// being an open proxy.
 	c.Registries = nil
+	// default_registry defaults to docker.io only when docker.io is
+	// configured; a file that caches just ghcr.io should not fail on it.
+	c.DefaultRegistry = ""
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
@@ -139,6 +142,9 @@ func parse(data []byte, source string) (*Config, error) {
 	}
 	if c.Registries == nil {
 		c.Registries = defaultRegistries()
+	}
+	if _, ok := c.Registries["docker.io"]; ok && c.DefaultRegistry == "" {
+		c.DefaultRegistry = "docker.io"
 	}
 	if err := c.validate(); err != nil {
 		return nil, fmt.Errorf("config file %s: %w", source, err)

@@ -75,8 +75,11 @@ func TestParseOverridesAndReplacesRegistries(t *testing.T) {
 	if len(c.Registries) != 1 {
 		t.Fatalf("a file's registries must replace the defaults, got %d", len(c.Registries))
 	}
-	if c, err := Parse(nil, "empty"); err != nil || len(c.Registries) != 6 {
-		t.Fatalf("empty file: %v, %d registries", err, len(c.Registries))
+	if c, err := Parse(nil, "empty"); err != nil || len(c.Registries) != 6 || c.DefaultRegistry != "docker.io" {
+		t.Fatalf("empty file: %v, %+v", err, c)
+	}
+	if c, err := Parse([]byte("registries:\n  ghcr.io: {url: https://ghcr.io}\n"), "x"); err != nil || c.DefaultRegistry != "" {
+		t.Fatalf("ghcr.io only: %v, default %q", err, c.DefaultRegistry)
 	}
 }
 
