@@ -11,8 +11,8 @@ import (
 )
 
 // Daemons started for clients that need one. Each gets its own root, state
-// and socket under the test's temp dir, so nothing collides with a system
-// daemon or with another test's. dockerd 20.10 would use a system
+// and sockets (the sockets under a short /tmp/e2e-* dir), so nothing
+// collides with a system daemon or with another test's. dockerd 20.10 would use a system
 // containerd if /run/containerd/containerd.sock exists (and supervise its
 // own otherwise), so it is always given its own containerd explicitly.
 
@@ -24,7 +24,8 @@ func startDockerd(t *testing.T, w *world, mirror string) (docker string, env []s
 	dockerd := requireBinary(t, "dockerd", "docker.io (Debian) or docker-ce")
 	docker = requireBinary(t, "docker", "docker.io (Debian) or docker-ce-cli")
 	dir := w.mkdir("dockerd")
-	sock := filepath.Join(dir, "docker.sock")
+	run := shortDir(t, "dockerd")
+	sock := filepath.Join(run, "docker.sock")
 	containerdSock := startContainerd(t, w, "dockerd-containerd")
 	cfg, err := json.Marshal(map[string]any{
 		"registry-mirrors": []string{"http://" + mirror},
@@ -46,7 +47,7 @@ func startDockerd(t *testing.T, w *world, mirror string) (docker string, env []s
 		"--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-masq=false",
 		"--storage-driver=vfs",
 		"--data-root", w.mkdir("dockerd", "data"),
-		"--exec-root", w.mkdir("dockerd", "exec"),
+		"--exec-root", filepath.Join(run, "exec"),
 		"--pidfile", filepath.Join(dir, "dockerd.pid"),
 		"-H", "unix://"+sock,
 		"--config-file", cfgPath,
@@ -64,6 +65,23 @@ func startDockerd(t *testing.T, w *world, mirror string) (docker string, env []s
 	return docker, env
 }
 
+// shortDir returns a new directory with a short path, removed when t ends.
+// Unix socket paths are limited to about 104 bytes, and t.TempDir() paths
+// embed the (sub)test name, so sockets and runtime state live here.
+func shortDir(t *testing.T, name string) string {
+	t.Helper()
+	base := "/tmp"
+	if fi, err := os.Stat(base); err != nil || !fi.IsDir() {
+		base = os.TempDir()
+	}
+	d, err := os.MkdirTemp(base, "e2e-"+name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
 // startContainerd starts a standalone containerd for ctr and returns its
 // socket. CRI and snapshotters that need special kernels are disabled; the
 // native snapshotter works on any filesystem.
@@ -71,7 +89,8 @@ func startContainerd(t *testing.T, w *world, name string) string {
 	t.Helper()
 	containerd := requireBinary(t, "containerd", "containerd")
 	dir := w.mkdir(name)
-	sock := filepath.Join(dir, "containerd.sock")
+	run := shortDir(t, "ctrd")
+	sock := filepath.Join(run, "containerd.sock")
 	cfg := fmt.Sprintf(`version = 2
 root = %q
 state = %q
@@ -83,7 +102,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
 [debug]
   address = %q
   level = "debug"
-`, w.mkdir(name, "root"), w.mkdir(name, "state"), sock, sock+".ttrpc", filepath.Join(dir, "debug.sock"))
+`, w.mkdir(name, "root"), filepath.Join(run, "state"), sock, sock+".ttrpc", filepath.Join(run, "debug.sock"))
 	cfgPath := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
