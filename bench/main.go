@@ -60,6 +60,7 @@ type env struct {
 	www   string
 
 	results []row
+	extra   []string       // Markdown sections workloads add to the report
 	shared  map[string]any // results one workload leaves for another
 }
 
@@ -186,7 +187,7 @@ func main() {
 	}
 	failed := false
 	for _, w := range workloads {
-		if len(selected) > 0 && !selected[w.id] {
+		if (len(selected) > 0 || w.optIn) && !selected[w.id] {
 			continue
 		}
 		if ctx.Err() != nil {

@@ -56,6 +56,9 @@ func (e *env) report(took time.Duration, args string) string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", t.name, t.value, t.ref, t.ratio, t.limit, res)
 	}
+	for _, x := range e.extra {
+		b.WriteString("\n" + x)
+	}
 	fmt.Fprintf(&b, "\nHarness wall time: %s.\n", took.Round(time.Second))
 	return b.String()
 }
