@@ -145,6 +145,10 @@ func TestKill9MidBlobDownload(t *testing.T) {
 
 	e.rc.start(t)
 	checkStoreBlobs(t, e.rc.dataDir)
+	// A HEAD must not describe the half-downloaded blob either.
+	if err := headMatches(t.Context(), e.blobURL(), e.layer, kill9LayerSize); err != nil {
+		t.Error(err)
+	}
 
 	// The next pull, still from the slow upstream, completes and every byte
 	// is verified: crane checks each blob against its digest.
@@ -233,6 +237,32 @@ func completedTransfers(hub *testhub.Hub, d digest.Digest) int {
 		}
 	}
 	return n
+}
+
+// headMatches checks that a HEAD on a blob, if it succeeds, describes the
+// whole blob: its full size and, when given, its digest.
+func headMatches(ctx context.Context, url string, d digest.Digest, size int64) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil // not found is honest; only a wrong 200 is a failure
+	}
+	if resp.ContentLength != size {
+		return fmt.Errorf("HEAD %s: Content-Length %d, the blob has %d bytes", url, resp.ContentLength, size)
+	}
+	if got := resp.Header.Get("Docker-Content-Digest"); got != "" && got != d.String() {
+		return fmt.Errorf("HEAD %s: Docker-Content-Digest %s, want %s", url, got, d)
+	}
+	return nil
 }
 
 // fetchAndVerify GETs a blob and checks its length and digest.
