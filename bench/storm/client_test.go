@@ -58,16 +58,25 @@ type session struct {
 	token string
 }
 
-// pull returns the digest the tag resolved to (the index digest for an
-// index) and the bytes received.
-func (p *puller) pull(ctx context.Context, repo, tag string) (digest.Digest, int64, error) {
+// pulled is what one successful (or partial) pull received.
+type pulled struct {
+	// digest is what the tag resolved to (the index digest for an index).
+	digest digest.Digest
+	// child is the linux/amd64 manifest digest when the tag is an index.
+	child digest.Digest
+	bytes int64
+}
+
+// pull pulls repo:tag for linux/amd64.
+func (p *puller) pull(ctx context.Context, repo, tag string) (res pulled, err error) {
 	s := &session{p: p, ctx: ctx}
-	var n int64
+	n := &res.bytes
 	body, d, err := s.manifest(repo, tag, "")
 	if err != nil {
-		return "", n, err
+		return res, err
 	}
-	n += int64(len(body))
+	res.digest = d
+	*n += int64(len(body))
 	var m struct {
 		MediaType string `json:"mediaType"`
 		Manifests []struct {
@@ -81,7 +90,7 @@ func (p *puller) pull(ctx context.Context, repo, tag string) (digest.Digest, int
 		Layers []struct{ Digest digest.Digest } `json:"layers"`
 	}
 	if err := json.Unmarshal(body, &m); err != nil {
-		return d, n, &pullError{"bad manifest", fmt.Sprintf("%s:%s: manifest: %v", repo, tag, err)}
+		return res, &pullError{"bad manifest", fmt.Sprintf("%s:%s: manifest: %v", repo, tag, err)}
 	}
 	if len(m.Manifests) > 0 {
 		var child digest.Digest
@@ -91,16 +100,17 @@ func (p *puller) pull(ctx context.Context, repo, tag string) (digest.Digest, int
 			}
 		}
 		if child == "" {
-			return d, n, &pullError{"bad manifest", fmt.Sprintf("%s:%s: no linux/amd64 in index", repo, tag)}
+			return res, &pullError{"bad manifest", fmt.Sprintf("%s:%s: no linux/amd64 in index", repo, tag)}
 		}
+		res.child = child
 		cb, _, err := s.manifest(repo, child.String(), child)
 		if err != nil {
-			return d, n, err
+			return res, err
 		}
-		n += int64(len(cb))
+		*n += int64(len(cb))
 		m.Config.Digest, m.Layers = "", nil
 		if err := json.Unmarshal(cb, &m); err != nil {
-			return d, n, &pullError{"bad manifest", fmt.Sprintf("%s@%s: %v", repo, child, err)}
+			return res, &pullError{"bad manifest", fmt.Sprintf("%s@%s: %v", repo, child, err)}
 		}
 	}
 	blobs := []digest.Digest{m.Config.Digest}
@@ -109,12 +119,12 @@ func (p *puller) pull(ctx context.Context, repo, tag string) (digest.Digest, int
 	}
 	for _, b := range blobs {
 		bn, err := s.blob(repo, b)
-		n += bn
+		*n += bn
 		if err != nil {
-			return d, n, err
+			return res, err
 		}
 	}
-	return d, n, nil
+	return res, nil
 }
 
 // manifest GETs a manifest and verifies it: against want when pulling by

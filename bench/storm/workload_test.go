@@ -152,41 +152,77 @@ func moveTags(t testing.TB, reg *testhub.Registry, w []*seeded) {
 	}
 }
 
+// moveOrder is the order in which the moving tags (other than the hot tag,
+// which every job pulls at the start of the second half) are first pulled
+// after the move, each followed by 2*jobs pulls of tags that do not move,
+// so each one's revalidation is over before the next one starts and the
+// run is the same every time:
+//   - acme/web spends a counted pull (the origin has 2 left, above the
+//     reserve of 1), leaving the budget at the reserve;
+//   - acme/api then meets the reserve: by design it is served stale;
+//   - library/nginx also meets the reserve, but the mirror has its new
+//     digest, which costs no counted pull.
+var moveOrder = []string{"acme/web:main", "acme/api:main", "library/nginx:1.27"}
+
 // sequence returns the order of pulls as indexes into workloadSpecs, and the
 // index at which the moving tags move (the second half starts there). Each
 // half starts with `jobs` pulls of the hot tag, so every job pulls it at the
-// same moment, then one pull of every tag in random order, then pulls drawn
-// by popularity. The sequence is the same for every system and every run.
+// same moment; the second half then has the moving tags in moveOrder; then
+// one pull of every tag in random order, then pulls drawn by popularity. The
+// sequence is the same for every system and every run.
 func sequence(pulls, jobs int) (seq []int, moveAt int) {
 	rng := rand.New(rand.NewPCG(20261123, 3))
-	total := 0
-	for _, s := range workloadSpecs {
-		total += s.weight
-	}
-	half := func(n int) []int {
-		var out []int
-		for i := 0; i < jobs && len(out) < n; i++ {
-			out = append(out, hotTag)
+	draw := func(moving bool) int {
+		total := 0
+		for _, s := range workloadSpecs {
+			if moving || !s.move {
+				total += s.weight
+			}
 		}
-		for _, i := range rng.Perm(len(workloadSpecs)) {
+		r := rng.IntN(total)
+		for i, s := range workloadSpecs {
+			if !moving && s.move {
+				continue
+			}
+			if r < s.weight {
+				return i
+			}
+			r -= s.weight
+		}
+		panic("unreachable")
+	}
+	byName := map[string]int{}
+	for i, s := range workloadSpecs {
+		byName[s.name()] = i
+	}
+	half := func(n int, afterMove bool) []int {
+		var out []int
+		add := func(i int) {
 			if len(out) < n {
 				out = append(out, i)
 			}
 		}
-		for len(out) < n {
-			r := rng.IntN(total)
-			for i, s := range workloadSpecs {
-				if r < s.weight {
-					out = append(out, i)
-					break
+		for i := 0; i < jobs; i++ {
+			add(hotTag)
+		}
+		if afterMove {
+			for _, name := range moveOrder {
+				add(byName[name])
+				for i := 0; i < 2*jobs; i++ {
+					add(draw(false))
 				}
-				r -= s.weight
 			}
+		}
+		for _, i := range rng.Perm(len(workloadSpecs)) {
+			add(i)
+		}
+		for len(out) < n {
+			add(draw(true))
 		}
 		return out
 	}
 	moveAt = pulls / 2
-	seq = append(half(moveAt), half(pulls-moveAt)...)
+	seq = append(half(moveAt, false), half(pulls-moveAt, true)...)
 	return seq, moveAt
 }
 
