@@ -25,18 +25,21 @@ type recorder struct {
 }
 
 type recordedRequest struct {
-	Method, URI, UserAgent, Range string
-	Status                        int
+	Method, URI, UserAgent, Range, Accept string
+	Status                                int
 	// Namespace is the OCI-Namespace response header.
 	Namespace string
 }
 
 func (r recordedRequest) String() string {
-	rng := ""
+	var hdr string
 	if r.Range != "" {
-		rng = " Range: " + r.Range
+		hdr += " [Range: " + r.Range + "]"
 	}
-	return fmt.Sprintf("%s %s%s -> %d (%s)", r.Method, r.URI, rng, r.Status, r.UserAgent)
+	if r.Accept != "" && strings.Contains(r.URI, "/manifests/") {
+		hdr += " [Accept: " + r.Accept + "]"
+	}
+	return fmt.Sprintf("%s %s%s -> %d (%s)", r.Method, r.URI, hdr, r.Status, r.UserAgent)
 }
 
 func startRecorder(t *testing.T, w *world, name, target string) *recorder {
@@ -63,6 +66,7 @@ func startRecorder(t *testing.T, w *world, name, target string) *recorder {
 		proxy.ServeHTTP(sw, req)
 		rr := recordedRequest{
 			Method: req.Method, URI: req.RequestURI, UserAgent: req.UserAgent(), Range: req.Header.Get("Range"),
+			Accept: strings.Join(req.Header.Values("Accept"), ", "),
 			Status: sw.status, Namespace: sw.Header().Get("OCI-Namespace"),
 		}
 		rec.mu.Lock()
