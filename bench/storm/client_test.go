@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -28,6 +29,8 @@ var acceptAll = strings.Join([]string{
 type puller struct {
 	base string
 	hc   *http.Client
+	// manifestReqs and blobReqs count GETs sent to base (401s included).
+	manifestReqs, blobReqs atomic.Int64
 }
 
 func newPuller(base string) *puller {
@@ -199,6 +202,11 @@ func (s *session) get(path, accept, repo string) (*http.Response, error) {
 		}
 		if s.token != "" {
 			req.Header.Set("Authorization", "Bearer "+s.token)
+		}
+		if strings.Contains(path, "/manifests/") {
+			s.p.manifestReqs.Add(1)
+		} else {
+			s.p.blobReqs.Add(1)
 		}
 		resp, err := s.p.hc.Do(req)
 		if err != nil {

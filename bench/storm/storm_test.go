@@ -53,6 +53,9 @@ type result struct {
 	newAfter   int
 	nonOffDigs map[digest.Digest]bool
 	okByTag    map[string]int
+	// client-side totals: GETs sent, body bytes received by successful pulls
+	manifestReqs, blobReqs int64
+	clientBytes            int64
 	// offManifests are the distinct official manifests (indexes and
 	// linux/amd64 children) clients received.
 	offManifests map[digest.Digest]bool
@@ -187,7 +190,7 @@ func acceptance5(t *testing.T, rc *regcache, res *result, hub *testhub.Hub) {
 	m := scrape(t, rc.URL)
 	t.Logf("regcache /metrics after the storm:\n  %s", strings.Join(m.lines(
 		"regcache_upstream_counted_pulls_total", "regcache_stale_served_total", "regcache_mirror_hits_total",
-		"regcache_shared_fetches_total", "regcache_requests_total", "regcache_upstream_fetched_bytes_total",
+		"regcache_shared_fetches_total", "regcache_requests_total", "regcache_served_bytes_total", "regcache_upstream_fetched_bytes_total",
 		"regcache_tag_revalidations_total", "regcache_tag_fallbacks_total", "regcache_digest_mismatches_total"), "\n  "))
 
 	origin := hub.Counts()
@@ -206,6 +209,17 @@ func acceptance5(t *testing.T, rc *regcache, res *result, hub *testhub.Hub) {
 	}
 	if res.oldAfter == 0 {
 		t.Errorf("no client got a stale digest after the move, but the reserve should have kept one")
+	}
+	// Requests and bytes served agree with what the clients sent and got
+	// (every pull succeeded, so every byte served was received).
+	if got, _ := m.sum("regcache_requests_total", `kind="manifest"`); int64(got) != res.manifestReqs {
+		t.Errorf("requests_total{kind=manifest} = %v, clients sent %d manifest GETs", got, res.manifestReqs)
+	}
+	if got, _ := m.sum("regcache_requests_total", `kind="blob"`); int64(got) != res.blobReqs {
+		t.Errorf("requests_total{kind=blob} = %v, clients sent %d blob GETs", got, res.blobReqs)
+	}
+	if got, _ := m.sum("regcache_served_bytes_total"); int64(got) != res.clientBytes {
+		t.Errorf("served_bytes_total = %v, clients received %d bytes", got, res.clientBytes)
 	}
 	// regcache_stale_served_total counts stale decisions (one per shared
 	// revalidation); requests_total{result="stale"} counts the responses,
@@ -301,11 +315,12 @@ func sumBlobGETs(c *testhub.Counts) int {
 // runStorm resets the moving tags, then runs the sequence with `jobs`
 // concurrent workers against base. All pulls before moveAt finish before
 // the tags move; then the second half runs.
-func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*seeded, seq []int, moveAt, jobs int) *result {
+func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*seeded, seq []int, moveAt, jobs int) (r *result) {
 	t.Helper()
 	resetTags(t, reg, work)
 	p := newPuller(base)
 	defer p.close()
+	defer func() { r.manifestReqs, r.blobReqs = p.manifestReqs.Load(), p.blobReqs.Load() }()
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 
@@ -337,7 +352,7 @@ func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*se
 	phase(moveAt, len(seq))
 	wall := time.Since(t0)
 
-	r := &result{name: name, pulls: len(seq), classes: map[string]int{}, nonOffDigs: map[digest.Digest]bool{}, okByTag: map[string]int{}, wall: wall,
+	r = &result{name: name, pulls: len(seq), classes: map[string]int{}, nonOffDigs: map[digest.Digest]bool{}, okByTag: map[string]int{}, wall: wall,
 		offManifests: map[digest.Digest]bool{}, oldAfterOfficial: map[string]int{}}
 	var lat []time.Duration
 	for _, rec := range records {
@@ -366,6 +381,7 @@ func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*se
 			continue
 		}
 		r.okByTag[s.name()]++
+		r.clientBytes += rec.got.bytes
 		if s.official() {
 			r.offManifests[d] = true
 			if rec.got.child != "" {
