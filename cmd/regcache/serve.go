@@ -89,6 +89,7 @@ func serve(ctx context.Context, cfg *config.Config, logw interface{ Write([]byte
 		"tag_ttl", cfg.TagTTL.D().String(), "default_registry", cfg.DefaultRegistry, "registries", strings.Join(regs, ","))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	go a.Run(ctx)
 	select {
 	case err := <-errc:
 		return err

@@ -4,11 +4,13 @@
 package app
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"sort"
+	"time"
 
 	"github.com/regcache/regcache/internal/config"
 	"github.com/regcache/regcache/internal/credentials"
@@ -28,6 +30,47 @@ type App struct {
 	Upstreams map[string]*upstream.Registry
 	// identities names who each registry's budget is counted for.
 	identities map[string]string
+	cfg        *config.Config
+	log        *slog.Logger
+}
+
+// Run does the server's background work until ctx ends: today, keeping
+// the store under storage.max_size.
+func (a *App) Run(ctx context.Context) {
+	max := int64(a.cfg.Storage.MaxSize)
+	if max <= 0 {
+		return
+	}
+	every := a.cfg.Storage.GCInterval.D()
+	if every <= 0 {
+		every = time.Minute
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		a.collect(ctx, max)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *App) collect(ctx context.Context, max int64) {
+	st, err := a.Store.Collect(ctx, max, max/10*9, time.Now())
+	if err != nil {
+		if ctx.Err() == nil {
+			a.log.Warn("storage collection failed", "err", err)
+		}
+		return
+	}
+	a.Metrics.StoreBytes.Set(float64(st.Bytes - st.EvictedBytes))
+	if st.Evicted > 0 {
+		a.Metrics.EvictedBytes.Add(float64(st.EvictedBytes))
+		a.log.Info("evicted least recently used content", "blobs", st.Evicted, "bytes", st.EvictedBytes,
+			"before", st.Bytes, "max_size", max)
+	}
 }
 
 // New builds an App. It makes no network connection: regcache must start,
@@ -38,7 +81,7 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	m := metrics.New()
-	a := &App{Metrics: m, Store: st, Upstreams: map[string]*upstream.Registry{}, identities: map[string]string{}}
+	a := &App{Metrics: m, Store: st, Upstreams: map[string]*upstream.Registry{}, identities: map[string]string{}, cfg: cfg, log: log}
 	ups := map[string]pull.Upstream{}
 	for _, name := range sortedKeys(cfg.Registries) {
 		rc := cfg.Registries[name]

@@ -583,3 +583,45 @@ func TestCachedContentIsScopedToRepositories(t *testing.T) {
 		}
 	}
 }
+
+// With storage.max_size set, the least recently used content is evicted and
+// an evicted blob is simply fetched again.
+func TestStoreSizeBound(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	var imgs []testhub.Image
+	for i := 0; i < 3; i++ {
+		imgs = append(imgs, s.backend.PushImage(t, "library/gc", fmt.Sprint(i), testhub.ImageOptions{LayerSize: 1 << 20, Uncompressed: true}))
+	}
+	for _, img := range imgs {
+		if _, err := s.pull("library/gc", img.Tag); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Age everything past the in-use grace, image 0's layer the most.
+	old := time.Now().Add(-2 * time.Hour)
+	filepath.WalkDir(filepath.Join(s.app.Store.Root(), "blobs"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			at := old
+			if filepath.Base(p) == imgs[0].Layers[0].Encoded() {
+				at = old.Add(-time.Hour)
+			}
+			os.Chtimes(p, at, at)
+		}
+		return nil
+	})
+	s.app.cfg.Storage.MaxSize = 2<<20 + 512<<10
+	s.app.collect(context.Background(), int64(s.app.cfg.Storage.MaxSize))
+	if got := testutil.ToFloat64(s.app.Metrics.EvictedBytes); got < 1<<20 {
+		t.Fatalf("evicted %v bytes", got)
+	}
+	if _, err := s.app.Store.Stat(context.Background(), imgs[0].Layers[0]); err == nil {
+		t.Fatal("the least recently used layer survived")
+	}
+	before := s.hub.Counts().BlobGETs[imgs[0].Layers[0]]
+	if d, err := s.pull("library/gc", "0"); err != nil || d != imgs[0].Digest {
+		t.Fatalf("pull after eviction: %v", err)
+	}
+	if s.hub.Counts().BlobGETs[imgs[0].Layers[0]] != before+1 {
+		t.Fatal("evicted layer was not fetched again")
+	}
+}

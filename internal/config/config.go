@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,6 +42,50 @@ type Config struct {
 // Storage selects where cached content lives.
 type Storage struct {
 	Root string `yaml:"root"`
+	// MaxSize bounds the blob store; above it the least recently used
+	// content is evicted (down to 90%). 0 means unbounded.
+	MaxSize ByteSize `yaml:"max_size"`
+	// GCInterval is how often the size is checked when MaxSize is set.
+	GCInterval Duration `yaml:"gc_interval"`
+}
+
+// ByteSize is a size such as 500MiB, 50GB or 1073741824.
+type ByteSize int64
+
+// UnmarshalYAML parses a size with an optional unit (B, KB, MB, GB, TB and
+// the binary KiB, MiB, GiB, TiB).
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a size such as 50GiB", n.Line)
+	}
+	v, err := ParseByteSize(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %v", n.Line, err)
+	}
+	*b = ByteSize(v)
+	return nil
+}
+
+// ParseByteSize parses "50GiB", "500 MB", "1024".
+func ParseByteSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
+		i++
+	}
+	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || f < 0 {
+		return 0, fmt.Errorf("%q is not a size (use forms like 500MiB, 50GB)", s)
+	}
+	mult := map[string]float64{"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+		"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+	m, ok := mult[unit]
+	if !ok {
+		return 0, fmt.Errorf("%q has an unknown unit %q (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)", s, unit)
+	}
+	return int64(f * m), nil
 }
 
 // Registry is one upstream registry that regcache is allowed to contact.

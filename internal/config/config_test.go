@@ -47,6 +47,8 @@ func TestParseErrors(t *testing.T) {
 		{"default not configured", "default_registry: quay.io\nregistries:\n  ghcr.io:\n    url: https://ghcr.io\n", []string{"default_registry", "quay.io"}},
 		{"bad mirror url", "registries:\n  docker.io:\n    url: https://registry-1.docker.io\n    mirrors:\n      - url: nope\n", []string{"registries.docker.io.mirrors[0].url"}},
 		{"bad log level", "log_level: loud\n", []string{"log_level"}},
+		{"bad size", "storage: {max_size: lots}\n", []string{"lots", "not a size"}},
+		{"bad size unit", "storage: {max_size: 5 parsecs}\n", []string{"unknown unit"}},
 		{"duplicate alias", "registries:\n  docker.io:\n    url: https://a.example\n    aliases: [ghcr.io]\n  ghcr.io:\n    url: https://ghcr.io\n", []string{"aliases", "ghcr.io"}},
 	}
 	for _, tc := range tests {
@@ -113,5 +115,20 @@ func TestSecret(t *testing.T) {
 				t.Fatalf("Secret = %q, %v", got, err)
 			}
 		})
+	}
+}
+
+func TestParseByteSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+	}{
+		{"0", 0}, {"1024", 1024}, {"500MiB", 500 << 20}, {"50GB", 50e9}, {"1.5 GiB", 3 << 29}, {"2TiB", 2 << 40}, {"10k", 10240},
+	}
+	for _, tc := range tests {
+		got, err := ParseByteSize(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+		}
 	}
 }

@@ -40,6 +40,10 @@ type Metrics struct {
 	// TagFallbacks counts tags resolved at a mirror because the origin
 	// could not answer.
 	TagFallbacks *prometheus.CounterVec
+	// StoreBytes is the size of the blob store at the last collection.
+	StoreBytes prometheus.Gauge
+	// EvictedBytes counts bytes removed to stay under storage.max_size.
+	EvictedBytes prometheus.Counter
 	// DigestMismatches counts upstream content rejected by verification.
 	DigestMismatches *prometheus.CounterVec
 }
@@ -79,6 +83,12 @@ func New() *Metrics {
 		TagFallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_tag_fallbacks_total", Help: "Tags resolved at a mirror because the origin could not answer (a mirror's tag may lag).",
 		}, []string{"registry", "mirror"}),
+		StoreBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "regcache_store_bytes", Help: "Bytes in the blob store at the last size check (set only when storage.max_size is).",
+		}),
+		EvictedBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regcache_evicted_bytes_total", Help: "Bytes evicted to keep the store under storage.max_size.",
+		}),
 		DigestMismatches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_digest_mismatches_total", Help: "Upstream content rejected because it did not match its digest.",
 		}, []string{"registry", "source"}),
@@ -88,6 +98,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Requests, m.BytesServed, m.UpstreamBytes, m.UpstreamRequests, m.CountedPulls,
 		m.StaleServed, m.SharedFetches, m.TagRevalidations, m.DigestMismatches, m.MirrorHits, m.TagFallbacks,
+		m.StoreBytes, m.EvictedBytes,
 	)
 	return m
 }

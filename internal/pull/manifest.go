@@ -369,7 +369,7 @@ func (c *Cache) tagAtMirror(ctx context.Context, up Upstream, registry, repo, ta
 	if err != nil {
 		// The client should hear about the origin's failure, which is the
 		// real cause; the mirror was only a fallback.
-		c.log.Info("tag fallback to mirrors failed", "registry", registry, "repo", repo, "tag", tag, "err", err)
+		c.log.Debug("tag fallback to mirrors failed", "registry", registry, "repo", repo, "tag", tag, "err", err)
 		return nil, originErr
 	}
 	m, err := c.storeFetched(ctx, registry, repo, tag, "", um)

@@ -67,9 +67,22 @@ func New(opt Options) *Server {
 	return s
 }
 
-// ServeHTTP implements http.Handler.
+// ServeHTTP implements http.Handler. At debug level every request gets a
+// log line; paths and statuses only, never headers, so credentials a client
+// sends (dockerd forwards the user's Docker Hub login) stay out of logs.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.mux.ServeHTTP(w, r)
+	if !s.log.Enabled(r.Context(), slog.LevelDebug) {
+		s.mux.ServeHTTP(w, r)
+		return
+	}
+	start := time.Now()
+	cw := &countingWriter{ResponseWriter: w}
+	s.mux.ServeHTTP(cw, r)
+	if cw.status == 0 {
+		cw.status = http.StatusOK
+	}
+	s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "query", r.URL.RawQuery, "status", cw.status,
+		"bytes", cw.n, "result", w.Header().Get("X-Regcache"), "duration", time.Since(start))
 }
 
 func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
@@ -330,7 +343,22 @@ func rewriteLink(link string, rt Route) (string, bool) {
 
 type countingWriter struct {
 	http.ResponseWriter
-	n int64
+	n      int64
+	status int
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	if c.status == 0 {
+		c.status = code
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+// Flush passes flushes through for streamed blobs.
+func (c *countingWriter) Flush() {
+	if f, ok := c.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {

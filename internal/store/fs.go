@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -27,7 +28,9 @@ import (
 // Writes go to tmp/, are fsynced, verified and renamed into place, so a kill
 // at any moment leaves either no file or a complete, verified one.
 type FS struct {
-	root string
+	root   string
+	access accessClock
+	now    func() time.Time
 }
 
 // OpenFS prepares root and discards any in-flight writes left by a previous
@@ -51,7 +54,7 @@ func OpenFS(root string) (*FS, error) {
 	for _, e := range entries {
 		_ = os.RemoveAll(filepath.Join(tmp, e.Name()))
 	}
-	return &FS{root: abs}, nil
+	return &FS{root: abs, now: time.Now}, nil
 }
 
 // Root returns the absolute storage directory.
@@ -99,6 +102,7 @@ func (s *FS) Open(_ context.Context, d digest.Digest) (Content, error) {
 		f.Close()
 		return nil, err
 	}
+	s.access.touch(p, s.now())
 	return &File{File: f, size: fi.Size()}, nil
 }
 

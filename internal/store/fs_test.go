@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -166,4 +167,54 @@ func countFiles(t *testing.T, dir string) int {
 		t.Fatal(err)
 	}
 	return len(es)
+}
+
+func TestCollectEvictsLeastRecentlyUsed(t *testing.T) {
+	ctx := context.Background()
+	s, _ := OpenFS(t.TempDir())
+	now := time.Now()
+	put := func(content string, used time.Time) digest.Digest {
+		d := digest.FromString(content)
+		w, _ := s.Create(ctx, d, int64(len(content)))
+		w.Write([]byte(content))
+		if err := w.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		p, _ := s.blobPath(d)
+		os.Chtimes(p, used, used)
+		return d
+	}
+	kb := func(c byte) string { return string(bytes.Repeat([]byte{c}, 1000)) }
+	oldest := put(kb('a'), now.Add(-3*time.Hour))
+	old := put(kb('b'), now.Add(-2*time.Hour))
+	recent := put(kb('c'), now.Add(-1*time.Hour))
+	inUse := put(kb('d'), now.Add(-time.Minute))
+
+	// Under the high mark nothing happens.
+	st, err := s.Collect(ctx, 5000, 3000, now)
+	if err != nil || st.Evicted != 0 || st.Bytes != 4000 {
+		t.Fatalf("under the mark: %+v %v", st, err)
+	}
+	// Reading a blob makes it recent.
+	s.access = accessClock{}
+	s.now = func() time.Time { return now }
+	c, _ := s.Open(ctx, oldest)
+	c.Close()
+
+	st, err = s.Collect(ctx, 3500, 2000, now.Add(30*time.Minute))
+	if err != nil || st.Evicted != 2 || st.EvictedBytes != 2000 {
+		t.Fatalf("collect: %+v %v", st, err)
+	}
+	for d, want := range map[digest.Digest]bool{oldest: true, old: false, recent: false, inUse: true} {
+		_, err := s.Stat(ctx, d)
+		if (err == nil) != want {
+			t.Errorf("%s present=%v, want %v", d, err == nil, want)
+		}
+	}
+	// Blobs in use right now are never evicted, even over the mark.
+	st, _ = s.Collect(ctx, 0, 0, now.Add(time.Minute))
+	if _, err := s.Stat(ctx, inUse); err != nil || st.Evicted != 0 {
+		t.Fatalf("a blob in use was evicted: %+v", st)
+	}
 }
