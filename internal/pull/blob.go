@@ -59,7 +59,11 @@ func (c *Cache) Blob(ctx context.Context, registry, repo string, d digest.Digest
 	f, joined := c.startFetch(up, registry, repo, d)
 	if f == nil {
 		// Committed between our Open and startFetch.
-		return c.Blob(ctx, registry, repo, d)
+		content, err := c.opt.Store.Open(ctx, d)
+		if err != nil {
+			return nil, err
+		}
+		return &Blob{Digest: d, Size: content.Size(), Content: content, Result: Hit}, nil
 	}
 	if joined {
 		c.m.SharedFetches.WithLabelValues(registry, "blob").Inc()
