@@ -59,6 +59,11 @@ func (c *Cache) Blob(ctx context.Context, registry, repo string, d digest.Digest
 	f, joined := c.startFetch(up, registry, repo, d)
 	if f == nil {
 		// Committed between our Open and startFetch.
+		if !c.linked(ctx, registry, repo, d) {
+			if err := c.confirmBlob(ctx, up, registry, repo, d); err != nil {
+				return nil, err
+			}
+		}
 		content, err := c.opt.Store.Open(ctx, d)
 		if err != nil {
 			return nil, err
