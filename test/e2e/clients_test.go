@@ -117,8 +117,13 @@ func setupRegctl(t *testing.T, w *world, mirror string) pullFunc {
 // podman pulls the plain docker.io name; registries.conf sends it to the
 // mirror location 127.0.0.1:PORT/docker.io.
 func setupPodman(t *testing.T, w *world, mirror string) pullFunc {
-	bin := requireBinary(t, "podman", "podman")
 	policy, env := writeContainersConfig(t, w, "podman", mirror)
+	return podmanPuller(t, w, policy, env)
+}
+
+// podmanPuller pulls docker.io names with podman, configured by env.
+func podmanPuller(t *testing.T, w *world, policy string, env []string) pullFunc {
+	bin := requireBinary(t, "podman", "podman")
 	return func(t *testing.T, img testImage) string {
 		ref := "docker.io/" + img.repo + ":" + img.tag
 		w.mustRun(t, pullTimeout, env, bin, "pull", "--signature-policy", policy, ref)
@@ -136,9 +141,14 @@ func setupPodman(t *testing.T, w *world, mirror string) pullFunc {
 // ctr pulls (and unpacks, for the host platform) through hosts.toml, which
 // makes containerd send ?ns=docker.io to the mirror.
 func setupCtr(t *testing.T, w *world, mirror string) pullFunc {
-	ctr := requireBinary(t, "ctr", "containerd")
 	sock := startContainerd(t, w, "containerd")
-	hostsDir := writeHostsDir(t, w, mirror)
+	return ctrPuller(t, w, sock, writeHostsDir(t, w, mirror))
+}
+
+// ctrPuller pulls docker.io names with ctr from the containerd at sock,
+// with hostsDir as its only registry configuration.
+func ctrPuller(t *testing.T, w *world, sock, hostsDir string) pullFunc {
+	ctr := requireBinary(t, "ctr", "containerd")
 	env := w.baseEnv()
 	return func(t *testing.T, img testImage) string {
 		ref := "docker.io/" + img.repo + ":" + img.tag
@@ -154,6 +164,12 @@ func setupCtr(t *testing.T, w *world, mirror string) pullFunc {
 // mirror receives /v2/library/alpine/... with no registry host anywhere.
 func setupDockerd(t *testing.T, w *world, mirror string) pullFunc {
 	docker, env := startDockerd(t, w, mirror)
+	return dockerPuller(w, docker, env)
+}
+
+// dockerPuller pulls bare Docker Hub names with the docker CLI, from the
+// dockerd that env points at.
+func dockerPuller(w *world, docker string, env []string) pullFunc {
 	return func(t *testing.T, img testImage) string {
 		out := w.mustRun(t, pullTimeout, env, docker, "pull", img.bareName())
 		var reported string

@@ -21,27 +21,46 @@ import (
 // the docker CLI and the environment to run it with.
 func startDockerd(t *testing.T, w *world, mirror string) (docker string, env []string) {
 	t.Helper()
+	cfg := dockerdBaseConfig(w)
+	cfg["registry-mirrors"] = []string{"http://" + mirror}
+	// No insecure-registries entry: a mirror given with http:// is used
+	// over plain HTTP by dockerd 20.10 without one.
+	cfgPath := filepath.Join(w.mkdir("dockerd"), "daemon.json")
+	writeJSON(t, cfgPath, cfg)
+	return startDockerdWithConfig(t, w, cfgPath)
+}
+
+// dockerdBaseConfig is the daemon.json every test's dockerd needs, without
+// any registry setting.
+func dockerdBaseConfig(w *world) map[string]any {
+	return map[string]any{
+		"debug": true,
+		// dockerd 20.10 otherwise writes /etc/docker/key.json on the host.
+		"deprecated-key-path": filepath.Join(w.mkdir("dockerd"), "key.json"),
+	}
+}
+
+func writeJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startDockerdWithConfig starts dockerd with cfgPath as its only daemon.json
+// and returns the docker CLI and the environment to run it with.
+func startDockerdWithConfig(t *testing.T, w *world, cfgPath string) (docker string, env []string) {
+	t.Helper()
 	dockerd := requireBinary(t, "dockerd", "docker.io (Debian) or docker-ce")
 	docker = requireBinary(t, "docker", "docker.io (Debian) or docker-ce-cli")
 	dir := w.mkdir("dockerd")
 	run := shortDir(t, "dockerd")
 	sock := filepath.Join(run, "docker.sock")
 	containerdSock := startContainerd(t, w, "dockerd-containerd")
-	cfg, err := json.Marshal(map[string]any{
-		"registry-mirrors": []string{"http://" + mirror},
-		// No insecure-registries entry: a mirror given with http:// is
-		// used over plain HTTP by dockerd 20.10 without one.
-		"debug": true,
-		// dockerd 20.10 otherwise writes /etc/docker/key.json on the host.
-		"deprecated-key-path": filepath.Join(dir, "key.json"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfgPath := filepath.Join(dir, "daemon.json")
-	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	p := startProc(t, "dockerd", w.logFile("dockerd"), w.baseEnv(),
 		dockerd,
 		"--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-masq=false",
@@ -55,7 +74,7 @@ func startDockerd(t *testing.T, w *world, mirror string) (docker string, env []s
 	)
 	t.Cleanup(func() { p.stop(20 * time.Second) })
 	env = w.baseEnv("DOCKER_HOST=unix://" + sock)
-	err = waitFor(t.Context(), 60*time.Second, p, func() error {
+	err := waitFor(t.Context(), 60*time.Second, p, func() error {
 		_, err := w.run(t.Context(), 10*time.Second, env, docker, "version", "--format", "{{.Server.Version}}")
 		return err
 	})

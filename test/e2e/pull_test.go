@@ -26,6 +26,21 @@ func seedImages(t *testing.T, reg *testhub.Registry) []testImage {
 	}
 }
 
+// startHubAndRegcache seeds the test images on a fake Docker Hub that
+// requires ci-user with a random password (opts.Users is replaced), and
+// starts regcache in front of it with those credentials and tagTTL ("" for
+// the default).
+func startHubAndRegcache(t *testing.T, w *world, opts testhub.Options, tagTTL string) ([]testImage, *testhub.Hub, *regcache) {
+	t.Helper()
+	reg := testhub.StartRegistry(t)
+	images := seedImages(t, reg)
+	secret := randomSecret(t)
+	opts.Users = map[string]string{"ci-user": secret}
+	hub := testhub.NewHub(t, reg, opts)
+	rc := startRegcache(t, w, regcacheConfig{upstreamURL: hub.URL, user: "ci-user", password: secret, tagTTL: tagTTL})
+	return images, hub, rc
+}
+
 // pullWithEveryClient runs every real client against mirror, in parallel as
 // a CI fleet would, and checks that each reports the upstream's digest for
 // every image and reached the mirror by its own routing mode. Each client
@@ -34,7 +49,12 @@ func seedImages(t *testing.T, reg *testhub.Registry) []testImage {
 // mirrorIsRegcache enables the checks that only regcache, not a plain
 // registry, satisfies.
 func pullWithEveryClient(t *testing.T, w *world, mirror string, mirrorIsRegcache bool, images []testImage) {
-	for _, c := range realClients() {
+	pullWithClients(t, w, realClients(), mirror, mirrorIsRegcache, images)
+}
+
+// pullWithClients is pullWithEveryClient for the given clients.
+func pullWithClients(t *testing.T, w *world, clients []realClient, mirror string, mirrorIsRegcache bool, images []testImage) {
+	for _, c := range clients {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			rec := startRecorder(t, w, c.name, mirror)
@@ -61,14 +81,7 @@ func pullWithEveryClient(t *testing.T, w *world, mirror string, mirrorIsRegcache
 // Hub does.
 func TestClientsPullThroughRegcache(t *testing.T) {
 	w := newWorld(t)
-	reg := testhub.StartRegistry(t)
-	images := seedImages(t, reg)
-	secret := randomSecret(t)
-	hub := testhub.NewHub(t, reg, testhub.Options{
-		Users:        map[string]string{"ci-user": secret},
-		BlobRedirect: true,
-	})
-	rc := startRegcache(t, w, regcacheConfig{upstreamURL: hub.URL, user: "ci-user", password: secret})
+	images, hub, rc := startHubAndRegcache(t, w, testhub.Options{BlobRedirect: true}, "")
 	t.Cleanup(func() {
 		// Runs after every client subtest. Credentials sent to the CDN
 		// host would be a leak of the hub credentials too.

@@ -16,11 +16,7 @@ import (
 // is answered from a cache another client (crane) filled.
 func TestClientsPullFromCacheWhenHubFails(t *testing.T) {
 	w := newWorld(t)
-	reg := testhub.StartRegistry(t)
-	images := seedImages(t, reg)
-	secret := randomSecret(t)
-	hub := testhub.NewHub(t, reg, testhub.Options{Users: map[string]string{"ci-user": secret}})
-	rc := startRegcache(t, w, regcacheConfig{upstreamURL: hub.URL, user: "ci-user", password: secret, tagTTL: "0s"})
+	images, hub, rc := startHubAndRegcache(t, w, testhub.Options{}, "0s")
 
 	// Warm the cache with every platform of every image.
 	crane := requireBinary(t, "crane", "crane")
@@ -40,7 +36,7 @@ func TestClientsPullFromCacheWhenHubFails(t *testing.T) {
 			// Fresh clients with empty local image stores, in a sandbox of
 			// their own whose logs are scanned too.
 			cw := newWorld(t)
-			cw.addSecret("ci-user", secret)
+			cw.addSecret(rc.cfg.user, rc.cfg.password)
 			hub.SetFault(tc.fault)
 			before := hub.Counts()
 			// Cleanups run after the parallel client subtests finish.
