@@ -203,6 +203,7 @@ func TestReserveServesStale(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		s.backend.PushImage(t, "someone/other", fmt.Sprint(i), testhub.ImageOptions{})
 	}
+	s.backend.PushImage(t, "library/nginx", "1", testhub.ImageOptions{})
 	if _, err := s.pull("someone/app", "v1"); err != nil {
 		t.Fatal(err)
 	}
@@ -228,5 +229,18 @@ func TestReserveServesStale(t *testing.T) {
 	// A true miss still gets a pull.
 	if _, err := s.pull("someone/other", "2"); err != nil {
 		t.Fatalf("true miss below the reserve: %v", err)
+	}
+	// An official tag that moves is still followed below the reserve: the
+	// mirror has the new manifest, and it costs no counted pull.
+	if _, err := s.pull("library/nginx", "1"); err != nil {
+		t.Fatal(err)
+	}
+	moved := s.backend.PushImage(t, "library/nginx", "1", testhub.ImageOptions{Layers: 2})
+	before := s.hub.Remaining("")
+	if d, err := s.pull("library/nginx", "1"); err != nil || d != moved.Digest {
+		t.Fatalf("moved official tag below the reserve: %v, got %s want %s", err, d, moved.Digest)
+	}
+	if got := s.hub.Remaining(""); got != before {
+		t.Fatalf("a mirrored manifest spent an origin pull: %d -> %d", before, got)
 	}
 }

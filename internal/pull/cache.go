@@ -46,6 +46,8 @@ type Upstream interface {
 	// ResolveTagAtMirror resolves a tag at the first mirror that has it,
 	// for when the origin cannot answer.
 	ResolveTagAtMirror(ctx context.Context, repo, tag string, accept []string) (upstream.Manifest, error)
+	// GetMirroredManifest fetches a manifest by digest from mirrors only.
+	GetMirroredManifest(ctx context.Context, repo string, d digest.Digest, accept []string) (upstream.Manifest, error)
 	// BelowReserve reports that the origin's pull budget is at or below the
 	// configured reserve.
 	BelowReserve() bool

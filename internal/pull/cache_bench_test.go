@@ -39,6 +39,10 @@ func (u refusingUpstream) ResolveTagAtMirror(context.Context, string, string, []
 	return upstream.Manifest{}, nil
 }
 func (u refusingUpstream) BelowReserve() bool { return false }
+func (u refusingUpstream) GetMirroredManifest(context.Context, string, digest.Digest, []string) (upstream.Manifest, error) {
+	u.b.Fatal("mirror on a cache hit")
+	return upstream.Manifest{}, nil
+}
 func (u refusingUpstream) Do(context.Context, string, string, string, url.Values, http.Header) (*http.Response, error) {
 	u.b.Fatal("upstream request on a cache hit")
 	return nil, nil

@@ -342,9 +342,19 @@ func (c *Cache) revalidate(ctx context.Context, up Upstream, registry, repo, tag
 		return &Manifest{Digest: desc.Digest, MediaType: sm.mediaType, Data: sm.data, Result: Revalidated}, nil
 	}
 	if have && up.BelowReserve() {
-		// The tag moved, but the budget is nearly spent: keep the remaining
-		// pulls for content nobody has cached, and serve what we have.
-		return stale(errReserve)
+		// The tag moved, but the budget is nearly spent: a mirror may have
+		// the new manifest for free; otherwise keep the remaining pulls for
+		// content nobody has cached, and serve what we have.
+		um, err := up.GetMirroredManifest(ctx, repo, desc.Digest, AcceptAll.Values())
+		if err != nil {
+			return stale(errReserve)
+		}
+		m, err := c.storeFetched(ctx, registry, repo, desc.Digest.String(), desc.Digest, um)
+		if err != nil {
+			return stale(errReserve)
+		}
+		c.saveTag(ctx, key, tagRecord{Digest: m.Digest, MediaType: m.MediaType, Checked: c.now()})
+		return m, nil
 	}
 	m, err := c.fetchManifest(ctx, up, registry, repo, desc.Digest.String(), desc.Digest)
 	if err != nil {

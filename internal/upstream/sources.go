@@ -189,7 +189,18 @@ func (r *Registry) mirrorsFor(repo string) []*endpoint {
 // it. Any mirror failure (404, 429, 5xx, unreachable, wrong digest, auth)
 // moves on to the next source; the origin's error is the one returned.
 func (r *Registry) fromSources(ctx context.Context, eb Error, fetch func(e *endpoint, eb Error, t *ticket) error) error {
+	if err := r.fromMirrors(ctx, eb, fetch); err == nil || ctx.Err() != nil {
+		return err
+	}
+	return r.origin.run(ctx, eb, func(t *ticket) error { return fetch(r.origin, eb, t) })
+}
+
+// fromMirrors is fromSources without the origin. It returns the last
+// mirror's error, or a not-sent error when no mirror carries the repository.
+func (r *Registry) fromMirrors(ctx context.Context, eb Error, fetch func(e *endpoint, eb Error, t *ticket) error) error {
 	repo := eb.Repository
+	last := error(&Error{Registry: eb.Registry, Op: eb.Op, Repository: repo, Reference: eb.Reference,
+		Message: "no mirror carries this repository", notSent: true})
 	for _, m := range r.mirrorsFor(repo) {
 		meb := eb
 		meb.Registry = m.registry
@@ -206,8 +217,25 @@ func (r *Registry) fromSources(ctx context.Context, eb Error, fetch func(e *endp
 			level = slog.LevelDebug
 		}
 		r.log.Log(ctx, level, "mirror skipped", "mirror", m.source, "op", eb.Op, "repository", repo, "err", err)
+		last = err
 	}
-	return r.origin.run(ctx, eb, func(t *ticket) error { return fetch(r.origin, eb, t) })
+	return last
+}
+
+// GetMirroredManifest fetches a manifest by digest from the mirrors only,
+// never the origin: for when the origin's pull budget must be kept.
+func (r *Registry) GetMirroredManifest(ctx context.Context, repo string, d digest.Digest, accept []string) (Manifest, error) {
+	eb := r.errBase("GET manifest at mirror", repo, string(d))
+	if _, verr := checkManifestArgs(repo, string(d)); verr != nil {
+		return Manifest{}, withBase(verr, eb)
+	}
+	var m Manifest
+	err := r.fromMirrors(ctx, eb, func(e *endpoint, eb Error, _ *ticket) error {
+		var err error
+		m, err = e.getManifest(ctx, eb, d, accept)
+		return err
+	})
+	return m, err
 }
 
 func isNotSent(err error) bool {
