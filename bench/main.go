@@ -61,6 +61,7 @@ type env struct {
 
 	results []row
 	extra   []string       // Markdown sections workloads add to the report
+	loads   []string       // per workload: duration and machine load around it
 	shared  map[string]any // results one workload leaves for another
 }
 
@@ -195,11 +196,13 @@ func main() {
 		}
 		logf("workload %s: %s", w.id, w.title)
 		t0 := time.Now()
+		la0 := loadavg()
 		if err := w.run(e); err != nil {
 			failed = true
 			logf("workload %s FAILED: %v", w.id, err)
 		}
 		logf("workload %s took %s", w.id, time.Since(t0).Round(time.Second))
+		e.loads = append(e.loads, fmt.Sprintf("workload %s: %s, 1-min load average %s → %s", w.id, time.Since(t0).Round(time.Second), la0, loadavg()))
 	}
 	e.teardown()
 
@@ -379,4 +382,14 @@ func machine() string {
 	out, _ = exec.Command("uname", "-sr").Output()
 	fmt.Fprintf(&b, "kernel: %sgo: %s\n", out, runtime.Version())
 	return b.String()
+}
+
+// loadavg is the 1-minute load average: other work on the machine (a
+// compile, a test run) shows up here and in the figures.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Fields(string(b))[0]
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"time"
 )
@@ -58,6 +59,12 @@ func (e *env) report(took time.Duration, args string) string {
 	}
 	for _, x := range e.extra {
 		b.WriteString("\n" + x)
+	}
+	if len(e.loads) > 0 {
+		fmt.Fprintf(&b, "\nMachine load (other processes share the %d cores; more than the harness's own ~2 means contention):\n\n", runtime.NumCPU())
+		for _, l := range e.loads {
+			fmt.Fprintf(&b, "- %s\n", l)
+		}
 	}
 	fmt.Fprintf(&b, "\nHarness wall time: %s.\n", took.Round(time.Second))
 	return b.String()
