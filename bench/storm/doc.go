@@ -20,8 +20,6 @@
 //	-storm.pulls N    client pulls in all (default 500; the table uses 500)
 //	-storm.jobs N     concurrent jobs (default 8)
 //	-storm.only LIST  direct,distribution,regcache (default all)
-//	-storm.strict     fail on known, reported regcache issues that are not
-//	                  part of acceptance 1 and 5 (they are skips otherwise)
 //
 // The pieces:
 //   - one real registry (testhub.StartRegistry) holds the 20 tags and the

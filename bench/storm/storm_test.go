@@ -18,10 +18,9 @@ import (
 )
 
 var (
-	flagPulls  = flag.Int("storm.pulls", 500, "client pulls in all (the recorded table uses 500)")
-	flagJobs   = flag.Int("storm.jobs", 8, "concurrent CI jobs (the recorded table uses 8)")
-	flagStrict = flag.Bool("storm.strict", false, "fail, instead of skipping, on regcache issues that are known and reported but outside acceptance 1 and 5")
-	flagOnly   = flag.String("storm.only", "", "comma-separated systems to run: direct,distribution,regcache (default all)")
+	flagPulls = flag.Int("storm.pulls", 500, "client pulls in all (the recorded table uses 500)")
+	flagJobs  = flag.Int("storm.jobs", 8, "concurrent CI jobs (the recorded table uses 8)")
+	flagOnly  = flag.String("storm.only", "", "comma-separated systems to run: direct,distribution,regcache (default all)")
 )
 
 // The origin's anonymous budget: 10 counted pulls per (6 h) window.
@@ -285,22 +284,11 @@ func acceptance5(t *testing.T, rc *regcache, res *result, hub *testhub.Hub) {
 
 // officialFresh: a moved official tag costs no counted pull (the mirror
 // has the new digest), so the pull reserve is no reason to serve its old
-// digest. Known issue, reported: internal/pull/manifest.go revalidate checks
-// BelowReserve before fetching a moved tag's new digest for every
-// repository, including those a mirror carries. It is a skip unless
-// -storm.strict, so the suite stays green until it is fixed; once fixed the
-// check passes by itself.
+// digest.
 func officialFresh(t *testing.T, res *result) {
-	if len(res.oldAfterOfficial) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("moved official tags served with their old digest after the move, pulls by tag: %v; "+
-		"the mirror has the new digest, which costs no counted pull, but regcache served the cached one "+
-		"(regcache_stale_served_total{reason=\"reserve\"}) because the origin budget was at the reserve", res.oldAfterOfficial)
-	if *flagStrict {
-		t.Error(msg)
-	} else {
-		t.Skip("KNOWN ISSUE (reported; -storm.strict makes it fail): " + msg)
+	if len(res.oldAfterOfficial) > 0 {
+		t.Errorf("moved official tags served with their old digest after the move, pulls by tag: %v; "+
+			"the mirror has the new digest, which costs no counted pull", res.oldAfterOfficial)
 	}
 }
 

@@ -274,7 +274,22 @@ func (c *Cache) manifestByTag(ctx context.Context, up Upstream, registry, repo, 
 		return nil, err
 	}
 	m := *v.(*Manifest)
+	if m.Result == Stale {
+		// Counted per answer, not per revalidation: requests that joined
+		// one in flight were served stale too.
+		c.m.StaleServed.WithLabelValues(registry, staleReason(m.StaleReason)).Inc()
+	}
 	return &m, nil
+}
+
+func staleReason(cause error) string {
+	switch {
+	case cause == errReserve:
+		return "reserve"
+	case upstream.IsRateLimited(cause):
+		return "rate_limited"
+	}
+	return "error"
 }
 
 // revalidate asks the upstream which digest a tag names now, with a HEAD,
@@ -290,16 +305,15 @@ func (c *Cache) revalidate(ctx context.Context, up Upstream, registry, repo, tag
 		if !have {
 			return nil, cause
 		}
-		reason := "error"
-		switch {
-		case cause == errReserve:
-			reason = "reserve"
-		case upstream.IsRateLimited(cause):
-			reason = "rate_limited"
+		age := "never checked at the origin (resolved at a mirror)"
+		if !rec.Checked.IsZero() {
+			age = c.now().Sub(rec.Checked).Round(time.Second).String()
 		}
-		c.m.StaleServed.WithLabelValues(registry, reason).Inc()
-		c.log.Warn("serving cached tag: upstream failed", "registry", registry, "repo", repo, "tag", tag,
-			"digest", rec.Digest, "age", c.now().Sub(rec.Checked).Round(time.Second).String(), "err", cause)
+		msg := "serving cached tag: upstream failed"
+		if cause == errReserve {
+			msg = "serving cached tag: origin pull budget at the reserve and no mirror has the new digest"
+		}
+		c.log.Warn(msg, "registry", registry, "repo", repo, "tag", tag, "digest", rec.Digest, "age", age, "err", cause)
 		return &Manifest{Digest: rec.Digest, MediaType: old.mediaType, Data: old.data, Result: Stale, StaleReason: cause}, nil
 	}
 
