@@ -268,13 +268,16 @@ func (c *counter) forward(client net.Conn) {
 		}
 		close(done)
 	}()
-	buf := make([]byte, 256<<10)
-	_, _ = io.CopyBuffer(countWriter{w: client, n: &c.bytes}, struct{ io.Reader }{up}, buf)
+	bp := copyBufs.Get().(*[]byte)
+	_, _ = io.CopyBuffer(countWriter{w: client, n: &c.bytes}, struct{ io.Reader }{up}, *bp)
+	copyBufs.Put(bp)
 	if tc, ok := client.(*net.TCPConn); ok {
 		_ = tc.CloseWrite()
 	}
 	<-done
 }
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
 
 func (c *counter) close() { c.ln.Close() }
 
