@@ -117,6 +117,7 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		Upstreams:    ups,
 		TagTTL:       cfg.TagTTL.D(),
 		TagFallback:  cfg.TagFallback == "mirrors",
+		TagIndexSize: cfg.TagIndexEntries,
 		ListTTL:      cfg.TagsListTTL.D(),
 		FetchTimeout: cfg.UpstreamTimeout.D(),
 		Logger:       log,
@@ -124,7 +125,7 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 	})
 	router := &server.Router{Lookup: cfg.Lookup, DefaultRegistry: cfg.DefaultRegistry}
 	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams))
-	a.Handler = server.New(server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler()})
+	a.Handler = server.New(server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(), BlobCopy: cfg.BlobCopy})
 	return a, nil
 }
 

@@ -34,9 +34,14 @@ type Config struct {
 	// TagFallback says whether a tag the origin cannot resolve (429, 5xx,
 	// unreachable) and that is not cached may be resolved at a mirror:
 	// "mirrors" (default) or "never".
-	TagFallback string              `yaml:"tag_fallback"`
-	LogLevel    string              `yaml:"log_level"`
-	Registries  map[string]Registry `yaml:"registries"`
+	TagFallback string `yaml:"tag_fallback"`
+	LogLevel    string `yaml:"log_level"`
+	// BlobCopy says how cached blobs are sent: "buffered" (1 MiB copies) or
+	// "sendfile" (the kernel's zero-copy path).
+	BlobCopy string `yaml:"blob_copy"`
+	// TagIndexEntries bounds the in-memory index of tag answers.
+	TagIndexEntries int                 `yaml:"tag_index_entries"`
+	Registries      map[string]Registry `yaml:"registries"`
 }
 
 // Storage selects where cached content lives.
@@ -233,6 +238,14 @@ func (c *Config) validate() error {
 	}
 	if len(c.Registries) == 0 {
 		return errors.New("registries: at least one registry is required")
+	}
+	switch c.BlobCopy {
+	case "buffered", "sendfile":
+	default:
+		return fmt.Errorf("blob_copy: %q is not one of buffered, sendfile", c.BlobCopy)
+	}
+	if c.TagIndexEntries < 1000 {
+		return fmt.Errorf("tag_index_entries: %d is too small (at least 1000)", c.TagIndexEntries)
 	}
 	switch c.TagFallback {
 	case "mirrors", "never":

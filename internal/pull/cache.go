@@ -17,6 +17,7 @@ package pull
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +61,9 @@ type Options struct {
 	Upstreams map[string]Upstream // by registry name
 	// TagTTL is how long a tag→digest answer is trusted.
 	TagTTL time.Duration
+	// TagIndexSize bounds the in-memory index of tag answers (and of
+	// repository links); misses read the store.
+	TagIndexSize int
 	// TagFallback allows resolving a tag at a mirror when the origin cannot
 	// answer and the tag is not cached.
 	TagFallback bool
@@ -83,9 +87,9 @@ type Cache struct {
 	now  func() time.Time
 	flow singleflight.Group
 
-	tags      *lru[string, tagRecord]
+	tags      *lru[hkey, tagRecord]
 	manifests *lru[digest.Digest, storedManifest]
-	links     *lru[string, struct{}] // registry/repo@digest known to belong together
+	links     *lru[hkey, struct{}] // registry/repo@digest known to belong together
 	lists     *lru[string, listEntry]
 	blobMu    sync.Mutex
 	blobs     map[digest.Digest]*fetch
@@ -102,6 +106,9 @@ func New(opt Options) *Cache {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
+	if opt.TagIndexSize <= 0 {
+		opt.TagIndexSize = 100_000
+	}
 	if opt.FetchTimeout <= 0 {
 		opt.FetchTimeout = 30 * time.Second
 	}
@@ -113,9 +120,9 @@ func New(opt Options) *Cache {
 		log:       opt.Logger,
 		m:         opt.Metrics,
 		now:       opt.Now,
-		tags:      newLRU[string, tagRecord](100_000),
+		tags:      newLRU[hkey, tagRecord](opt.TagIndexSize),
 		manifests: newLRU[digest.Digest, storedManifest](20_000),
-		links:     newLRU[string, struct{}](200_000),
+		links:     newLRU[hkey, struct{}](opt.TagIndexSize),
 		lists:     newLRU[string, listEntry](10_000),
 		blobs:     map[digest.Digest]*fetch{},
 	}
@@ -153,6 +160,25 @@ func linkKey(registry, repo string, d digest.Digest) string {
 	return registry + "/" + repo + "@" + d.String()
 }
 
+// hkey identifies an index entry by a hash of its parts, so the in-memory
+// indexes hold 16 bytes per key and a lookup allocates nothing. At 128 bits
+// a collision is not a practical concern.
+type hkey [16]byte
+
+func hashKey(a, b, c string, m byte) hkey {
+	var buf [512]byte
+	p := append(buf[:0], a...)
+	p = append(p, 0)
+	p = append(p, b...)
+	p = append(p, 0)
+	p = append(p, c...)
+	p = append(p, 0, m)
+	sum := sha256.Sum256(p)
+	var k hkey
+	copy(k[:], sum[:16])
+	return k
+}
+
 func linkMetaKey(registry, repo string, d digest.Digest) string {
 	return "links/" + registry + "/" + repo + "/_links/" + d.Algorithm().String() + "/" + d.Encoded()
 }
@@ -162,7 +188,7 @@ func linkMetaKey(registry, repo string, d digest.Digest) string {
 // not be served through another repository's name just because someone knows
 // its digest, so the first use in each repository is confirmed upstream.
 func (c *Cache) linked(ctx context.Context, registry, repo string, d digest.Digest) bool {
-	k := linkKey(registry, repo, d)
+	k := hashKey(registry, repo, string(d), 0)
 	if _, ok := c.links.Get(k); ok {
 		return true
 	}
@@ -174,7 +200,7 @@ func (c *Cache) linked(ctx context.Context, registry, repo string, d digest.Dige
 }
 
 func (c *Cache) link(ctx context.Context, registry, repo string, d digest.Digest) {
-	k := linkKey(registry, repo, d)
+	k := hashKey(registry, repo, string(d), 0)
 	if _, ok := c.links.Get(k); ok {
 		return
 	}

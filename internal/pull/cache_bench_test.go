@@ -63,7 +63,7 @@ func BenchmarkManifestHit(b *testing.B) {
 		b.Fatal(err)
 	}
 	seed.link(ctx, "docker.io", "library/alpine", d)
-	seed.saveTag(ctx, tagMetaKey("docker.io", "library/alpine", "3.19", AcceptAll), tagRecord{Digest: d, MediaType: ocispec.MediaTypeImageManifest, Checked: time.Now()})
+	seed.saveTag(ctx, tagRef{"docker.io", "library/alpine", "3.19", AcceptAll}, tagRecord{Digest: d, MediaType: ocispec.MediaTypeImageManifest, Checked: time.Now()})
 
 	for _, tc := range []struct{ name, ref string }{{"tag", "3.19"}, {"digest", d.String()}} {
 		b.Run("hot/"+tc.name, func(b *testing.B) {

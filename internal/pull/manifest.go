@@ -57,6 +57,15 @@ type storedManifest struct {
 // from the store each time.
 const maxCachedManifest = 256 << 10
 
+// tagRef names one cached tag answer.
+type tagRef struct {
+	registry, repo, tag string
+	mask                AcceptMask
+}
+
+func (t tagRef) index() hkey     { return hashKey(t.registry, t.repo, t.tag, byte(t.mask)) }
+func (t tagRef) metaKey() string { return tagMetaKey(t.registry, t.repo, t.tag, t.mask) }
+
 func tagMetaKey(registry, repo, tag string, mask AcceptMask) string {
 	// "_tags" cannot be a repository path component (components do not
 	// start with "_"), so tag records never collide with nested repos.
@@ -230,11 +239,12 @@ func (c *Cache) loadManifest(ctx context.Context, d digest.Digest) (storedManife
 	return sm, true
 }
 
-func (c *Cache) loadTag(ctx context.Context, key string) (tagRecord, bool) {
-	if r, ok := c.tags.Get(key); ok {
+func (c *Cache) loadTag(ctx context.Context, t tagRef) (tagRecord, bool) {
+	k := t.index()
+	if r, ok := c.tags.Get(k); ok {
 		return r, true
 	}
-	b, err := c.opt.Store.GetMeta(ctx, key)
+	b, err := c.opt.Store.GetMeta(ctx, t.metaKey())
 	if err != nil {
 		return tagRecord{}, false
 	}
@@ -242,27 +252,34 @@ func (c *Cache) loadTag(ctx context.Context, key string) (tagRecord, bool) {
 	if json.Unmarshal(b, &r) != nil || r.Digest.Validate() != nil {
 		return tagRecord{}, false
 	}
-	c.tags.Add(key, r)
+	c.tags.Add(k, compact(r))
 	return r, true
 }
 
-func (c *Cache) saveTag(ctx context.Context, key string, r tagRecord) {
-	c.tags.Add(key, r)
+// compact drops what the index need not hold: serving reads the media
+// type from the manifest record.
+func compact(r tagRecord) tagRecord {
+	r.MediaType = ""
+	return r
+}
+
+func (c *Cache) saveTag(ctx context.Context, t tagRef, r tagRecord) {
+	c.tags.Add(t.index(), compact(r))
 	b, _ := json.Marshal(r)
-	if err := c.opt.Store.PutMeta(ctx, key, b); err != nil {
-		c.log.Warn("cannot persist tag record", "key", key, "err", err)
+	if err := c.opt.Store.PutMeta(ctx, t.metaKey(), b); err != nil {
+		c.log.Warn("cannot persist tag record", "registry", t.registry, "repo", t.repo, "tag", t.tag, "err", err)
 	}
 }
 
 func (c *Cache) manifestByTag(ctx context.Context, up Upstream, registry, repo, tag string, mask AcceptMask) (*Manifest, error) {
-	key := tagMetaKey(registry, repo, tag, mask)
+	key := tagRef{registry, repo, tag, mask}
 	rec, have := c.loadTag(ctx, key)
 	if have && c.now().Sub(rec.Checked) < c.opt.TagTTL {
 		if sm, ok := c.loadManifest(ctx, rec.Digest); ok {
 			return &Manifest{Digest: rec.Digest, MediaType: sm.mediaType, Data: sm.data, Result: Hit}, nil
 		}
 	}
-	v, err, shared := c.flow.Do("t:"+key, func() (any, error) {
+	v, err, shared := c.flow.Do("t:"+key.metaKey(), func() (any, error) {
 		fctx, cancel := c.detach(ctx, c.opt.FetchTimeout)
 		defer cancel()
 		return c.revalidate(fctx, up, registry, repo, tag, mask, key)
@@ -295,7 +312,7 @@ func staleReason(cause error) string {
 // revalidate asks the upstream which digest a tag names now, with a HEAD,
 // and GETs the manifest only if that digest is not stored yet. Any failure
 // other than "not found" falls back to the cached answer.
-func (c *Cache) revalidate(ctx context.Context, up Upstream, registry, repo, tag string, mask AcceptMask, key string) (*Manifest, error) {
+func (c *Cache) revalidate(ctx context.Context, up Upstream, registry, repo, tag string, mask AcceptMask, key tagRef) (*Manifest, error) {
 	rec, have := c.loadTag(ctx, key)
 	var old storedManifest
 	if have {
@@ -322,8 +339,8 @@ func (c *Cache) revalidate(ctx context.Context, up Upstream, registry, repo, tag
 		if upstream.IsNotFound(err) {
 			// The upstream's "no such tag" is authoritative; a deleted tag
 			// must stop resolving here too.
-			c.tags.Remove(key)
-			_ = c.opt.Store.DeleteMeta(ctx, key)
+			c.tags.Remove(key.index())
+			_ = c.opt.Store.DeleteMeta(ctx, key.metaKey())
 			return nil, err
 		}
 		if !have {
@@ -385,7 +402,7 @@ var errReserve = errors.New("origin pull budget is at or below the configured re
 // origin could not answer. The answer is stored with a zero check time, so
 // the next request asks the origin again, and it is marked: a mirror's tag
 // can lag the origin's.
-func (c *Cache) tagAtMirror(ctx context.Context, up Upstream, registry, repo, tag string, mask AcceptMask, key string, originErr error) (*Manifest, error) {
+func (c *Cache) tagAtMirror(ctx context.Context, up Upstream, registry, repo, tag string, mask AcceptMask, key tagRef, originErr error) (*Manifest, error) {
 	if !c.opt.TagFallback || upstream.IsNotFound(originErr) {
 		return nil, originErr
 	}
