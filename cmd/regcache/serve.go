@@ -101,5 +101,12 @@ func serve(ctx context.Context, cfg *config.Config, logw interface{ Write([]byte
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	// Downloads clients were served from are committed before exit; one
+	// that cannot finish in time is simply fetched again after a restart.
+	dctx, dcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer dcancel()
+	if err := a.Cache.Drain(dctx); err != nil {
+		log.Warn("exiting with downloads in flight", "err", err)
+	}
 	return nil
 }

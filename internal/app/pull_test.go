@@ -539,6 +539,9 @@ func TestStartsOfflineAndServesCache(t *testing.T) {
 	if _, err := s.pull("library/alpine", "3.19"); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.app.Cache.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	// A port nothing listens on.
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := ln.Addr().String()
@@ -594,6 +597,10 @@ func TestStoreSizeBound(t *testing.T) {
 	}
 	for _, img := range imgs {
 		if _, err := s.pull("library/gc", img.Tag); err != nil {
+			t.Fatal(err)
+		}
+		// Clients get verified bytes before the blob is made durable.
+		if err := s.app.Cache.Drain(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -94,6 +94,24 @@ func (c *Cache) Blob(ctx context.Context, registry, repo string, d digest.Digest
 	return &Blob{Digest: d, Size: f.size, Stream: &StreamReader{f: f, ctx: ctx}, Result: Miss, Source: f.source}, nil
 }
 
+// Drain waits until no blob download is in flight, so every blob a client
+// was served is committed: for a clean shutdown, and for tests.
+func (c *Cache) Drain(ctx context.Context) error {
+	for {
+		c.blobMu.Lock()
+		n := len(c.blobs)
+		c.blobMu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%d blob downloads still in flight: %w", n, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 // StatBlob answers a blob HEAD without downloading anything.
 func (c *Cache) StatBlob(ctx context.Context, registry, repo string, d digest.Digest) (int64, Result, error) {
 	up, err := c.upstream(registry)
@@ -280,7 +298,10 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 			return
 		}
 	}
-	if err := w.Commit(ctx); err != nil {
+	// Verify first and release the held-back bytes to the clients; making
+	// the blob durable (fsync, rename) is the cache's business and need not
+	// delay them. Nothing is visible in the store before Commit returns.
+	if err := w.Verify(ctx); err != nil {
 		if errors.Is(err, store.ErrDigestMismatch) {
 			c.m.DigestMismatches.WithLabelValues(registry, f.source).Inc()
 			err = &upstream.Error{Registry: registry, Op: "GET blob", Repository: repo, Reference: f.d.String(),
@@ -290,10 +311,16 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 		f.progress(0, true, err)
 		return
 	}
+	// The upstream served these verified bytes for this repository: that
+	// is the link, whether or not the blob is stored.
 	c.link(ctx, registry, repo, f.d)
+	f.progress(0, true, nil)
+	if err := w.Commit(ctx); err != nil {
+		c.log.Warn("verified blob could not be stored", "registry", registry, "repo", repo, "digest", f.d, "err", err)
+		return
+	}
 	c.log.Info("blob cached", "registry", registry, "repo", repo, "digest", f.d, "bytes", total, "source", f.source,
 		"seconds", time.Since(start).Seconds())
-	f.progress(0, true, nil)
 }
 
 // StreamReader reads a blob from a download in flight, waiting for bytes as

@@ -161,6 +161,7 @@ type fsWriter struct {
 
 	written   atomic.Int64
 	mu        sync.Mutex // serialises Write/Commit/Close
+	verified  bool
 	committed bool
 	closed    bool
 }
@@ -168,8 +169,8 @@ type fsWriter struct {
 func (w *fsWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed || w.committed {
-		return 0, errors.New("store: write after commit or close")
+	if w.closed || w.committed || w.verified {
+		return 0, errors.New("store: write after verify, commit or close")
 	}
 	n, err := w.f.Write(p)
 	w.hash.Write(p[:n])
@@ -183,16 +184,33 @@ func (w *fsWriter) ReadAt(p []byte, off int64) (int, error) { return w.f.ReadAt(
 
 func (w *fsWriter) Written() int64 { return w.written.Load() }
 
-func (w *fsWriter) Commit(_ context.Context) error {
+func (w *fsWriter) Verify(_ context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	return w.verifyLocked()
+}
+
+func (w *fsWriter) verifyLocked() error {
 	if w.closed || w.committed {
-		return errors.New("store: commit after commit or close")
+		return errors.New("store: verify after commit or close")
+	}
+	if w.verified {
+		return nil
 	}
 	got := digest.NewDigestFromBytes(w.want.Algorithm(), w.hash.Sum(nil))
 	n := w.written.Load()
 	if got != w.want || (w.size >= 0 && n != w.size) {
 		return fmt.Errorf("%w: want %s (%d bytes), got %s (%d bytes)", ErrDigestMismatch, w.want, w.size, got, n)
+	}
+	w.verified = true
+	return nil
+}
+
+func (w *fsWriter) Commit(_ context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.verifyLocked(); err != nil {
+		return err
 	}
 	if err := w.f.Sync(); err != nil {
 		return err

@@ -218,3 +218,34 @@ func TestCollectEvictsLeastRecentlyUsed(t *testing.T) {
 		t.Fatalf("a blob in use was evicted: %+v", st)
 	}
 }
+
+func TestFSVerifyBeforeCommit(t *testing.T) {
+	ctx := context.Background()
+	s, _ := OpenFS(t.TempDir())
+	data := []byte("verified early")
+	d := digest.FromBytes(data)
+	w, _ := s.Create(ctx, d, int64(len(data)))
+	defer w.Close()
+	w.Write(data)
+	if err := w.Verify(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Stat(ctx, d); !errors.Is(err, ErrNotFound) {
+		t.Fatal("verified content is visible before Commit")
+	}
+	if _, err := w.Write([]byte("x")); err == nil {
+		t.Fatal("write after verify accepted")
+	}
+	if err := w.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Stat(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	bad, _ := s.Create(ctx, d, int64(len(data)))
+	defer bad.Close()
+	bad.Write([]byte("tampered bytes"))
+	if err := bad.Verify(ctx); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("Verify = %v", err)
+	}
+}

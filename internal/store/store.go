@@ -61,8 +61,12 @@ type Writer interface {
 	io.ReaderAt
 	// Written is the number of bytes written so far.
 	Written() int64
-	// Commit makes the content durable, verifies it against the digest and
-	// size, and publishes it. On mismatch it returns ErrDigestMismatch and
+	// Verify checks what was written against the digest and size, without
+	// publishing it; ErrDigestMismatch on a mismatch. It lets a caller hand
+	// verified bytes to waiting clients before the slower Commit.
+	Verify(ctx context.Context) error
+	// Commit verifies the content (unless Verify already did), makes it
+	// durable and publishes it. On mismatch it returns ErrDigestMismatch and
 	// the content is dropped.
 	Commit(ctx context.Context) error
 	// Close releases the writer. Without a successful Commit the written
