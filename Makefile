@@ -28,7 +28,7 @@ e2e:
 	@set -o pipefail; $(GO) test -count=1 -timeout 30m -v ./test/e2e/ 2>&1 | tee e2e.log | grep -E '^\s*(--- |PASS|FAIL|ok|panic)' \
 	  || { echo "e2e failed; last lines of e2e.log:"; tail -n 200 e2e.log; exit 1; }
 
-bench:
+bench: deps
 	$(GO) run ./bench
 
 # Installs what the tests need on Debian (as root): real clients and servers.
