@@ -29,6 +29,9 @@ func (e *env) report(took time.Duration, args string) string {
 	fmt.Fprintf(&b, "## Results\n\n`go run ./bench %s` — %s, %d repetition(s) per figure (median shown), load runs of %s.\n\n",
 		args, time.Now().UTC().Format("2006-01-02 15:04 UTC"), e.reps, e.loadDur)
 	fmt.Fprintf(&b, "```\n%s```\n\n", machine())
+	if len(e.results) == 0 {
+		goto extra
+	}
 	fmt.Fprintf(&b, "| # | case | server | median | unit | server CPU s | server CPU per unit | peak RSS MiB | tool / note |\n")
 	fmt.Fprintf(&b, "|---|---|---|---:|---|---:|---:|---:|---|\n")
 	for _, r := range e.results {
@@ -57,6 +60,7 @@ func (e *env) report(took time.Duration, args string) string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", t.name, t.value, t.ref, t.ratio, t.limit, res)
 	}
+extra:
 	for _, x := range e.extra {
 		b.WriteString("\n" + x)
 	}
