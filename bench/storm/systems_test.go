@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -95,7 +94,7 @@ func (c *countingBody) Read(p []byte) (int, error) {
 
 type distribution struct {
 	URL string
-	out *tailBuffer
+	out *testhub.TailBuffer
 }
 
 // startDistribution runs the registry binary testhub would use (Distribution
@@ -114,7 +113,7 @@ func startDistribution(t testing.TB, remote string) *distribution {
 	dir := t.TempDir()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		host, err := freeAddr()
+		host, err := testhub.FreeAddr("127.0.0.1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -143,7 +142,7 @@ proxy:
 		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		out := &tailBuffer{max: 256 << 10}
+		out := testhub.NewTailBuffer(256 << 10)
 		cmd := exec.Command(bin, "serve", path)
 		cmd.Stdout, cmd.Stderr = out, out
 		cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none", "OTEL_METRICS_EXPORTER=none", "OTEL_LOGS_EXPORTER=none")
@@ -166,15 +165,6 @@ proxy:
 	}
 	t.Fatalf("starting distribution proxy: %v", lastErr)
 	return nil
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	addr := l.Addr().String()
-	return addr, l.Close()
 }
 
 func waitReady(u string, exited <-chan error) error {
@@ -339,26 +329,4 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-type tailBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-	max int
-}
-
-func (b *tailBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf.Write(p)
-	if over := b.buf.Len() - b.max; over > 0 {
-		b.buf.Next(over)
-	}
-	return len(p), nil
-}
-
-func (b *tailBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -108,7 +108,7 @@ func StartRegistry(t testing.TB) *Registry {
 }
 
 func startRegistryOnce(t testing.TB, bin, dir, data string) (*Registry, error) {
-	host, err := freeAddr("127.0.0.1")
+	host, err := FreeAddr("127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
@@ -136,7 +136,7 @@ http:
 		return nil, err
 	}
 
-	out := &tailBuffer{max: 64 << 10}
+	out := NewTailBuffer(64 << 10)
 	cmd := exec.Command(bin, "serve", cfgPath)
 	cmd.Stdout = out
 	cmd.Stderr = out
@@ -193,8 +193,8 @@ func waitReady(ctx context.Context, url string, exited <-chan error) error {
 	}
 }
 
-// freeAddr returns ip:port with a port the kernel just considered free.
-func freeAddr(ip string) (string, error) {
+// FreeAddr returns ip:port with a port the kernel just considered free.
+func FreeAddr(ip string) (string, error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		return "", err
@@ -203,15 +203,18 @@ func freeAddr(ip string) (string, error) {
 	return addr, l.Close()
 }
 
-// tailBuffer keeps the last max bytes written to it; registry output is only
-// interesting when something went wrong, and then only its end.
-type tailBuffer struct {
+// TailBuffer keeps the last max bytes written to it; a server's output is
+// only interesting when something went wrong, and then only its end.
+type TailBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 	max int
 }
 
-func (b *tailBuffer) Write(p []byte) (int, error) {
+// NewTailBuffer returns a TailBuffer that keeps max bytes.
+func NewTailBuffer(max int) *TailBuffer { return &TailBuffer{max: max} }
+
+func (b *TailBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.buf.Write(p)
@@ -221,7 +224,7 @@ func (b *tailBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (b *tailBuffer) String() string {
+func (b *TailBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
