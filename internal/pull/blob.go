@@ -275,7 +275,7 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 	fetched := c.m.UpstreamBytes.WithLabelValues(registry, f.source, "blob")
 	readyOnce()
 
-	buf := make([]byte, 256<<10)
+	buf := make([]byte, 1<<20)
 	var total int64
 	for {
 		n, rerr := blob.Body.Read(buf)

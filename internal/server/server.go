@@ -283,7 +283,11 @@ func (s *Server) streamBlob(w http.ResponseWriter, r *http.Request, rt Route, b 
 	if length >= 0 {
 		src = io.LimitReader(b.Stream, length)
 	}
-	n, err := io.Copy(w, src)
+	// Large copies: the download lands in 1 MiB steps, and 32 KiB preads
+	// and writes (io.Copy's default) cost a cold pull measurable time.
+	bufp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bufp)
+	n, err := io.CopyBuffer(struct{ io.Writer }{w}, src, *bufp)
 	s.count(rt, b.Result, n)
 	if err == nil && length >= 0 && n < length {
 		err = io.ErrUnexpectedEOF
