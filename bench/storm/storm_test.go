@@ -117,7 +117,7 @@ func TestStorm(t *testing.T) {
 		r.origin, r.tapMBytes, r.tapBBytes = hub.Counts(), tap.manifestBytes.Load(), tap.blobBytes.Load()
 		results = append(results, r)
 		if r.failures > 0 {
-			t.Logf("distribution log (tail):\n%s", tail(d.out.String(), 3000))
+			t.Logf("distribution log (tail):\n%s", tail(d.Output(), 3000))
 		}
 	}
 

@@ -2,10 +2,6 @@ package storm
 
 import (
 	"bufio"
-	"bytes"
-	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,16 +9,12 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/regcache/regcache/internal/app"
 	"github.com/regcache/regcache/internal/config"
@@ -92,16 +84,11 @@ func (c *countingBody) Read(p []byte) (int, error) {
 
 // ---- CNCF Distribution v3 in proxy mode ----
 
-type distribution struct {
-	URL string
-	out *testhub.TailBuffer
-}
-
 // startDistribution runs the registry binary testhub would use (Distribution
 // v3.1.2 from `go install`) as a pull-through cache of remote, anonymous
 // (no proxy username/password: it fetches anonymous tokens from the realm
 // the origin challenges with).
-func startDistribution(t testing.TB, remote string) *distribution {
+func startDistribution(t testing.TB, remote string) *testhub.Registry {
 	t.Helper()
 	bin, err := testhub.FindRegistryBinary()
 	if err != nil {
@@ -110,83 +97,7 @@ func startDistribution(t testing.TB, remote string) *distribution {
 	if out, err := exec.Command(bin, "--version").CombinedOutput(); err != nil || !strings.Contains(string(out), "v3.") {
 		t.Fatalf("%s is not Distribution v3 (%v): %s; install it with `go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2`", bin, err, out)
 	}
-	dir := t.TempDir()
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		host, err := testhub.FreeAddr("127.0.0.1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		secret := make([]byte, 16)
-		_, _ = rand.Read(secret)
-		cfg := fmt.Sprintf(`version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %q
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: %q
-  secret: %q
-proxy:
-  remoteurl: %q
-`, filepath.Join(dir, "data"), host, hex.EncodeToString(secret), remote)
-		path := filepath.Join(dir, "config.yml")
-		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		out := testhub.NewTailBuffer(256 << 10)
-		cmd := exec.Command(bin, "serve", path)
-		cmd.Stdout, cmd.Stderr = out, out
-		cmd.Env = append(os.Environ(), "OTEL_TRACES_EXPORTER=none", "OTEL_METRICS_EXPORTER=none", "OTEL_LOGS_EXPORTER=none")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		if err := waitReady("http://"+host+"/v2/", exited); err != nil {
-			_ = cmd.Process.Kill()
-			<-exited
-			lastErr = fmt.Errorf("%w; output:\n%s", err, out.String())
-			continue
-		}
-		t.Cleanup(func() {
-			_ = cmd.Process.Kill()
-			<-exited
-		})
-		return &distribution{URL: "http://" + host, out: out}
-	}
-	t.Fatalf("starting distribution proxy: %v", lastErr)
-	return nil
-}
-
-func waitReady(u string, exited <-chan error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c := &http.Client{Timeout: time.Second}
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-		if resp, err := c.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
-				return nil
-			}
-		}
-		select {
-		case err := <-exited:
-			return fmt.Errorf("exited before answering: %v", err)
-		case <-ctx.Done():
-			return fmt.Errorf("no answer from %s: %w", u, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	return testhub.StartProxy(t, remote)
 }
 
 // ---- regcache ----
@@ -216,7 +127,7 @@ const regcacheReserve = 1
 type regcache struct {
 	URL  string
 	app  *app.App
-	logs *syncBuffer
+	logs *testhub.TailBuffer
 }
 
 func startRegcache(t testing.TB, origin, mirror string) *regcache {
@@ -226,7 +137,7 @@ func startRegcache(t testing.TB, origin, mirror string) *regcache {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := testhub.NewTailBuffer(0)
 	a, err := app.New(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err != nil {
 		t.Fatal(err)
@@ -313,20 +224,3 @@ func (p promSamples) lines(metrics ...string) []string {
 }
 
 // ---- small helpers ----
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}

@@ -1,7 +1,6 @@
 package app
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -12,7 +11,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -28,7 +26,7 @@ type stack struct {
 	hub     *testhub.Hub
 	app     *App
 	srv     *httptest.Server
-	logs    *syncBuffer
+	logs    *testhub.TailBuffer
 	secret  string
 }
 
@@ -42,7 +40,7 @@ type stackOptions struct {
 func newStack(t *testing.T, opt stackOptions) *stack {
 	t.Helper()
 	backend := testhub.StartRegistry(t)
-	s := &stack{t: t, backend: backend, logs: &syncBuffer{}}
+	s := &stack{t: t, backend: backend, logs: testhub.NewTailBuffer(0)}
 	if opt.user != "" {
 		s.secret = "pw-" + randomHex(t)
 		if opt.hub.Users == nil {
@@ -190,23 +188,6 @@ func ociError(t *testing.T, body []byte) (code, message string) {
 		t.Fatalf("not OCI error JSON: %q", body)
 	}
 	return e.Errors[0].Code, e.Errors[0].Message
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func randomHex(t *testing.T) string {

@@ -30,7 +30,7 @@ type mirrorOptions struct {
 func newMirrorStack(t *testing.T, opt mirrorOptions) *mirrorStack {
 	t.Helper()
 	backend := testhub.StartRegistry(t)
-	s := &stack{t: t, backend: backend, logs: &syncBuffer{}}
+	s := &stack{t: t, backend: backend, logs: testhub.NewTailBuffer(0)}
 	s.hub = testhub.NewHub(t, backend, opt.origin)
 	mirror := testhub.NewHub(t, backend, testhub.Options{RepoPrefix: "docker/", Service: "public.ecr.aws", Scope: "aws"})
 	if opt.tagTTL == "" {

@@ -30,7 +30,12 @@ type Registry struct {
 	Binary string
 	// Dir is the filesystem storage root; tests may inspect it.
 	Dir string
+
+	out *TailBuffer
 }
+
+// Output returns the end of the registry process's log.
+func (r *Registry) Output() string { return r.out.String() }
 
 // FindRegistryBinary returns the registry executable StartRegistry would use,
 // in its order of preference, or an error that says what to install.
@@ -90,14 +95,30 @@ func StartRegistry(t testing.TB) *Registry {
 	if err != nil {
 		t.Fatalf("testhub: %v", err)
 	}
+	return startRegistry(t, bin, "")
+}
+
+// StartProxy starts the same registry binary as a pull-through cache of
+// remote (Distribution's proxy mode, anonymous): the peer regcache is
+// compared with.
+func StartProxy(t testing.TB, remote string) *Registry {
+	t.Helper()
+	bin, err := FindRegistryBinary()
+	if err != nil {
+		t.Fatalf("testhub: %v", err)
+	}
+	return startRegistry(t, bin, fmt.Sprintf("proxy:\n  remoteurl: %q\n", remote))
+}
+
+func startRegistry(t testing.TB, bin, extra string) *Registry {
+	t.Helper()
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
-
 	// Picking a free port and handing it to another process is racy, so a
 	// registry that dies before answering is retried on a fresh port.
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		r, err := startRegistryOnce(t, bin, dir, data)
+		r, err := startRegistryOnce(t, bin, dir, data, extra)
 		if err == nil {
 			return r
 		}
@@ -107,7 +128,7 @@ func StartRegistry(t testing.TB) *Registry {
 	return nil
 }
 
-func startRegistryOnce(t testing.TB, bin, dir, data string) (*Registry, error) {
+func startRegistryOnce(t testing.TB, bin, dir, data, extra string) (*Registry, error) {
 	host, err := FreeAddr("127.0.0.1")
 	if err != nil {
 		return nil, err
@@ -130,7 +151,7 @@ storage:
 http:
   addr: %q
   secret: %q
-`, data, host, hex.EncodeToString(secret))
+`, data, host, hex.EncodeToString(secret)) + extra
 	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
@@ -167,7 +188,7 @@ http:
 			t.Logf("testhub: registry %s output:\n%s", host, out.String())
 		}
 	})
-	return &Registry{URL: url, Host: host, Binary: bin, Dir: data}, nil
+	return &Registry{URL: url, Host: host, Binary: bin, Dir: data, out: out}, nil
 }
 
 func waitReady(ctx context.Context, url string, exited <-chan error) error {
@@ -203,8 +224,9 @@ func FreeAddr(ip string) (string, error) {
 	return addr, l.Close()
 }
 
-// TailBuffer keeps the last max bytes written to it; a server's output is
-// only interesting when something went wrong, and then only its end.
+// TailBuffer keeps the last max bytes written to it (everything when max is
+// 0); a server's output is only interesting when something went wrong, and
+// then only its end. It is safe for concurrent use.
 type TailBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
@@ -218,7 +240,7 @@ func (b *TailBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.buf.Write(p)
-	if over := b.buf.Len() - b.max; over > 0 {
+	if over := b.buf.Len() - b.max; b.max > 0 && over > 0 {
 		b.buf.Next(over)
 	}
 	return len(p), nil
