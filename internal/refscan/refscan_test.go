@@ -11,27 +11,15 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	gold "github.com/regcache/regcache/internal/golden"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
 // golden compares got with testdata/<name>, or rewrites it with -update.
 func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update)", err)
-	}
-	if string(got) != string(want) {
-		t.Errorf("%s differs from golden file; rerun with -update and review the diff.\ngot:\n%s", name, got)
-	}
+	gold.Check(t, filepath.Join("testdata", name), got, *update)
 }
 
 // scanCorpus scans testdata/corpus with paths relative to it.

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	gold "github.com/regcache/regcache/internal/golden"
+
 	"github.com/regcache/regcache/internal/refscan"
 )
 
@@ -18,22 +20,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 // golden compares got with pkgDir/testdata/name (tests change directory,
 // so the package directory is passed in).
 func golden(t *testing.T, pkgDir, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join(pkgDir, "testdata", name)
-	if *update {
-		os.MkdirAll(filepath.Dir(path), 0o755)
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update)", err)
-	}
-	if string(got) != string(want) {
-		t.Errorf("%s differs from golden file; rerun with -update and review.\ngot:\n%s", name, got)
-	}
+	gold.Check(t, filepath.Join(pkgDir, "testdata", name), got, *update)
 }
 
 func TestMap(t *testing.T) {
