@@ -47,38 +47,24 @@ func (c *Cache) Blob(ctx context.Context, registry, repo string, d digest.Digest
 		return nil, err
 	}
 	if content, err := c.opt.Store.Open(ctx, d); err == nil {
-		if c.linked(ctx, registry, repo, d) {
-			return &Blob{Digest: d, Size: content.Size(), Content: content, Result: Hit}, nil
-		}
-		if err := c.confirmBlob(ctx, up, registry, repo, d); err != nil {
-			content.Close()
-			return nil, err
-		}
-		return &Blob{Digest: d, Size: content.Size(), Content: content, Result: Revalidated}, nil
+		return c.storedBlob(ctx, up, registry, repo, d, content)
 	}
 	f, joined := c.startFetch(up, registry, repo, d)
 	if f == nil {
 		// Committed between our Open and startFetch.
-		if !c.linked(ctx, registry, repo, d) {
-			if err := c.confirmBlob(ctx, up, registry, repo, d); err != nil {
-				return nil, err
-			}
-		}
 		content, err := c.opt.Store.Open(ctx, d)
 		if err != nil {
 			return nil, err
 		}
-		return &Blob{Digest: d, Size: content.Size(), Content: content, Result: Hit}, nil
+		return c.storedBlob(ctx, up, registry, repo, d, content)
 	}
 	if joined {
 		c.m.SharedFetches.WithLabelValues(registry, "blob").Inc()
 		// Someone else's download proves the content exists upstream, but
 		// not that it belongs to this repository.
-		if !c.linked(ctx, registry, repo, d) {
-			if err := c.confirmBlob(ctx, up, registry, repo, d); err != nil {
-				f.release()
-				return nil, err
-			}
+		if _, err := c.ensureLinked(ctx, up, registry, repo, d); err != nil {
+			f.release()
+			return nil, err
 		}
 	}
 	select {
@@ -131,6 +117,28 @@ func (c *Cache) StatBlob(ctx context.Context, registry, repo string, d digest.Di
 		c.link(ctx, registry, repo, d)
 	}
 	return desc.Size, Revalidated, nil
+}
+
+// storedBlob serves committed content once it is known to belong to repo.
+func (c *Cache) storedBlob(ctx context.Context, up Upstream, registry, repo string, d digest.Digest, content store.Content) (*Blob, error) {
+	res, err := c.ensureLinked(ctx, up, registry, repo, d)
+	if err != nil {
+		content.Close()
+		return nil, err
+	}
+	return &Blob{Digest: d, Size: content.Size(), Content: content, Result: res}, nil
+}
+
+// ensureLinked confirms upstream, once per repository, that blob d belongs
+// to repo: Hit when already known, Revalidated after a HEAD.
+func (c *Cache) ensureLinked(ctx context.Context, up Upstream, registry, repo string, d digest.Digest) (Result, error) {
+	if c.linked(ctx, registry, repo, d) {
+		return Hit, nil
+	}
+	if err := c.confirmBlob(ctx, up, registry, repo, d); err != nil {
+		return "", err
+	}
+	return Revalidated, nil
 }
 
 func (c *Cache) confirmBlob(ctx context.Context, up Upstream, registry, repo string, d digest.Digest) error {
