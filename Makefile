@@ -26,7 +26,10 @@ unit:
 
 e2e:
 	@set -o pipefail; $(GO) test -count=1 -timeout 30m -v ./test/e2e/ 2>&1 | tee e2e.log | grep -E '^\s*(--- |PASS|FAIL|ok|panic)' \
-	  || { echo "e2e failed; last lines of e2e.log:"; tail -n 200 e2e.log; exit 1; }
+	  || { echo "e2e failed; last lines of e2e.log:"; tail -n 150 e2e.log; \
+	       echo "==== e2e failures (from e2e.log, without the log dumps) ===="; \
+	       grep -E -- '--- FAIL|^panic:|^\s+[a-z0-9_]+_test\.go:[0-9]+: ' e2e.log \
+	         | grep -vE ' ==== |secret scan:|logs kept in' | tail -n 80; exit 1; }
 
 bench: deps
 	$(GO) run ./bench

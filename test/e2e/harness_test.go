@@ -43,6 +43,17 @@ func newWorld(t *testing.T) *world {
 	if err := os.MkdirAll(w.logs, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// An empty docker config: podman and skopeo fail if DOCKER_CONFIG's
+	// config.json is missing, and skopeo also fails on a truncated one. It
+	// is written once, here, before any client runs: rewriting it from
+	// baseEnv, which parallel clients call while others are reading it,
+	// made skopeo see an empty file now and then.
+	if err := os.MkdirAll(filepath.Join(dir, "home", ".docker"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "home", ".docker", "config.json"), []byte("{}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		w.checkSecrets()
 		if t.Failed() {
@@ -313,15 +324,9 @@ func (w *world) mustRun(t *testing.T, timeout time.Duration, env []string, argv 
 // baseEnv is a minimal, predictable environment for child processes: the
 // host's docker/containers/regctl configs must not influence the tests.
 func (w *world) baseEnv(extra ...string) []string {
-	home := w.mkdir("home")
-	// An empty docker config: podman and skopeo stat DOCKER_CONFIG's
-	// config.json and fail if it is missing.
-	if err := os.WriteFile(filepath.Join(w.mkdir("home", ".docker"), "config.json"), []byte("{}\n"), 0o600); err != nil {
-		w.t.Errorf("docker config: %v", err)
-	}
 	env := []string{
 		"PATH=" + os.Getenv("PATH") + ":/root/go/bin",
-		"HOME=" + home,
+		"HOME=" + w.mkdir("home"),
 		"TMPDIR=" + w.mkdir("tmp"),
 		"XDG_RUNTIME_DIR=" + w.mkdir("xdg-runtime"),
 		"XDG_CONFIG_HOME=" + w.mkdir("home", ".config"),

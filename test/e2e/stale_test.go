@@ -37,12 +37,20 @@ func TestClientsPullFromCacheWhenHubFails(t *testing.T) {
 			// their own whose logs are scanned too.
 			cw := newWorld(t)
 			cw.addSecret(rc.cfg.user, rc.cfg.password)
+			// A restart forgets the previous subtest's Retry-After pause
+			// and open breakers (they live in memory), so this fault is
+			// met by real requests; the cache on disk is all that stays.
+			rc.restart(t)
 			hub.SetFault(tc.fault)
 			before := hub.Counts()
 			// Cleanups run after the parallel client subtests finish.
 			t.Cleanup(func() {
 				hub.SetFault(testhub.FaultNone)
-				t.Logf("during %s the hub refused %d requests", tc.name, hub.Counts().Faults-before.Faults)
+				refused := hub.Counts().Faults - before.Faults
+				t.Logf("during %s the hub refused %d requests", tc.name, refused)
+				if refused == 0 {
+					t.Errorf("regcache never asked the hub during %s; the fault was not exercised", tc.name)
+				}
 			})
 			pullWithEveryClient(t, cw, rc.host(), true, images)
 		})
