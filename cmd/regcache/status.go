@@ -73,6 +73,9 @@ and the origin's circuit breaker. The figures come from the server's
 					if s.OpenUntil != nil && s.State == "open" {
 						state += " until " + s.OpenUntil.Format(time.RFC3339)
 					}
+					if s.BadDigests > 0 {
+						state += fmt.Sprintf(" (%d bad digests skipped)", s.BadDigests)
+					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", r.Name, s.Name, s.URL, state, s.Failures)
 				}
 			}

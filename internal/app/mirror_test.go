@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -174,6 +175,37 @@ func TestWrongDigestMirrorSkipped(t *testing.T) {
 	}
 	if d, err := s.pull("library/redis", "7"); err != nil || d != img.Digest {
 		t.Fatalf("pull: %v", err)
+	}
+}
+
+// A mirror that streamed wrong bytes for a layer is not asked for that layer
+// again: the client's retry is served by the origin, though one failure is
+// far from opening the mirror's breaker, and the bad bytes are never cached.
+func TestCorruptMirrorBlobRetryGoesToOrigin(t *testing.T) {
+	s := newMirrorStack(t, mirrorOptions{})
+	img := s.backend.PushImage(t, "library/redis", "7", testhub.ImageOptions{LayerSize: 1 << 20})
+	layer := img.Layers[0]
+	s.mirror.SetFaultFor(testhub.FaultCorrupt, testhub.ScopeBlobs)
+	if err := s.fetchBlob("library/redis", layer); err == nil {
+		t.Fatal("the first pull of a corrupted layer succeeded")
+	}
+	for i := range 3 {
+		if err := s.fetchBlob("library/redis", layer); err != nil {
+			t.Fatalf("retry %d: %v", i, err)
+		}
+	}
+	if n := s.mirror.Counts().BlobGETs[layer]; n != 1 {
+		t.Errorf("the mirror was asked %d times for a layer it had corrupted, want 1", n)
+	}
+	if n := s.hub.Counts().BlobGETs[layer]; n != 1 {
+		t.Errorf("the origin served the layer %d times, want 1 (then the cache)", n)
+	}
+	var bad int
+	for _, src := range s.app.status(time.Now()).Registries[0].Sources {
+		bad += src.BadDigests
+	}
+	if bad != 1 {
+		t.Errorf("status reports %d bad digests, want 1", bad)
 	}
 }
 

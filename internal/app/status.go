@@ -32,6 +32,9 @@ type SourceStatus struct {
 	State     string     `json:"state"`
 	Failures  int        `json:"consecutive_failures"`
 	OpenUntil *time.Time `json:"open_until,omitempty"`
+	// BadDigests counts digests a mirror served wrong bytes for, which it
+	// is not asked for again for an hour.
+	BadDigests int `json:"bad_digests,omitempty"`
 }
 
 // status collects the figures; it makes no upstream request, so the page is
@@ -46,7 +49,7 @@ func (a *App) status(now time.Time) Status {
 		}
 		rs := RegistryStatus{Name: name, Budget: ratelimit.FromBudget(name, identity, u.Budget(), now), BelowReserve: u.BelowReserve()}
 		for _, s := range u.Sources() {
-			ss := SourceStatus{Name: s.Name, URL: s.URL, State: string(s.State), Failures: s.Failures}
+			ss := SourceStatus{Name: s.Name, URL: s.URL, State: string(s.State), Failures: s.Failures, BadDigests: s.BadDigests}
 			if !s.OpenUntil.IsZero() {
 				t := s.OpenUntil
 				ss.OpenUntil = &t

@@ -68,6 +68,7 @@ func newMirror(regName string, mc MirrorConfig, wire http.RoundTripper, logger *
 		log:      logger,
 		breaker:  newBreaker(now),
 		mirror:   true,
+		bad:      newBadContent(now),
 		prefix:   prefix,
 		patterns: append([]string(nil), mc.Repositories...),
 	}, nil
@@ -201,16 +202,32 @@ func (r *Registry) fromMirrors(ctx context.Context, eb Error, fetch func(e *endp
 	repo := eb.Repository
 	last := error(&Error{Registry: eb.Registry, Op: eb.Op, Repository: repo, Reference: eb.Reference,
 		Message: "no mirror carries this repository", notSent: true})
+	d, byDigest := digest.Digest(eb.Reference), false
+	if strings.Contains(eb.Reference, ":") {
+		byDigest = d.Validate() == nil
+	}
 	for _, m := range r.mirrorsFor(repo) {
 		meb := eb
 		meb.Registry = m.registry
 		meb.Repository = m.repoPath(repo)
+		if byDigest && m.bad.has(d) {
+			r.log.DebugContext(ctx, "mirror skipped: it served wrong bytes for this digest within the hour",
+				"mirror", m.source, "op", eb.Op, "repository", repo, "digest", d)
+			ne := meb
+			ne.Message = "this mirror served content with a different digest within the last hour; not asked"
+			ne.notSent = true
+			last = &ne
+			continue
+		}
 		err := m.run(ctx, meb, func(t *ticket) error { return fetch(m, meb, t) })
 		if err == nil {
 			return nil
 		}
 		if ctx.Err() != nil {
 			return err
+		}
+		if byDigest && isDigestInvalid(err) {
+			m.bad.add(d)
 		}
 		level := slog.LevelWarn
 		if IsNotFound(err) || isNotSent(err) {
@@ -241,6 +258,14 @@ func (r *Registry) GetMirroredManifest(ctx context.Context, repo string, d diges
 func isNotSent(err error) bool {
 	var e *Error
 	return errors.As(err, &e) && e.notSent
+}
+
+// isDigestInvalid reports whether err is regcache's own verdict that the
+// bytes a source sent do not match the digest asked for (StatusCode 0: not
+// an error the source itself answered with).
+func isDigestInvalid(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == CodeDigestInvalid && e.StatusCode == 0
 }
 
 // ResolveTagAtMirror fetches repo:tag from the first mirror that carries
@@ -325,6 +350,9 @@ type SourceStatus struct {
 	State     BreakerState // closed, open or half-open
 	Failures  int          // consecutive failures
 	OpenUntil time.Time    // when an open breaker lets a probe through
+	// BadDigests counts the digests this mirror served wrong bytes for
+	// and is not asked for again yet (within the hour).
+	BadDigests int
 }
 
 // Sources reports the mirrors, in order, then the origin.
@@ -332,7 +360,11 @@ func (r *Registry) Sources() []SourceStatus {
 	var out []SourceStatus
 	for _, e := range append(append([]*endpoint(nil), r.mirrors...), r.origin) {
 		st, failures, until := e.breaker.state()
-		out = append(out, SourceStatus{Name: e.source, URL: e.base.String(), State: st, Failures: failures, OpenUntil: until})
+		ss := SourceStatus{Name: e.source, URL: e.base.String(), State: st, Failures: failures, OpenUntil: until}
+		if e.bad != nil {
+			ss.BadDigests = e.bad.size()
+		}
+		out = append(out, ss)
 	}
 	return out
 }
@@ -348,14 +380,15 @@ type verifyingReader struct {
 	h    hash.Hash
 	eb   Error
 	t    *ticket
+	bad  *badContent
 }
 
-func newVerifyingReader(ctx context.Context, rc io.ReadCloser, want digest.Digest, eb Error, t *ticket) io.ReadCloser {
+func newVerifyingReader(ctx context.Context, rc io.ReadCloser, want digest.Digest, eb Error, t *ticket, bad *badContent) io.ReadCloser {
 	if !want.Algorithm().Available() {
 		return rc
 	}
 	t.deferred = true
-	return &verifyingReader{ctx: ctx, rc: rc, want: want, h: want.Algorithm().Hash(), eb: eb, t: t}
+	return &verifyingReader{ctx: ctx, rc: rc, want: want, h: want.Algorithm().Hash(), eb: eb, t: t, bad: bad}
 }
 
 func (v *verifyingReader) Read(p []byte) (int, error) {
@@ -366,6 +399,9 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 	case errors.Is(err, io.EOF):
 		if got := digest.NewDigest(v.want.Algorithm(), v.h); got != v.want {
 			v.t.finish(outcomeFailure, 0)
+			if v.bad != nil {
+				v.bad.add(v.want)
+			}
 			return n, digestError(v.eb, fmt.Sprintf("blob hashes to %s", got))
 		}
 		v.t.finish(outcomeSuccess, 0)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -650,5 +651,112 @@ func TestMirrorConfigErrors(t *testing.T) {
 	}
 	if _, err := New(Config{Name: "docker.io", URL: "https://registry-1.docker.io", Reserve: -1}); err == nil {
 		t.Error("negative reserve accepted")
+	}
+}
+
+// TestMirrorBadDigestRemembered: once a mirror has served wrong bytes for a
+// digest, the next request for that digest skips it and goes to the next
+// source at once, though the mirror's breaker is still closed; an hour
+// later the mirror is asked again.
+func TestMirrorBadDigestRemembered(t *testing.T) {
+	good := []byte(testManifest)
+	md := digest.FromBytes(good)
+	layer := []byte("real layer")
+	bd := digest.FromBytes(layer)
+
+	liar := newFakeRegistry(t, "anon")
+	liar.mu.Lock()
+	liar.manifests["library/node@"+md.String()] = fakeManifest{mediaType: ocispec.MediaTypeImageManifest, data: []byte(`{"schemaVersion":2,"evil":true}`), header: md.String()}
+	liar.blobs[bd] = []byte("corrupted layer")
+	liar.mu.Unlock()
+	origin := newFakeRegistry(t, "anon")
+	origin.putManifest("library/node", "", ocispec.MediaTypeImageManifest, good)
+	origin.putBlob(layer)
+	clock := newFakeClock()
+	r := newRegistryT(t, Config{URL: origin.srv.URL, Mirrors: []MirrorConfig{{Name: "liar", URL: liar.srv.URL}}}, clock)
+	ctx := context.Background()
+
+	getBlob := func() ([]byte, string, error) {
+		b, err := r.GetBlob(ctx, "library/node", bd)
+		if err != nil {
+			return nil, "", err
+		}
+		defer b.Body.Close()
+		data, err := io.ReadAll(b.Body)
+		return data, b.Source, err
+	}
+	getManifest := func() ([]byte, string, error) {
+		m, err := r.GetManifest(ctx, "library/node", md.String(), nil)
+		return m.Data, m.Source, err
+	}
+	for _, tc := range []struct {
+		name    string
+		get     func() ([]byte, string, error)
+		want    []byte
+		liarKey string
+		// The first fetch of a blob is already streaming from the mirror
+		// when the mismatch shows; a manifest is checked before it is
+		// returned, so even the first fetch falls back to the origin.
+		firstFails bool
+	}{
+		{"manifest", getManifest, good, "GET /v2/library/node/manifests/" + md.String(), false},
+		{"blob", getBlob, layer, "GET /v2/library/node/blobs/" + bd.String(), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data, src, err := tc.get()
+			if tc.firstFails {
+				if !isDigestInvalid(err) {
+					t.Fatalf("first fetch: err %v, want DIGEST_INVALID", err)
+				}
+			} else if err != nil || src != SourceOrigin || !bytes.Equal(data, tc.want) {
+				t.Fatalf("first fetch: %q from %q, err %v; want the origin's bytes", data, src, err)
+			}
+			for i := range 3 {
+				data, src, err := tc.get()
+				if err != nil || src != SourceOrigin || !bytes.Equal(data, tc.want) {
+					t.Fatalf("retry %d: %q from %q, err %v; want the origin's bytes", i, data, src, err)
+				}
+			}
+			if n := liar.count(tc.liarKey); n != 1 {
+				t.Errorf("the mirror was asked %d times for a digest it had served wrong, want 1", n)
+			}
+		})
+	}
+	st := r.Sources()[0]
+	if st.BadDigests != 2 || st.State != BreakerClosed {
+		t.Errorf("mirror status %+v, want 2 bad digests and a closed breaker", st)
+	}
+
+	clock.Advance(badContentTTL)
+	if _, _, err := getManifest(); err != nil {
+		t.Fatal(err)
+	}
+	if n := liar.count("GET /v2/library/node/manifests/" + md.String()); n != 2 {
+		t.Errorf("after an hour the mirror was asked %d times in all, want 2", n)
+	}
+}
+
+func TestBadContentBounded(t *testing.T) {
+	clock := newFakeClock()
+	b := newBadContent(clock.Now)
+	first := digest.FromString("0")
+	b.add(first)
+	clock.Advance(time.Minute)
+	for i := 1; i < badContentMax+10; i++ {
+		b.add(digest.FromString(strconv.Itoa(i)))
+	}
+	if n := b.size(); n != badContentMax {
+		t.Errorf("size %d, want the bound %d", n, badContentMax)
+	}
+	if b.has(first) {
+		t.Error("the oldest digest was kept when the memory was full")
+	}
+	last := digest.FromString(strconv.Itoa(badContentMax + 9))
+	if !b.has(last) {
+		t.Error("the newest digest was dropped")
+	}
+	clock.Advance(badContentTTL)
+	if b.has(last) {
+		t.Error("a digest was still remembered after the TTL")
 	}
 }

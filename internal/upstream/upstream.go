@@ -321,8 +321,9 @@ type endpoint struct {
 
 	// Mirrors only.
 	mirror   bool
-	prefix   string   // prepended to the repository, e.g. "docker"
-	patterns []string // repositories carried (path.Match); empty = all
+	prefix   string      // prepended to the repository, e.g. "docker"
+	patterns []string    // repositories carried (path.Match); empty = all
+	bad      *badContent // digests this mirror served wrong bytes for
 }
 
 // send makes one request to the endpoint with the transport for repo's
@@ -465,7 +466,7 @@ func (e *endpoint) getBlob(ctx context.Context, eb Error, d digest.Digest, t *ti
 	}
 	body := resp.Body
 	if e.mirror {
-		body = newVerifyingReader(ctx, body, d, eb, t)
+		body = newVerifyingReader(ctx, body, d, eb, t, e.bad)
 	}
 	return Blob{Body: body, Size: resp.ContentLength, Source: e.source}, nil
 }
