@@ -1,5 +1,5 @@
 // Package upstream is regcache's client for the registries it caches: an
-// origin (Docker Hub, ghcr.io, ...) and, later, its mirrors.
+// origin (Docker Hub, ghcr.io, ...) and its mirrors.
 //
 // It speaks only the pull side of the OCI distribution API and is built as a
 // stack of small http.RoundTrippers, in the style of go-containerregistry's
@@ -8,6 +8,9 @@
 //	base *http.Transport        keep-alives, dial/TLS/header timeouts, HTTP/2
 //	loggingTransport            one slog debug line per request, never headers
 //	rateLimitTransport          origin only: reads ratelimit-* and Retry-After
+//	schemePin                   only the configured scheme for the configured
+//	                            host: no https try of an http:// upstream, no
+//	                            http downgrade of an https:// one
 //	ggcr transport.NewWithContext
 //	                            ping, then anonymous, Basic or Bearer; one per
 //	                            repository scope, cached so tokens are reused

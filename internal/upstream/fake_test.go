@@ -221,7 +221,7 @@ func (f *fakeRegistry) authorized(w http.ResponseWriter, r *http.Request, repo s
 		if valid {
 			return true
 		}
-		ch := fmt.Sprintf(`Bearer realm="%s/token",service="fake"`, f.srv.URL)
+		ch := fmt.Sprintf(`Bearer realm="http://%s/token",service="fake"`, r.Host)
 		if repo != "" {
 			ch += fmt.Sprintf(`,scope="repository:%s:pull"`, repo)
 		}

@@ -64,7 +64,7 @@ func newMirror(regName string, mc MirrorConfig, wire http.RoundTripper, logger *
 		registry: name,
 		source:   name,
 		base:     *base,
-		scopes:   newScopeCache(reg, mc.Auth, rt, 0),
+		scopes:   newScopeCache(reg, mc.Auth, pinScheme(*base, rt), 0),
 		log:      logger,
 		breaker:  newBreaker(now),
 		mirror:   true,

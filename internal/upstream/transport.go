@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -90,4 +91,32 @@ func canonicalHost(scheme, host string) string {
 		port = "80"
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// schemePin sends requests for the configured host only by the configured
+// scheme. ggcr's ping tries https and http side by side for a registry it
+// thinks may be plain HTTP (one given as http://, or any localhost or .local
+// name) and keeps whichever answers. Without the pin, an http:// upstream
+// gets a TLS handshake attempt on every new scope, and an https:// upstream
+// on a local name could be downgraded to plain HTTP, credentials included.
+// The refused request never dials, so it costs nothing and logs nothing.
+type schemePin struct {
+	inner  http.RoundTripper
+	scheme string
+	host   string // as configured: "registry.local" or "127.0.0.1:5000"
+	canon  string // host:port with the configured scheme's default port
+}
+
+func pinScheme(base url.URL, inner http.RoundTripper) http.RoundTripper {
+	return &schemePin{inner: inner, scheme: base.Scheme, host: base.Host, canon: canonicalHost(base.Scheme, base.Host)}
+}
+
+func (p *schemePin) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != p.scheme && (req.URL.Host == p.host || canonicalHost(req.URL.Scheme, req.URL.Host) == p.canon) {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, fmt.Errorf("%s is configured as %s://; not sending %s", req.URL.Host, p.scheme, req.URL.Scheme)
+	}
+	return p.inner.RoundTrip(req)
 }

@@ -127,7 +127,7 @@ func newRegistry(cfg Config, now func() time.Time) (*Registry, error) {
 			registry: regName,
 			source:   SourceOrigin,
 			base:     *base,
-			scopes:   newScopeCache(reg, cfg.Auth, rt, 0),
+			scopes:   newScopeCache(reg, cfg.Auth, pinScheme(*base, rt), 0),
 			log:      logger,
 			breaker:  newBreaker(now),
 			budget:   budget,
