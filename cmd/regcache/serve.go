@@ -80,15 +80,21 @@ func serve(ctx context.Context, cfg *config.Config, logw interface{ Write([]byte
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	scheme, run := "http", func() error { return srv.Serve(ln) }
+	if a.TLS != nil {
+		// ServeTLS, not a tls.Listener: it offers HTTP/2 too.
+		srv.TLSConfig = a.TLS
+		scheme, run = "https", func() error { return srv.ServeTLS(ln, "", "") }
+	}
 	regs := make([]string, 0, len(cfg.Registries))
 	for name := range cfg.Registries {
 		regs = append(regs, name)
 	}
 	sort.Strings(regs)
-	log.Info("regcache serving", "addr", ln.Addr().String(), "storage", cfg.Storage.Root,
+	log.Info("regcache serving", "addr", ln.Addr().String(), "scheme", scheme, "storage", cfg.Storage.Root,
 		"tag_ttl", cfg.TagTTL.D().String(), "default_registry", cfg.DefaultRegistry, "registries", strings.Join(regs, ","))
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- run() }()
 	go a.Run(ctx)
 	select {
 	case err := <-errc:

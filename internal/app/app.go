@@ -5,13 +5,16 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"sort"
+	"strings"
 	"time"
 
+	"github.com/regcache/regcache/internal/clientauth"
 	"github.com/regcache/regcache/internal/config"
 	"github.com/regcache/regcache/internal/credentials"
 	"github.com/regcache/regcache/internal/metrics"
@@ -28,6 +31,8 @@ type App struct {
 	Cache     *pull.Cache
 	Store     *store.FS
 	Upstreams map[string]*upstream.Registry
+	// TLS is set when the config has tls: serve HTTPS with it.
+	TLS *tls.Config
 	// identities names who each registry's budget is counted for.
 	identities map[string]string
 	cfg        *config.Config
@@ -125,7 +130,23 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 	})
 	router := &server.Router{Lookup: cfg.Lookup, DefaultRegistry: cfg.DefaultRegistry}
 	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams))
-	a.Handler = server.New(server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(), BlobCopy: cfg.BlobCopy})
+	sopt := server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(), BlobCopy: cfg.BlobCopy}
+	if ca := cfg.ClientAuth; ca != nil {
+		users, err := clientauth.Load(ca.Htpasswd)
+		if err != nil {
+			return nil, fmt.Errorf("client_auth.htpasswd: %w", err)
+		}
+		sopt.ClientAuth, sopt.AnonymousRegistries = users, ca.AnonymousRegistries
+		log.Info("client authentication on", "htpasswd", ca.Htpasswd, "users", users.Users(), "anonymous_registries", strings.Join(ca.AnonymousRegistries, ","))
+	}
+	if t := cfg.TLS; t != nil {
+		cert, err := tls.LoadX509KeyPair(t.Certificate, t.Key)
+		if err != nil {
+			return nil, fmt.Errorf("tls.certificate %s / tls.key %s: %w", t.Certificate, t.Key, err)
+		}
+		a.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	a.Handler = server.New(sopt)
 	return a, nil
 }
 

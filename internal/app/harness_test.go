@@ -35,6 +35,10 @@ type stackOptions struct {
 	hub    testhub.Options
 	// user configures regcache with credentials for this hub user.
 	user string
+	// extra is appended to the config; "{{hub}}" in it becomes the hub's
+	// URL. It starts inside the docker.io registry entry, so it can add
+	// registries (at two spaces) or top-level keys (at none).
+	extra string
 }
 
 func newStack(t *testing.T, opt stackOptions) *stack {
@@ -59,6 +63,7 @@ func newStack(t *testing.T, opt stackOptions) *stack {
 		t.Setenv(env, s.secret)
 		yaml += fmt.Sprintf("    auth: {username: %s, password_env: %s}\n", opt.user, env)
 	}
+	yaml += strings.ReplaceAll(opt.extra, "{{hub}}", s.hub.URL)
 	cfg, err := config.Parse([]byte(yaml), "test config")
 	if err != nil {
 		t.Fatal(err)

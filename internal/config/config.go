@@ -42,6 +42,29 @@ type Config struct {
 	// TagIndexEntries bounds the in-memory index of tag answers.
 	TagIndexEntries int                 `yaml:"tag_index_entries"`
 	Registries      map[string]Registry `yaml:"registries"`
+	// ClientAuth, when set, makes clients authenticate to regcache itself.
+	ClientAuth *ClientAuth `yaml:"client_auth"`
+	// TLS, when set, makes regcache serve HTTPS on listen.
+	TLS *TLS `yaml:"tls"`
+}
+
+// ClientAuth says who may pull through regcache. Without it anyone who can
+// reach the listen address can pull everything regcache's upstream
+// credentials can read.
+type ClientAuth struct {
+	// Htpasswd is a file of user:bcrypt-hash lines (htpasswd -B).
+	Htpasswd string `yaml:"htpasswd"`
+	// AnonymousRegistries may be pulled from without credentials, such as
+	// docker.io for dockerd's registry-mirrors, which cannot be given a
+	// mirror's own login. Credentials sent for them are not checked:
+	// dockerd forwards the user's Docker Hub login to the mirror.
+	AnonymousRegistries []string `yaml:"anonymous_registries"`
+}
+
+// TLS names the PEM files regcache serves HTTPS with.
+type TLS struct {
+	Certificate string `yaml:"certificate"` // chain, leaf first
+	Key         string `yaml:"key"`
 }
 
 // Storage selects where cached content lives.
@@ -302,6 +325,24 @@ func (c *Config) validate() error {
 	if c.DefaultRegistry != "" {
 		if _, ok := c.Registries[c.DefaultRegistry]; !ok {
 			return fmt.Errorf("default_registry: %q is not one of the configured registries", c.DefaultRegistry)
+		}
+	}
+	if a := c.ClientAuth; a != nil {
+		if a.Htpasswd == "" {
+			return errors.New("client_auth.htpasswd: must name an htpasswd file of bcrypt hashes (htpasswd -B)")
+		}
+		for _, name := range a.AnonymousRegistries {
+			if _, ok := c.Registries[name]; !ok {
+				return fmt.Errorf("client_auth.anonymous_registries: %q is not one of the configured registries", name)
+			}
+		}
+	}
+	if t := c.TLS; t != nil {
+		if t.Certificate == "" {
+			return errors.New("tls.certificate: must name a PEM certificate file")
+		}
+		if t.Key == "" {
+			return errors.New("tls.key: must name a PEM private key file")
 		}
 	}
 	return nil

@@ -46,6 +46,10 @@ type Metrics struct {
 	EvictedBytes prometheus.Counter
 	// DigestMismatches counts upstream content rejected by verification.
 	DigestMismatches *prometheus.CounterVec
+	// ClientAuthFailures counts requests refused for want of valid client
+	// credentials, by reason (missing, invalid). The /v2/ challenge that
+	// starts every login is not counted.
+	ClientAuthFailures *prometheus.CounterVec
 }
 
 // New creates the collectors and registers them, with Go and process
@@ -92,13 +96,16 @@ func New() *Metrics {
 		DigestMismatches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_digest_mismatches_total", Help: "Upstream content rejected because it did not match its digest.",
 		}, []string{"registry", "source"}),
+		ClientAuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_client_auth_failures_total", Help: "Client requests refused for want of valid credentials, by reason (missing, invalid).",
+		}, []string{"reason"}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Requests, m.BytesServed, m.UpstreamBytes, m.UpstreamRequests, m.CountedPulls,
 		m.StaleServed, m.SharedFetches, m.TagRevalidations, m.DigestMismatches, m.MirrorHits, m.TagFallbacks,
-		m.StoreBytes, m.EvictedBytes,
+		m.StoreBytes, m.EvictedBytes, m.ClientAuthFailures,
 	)
 	return m
 }

@@ -37,6 +37,9 @@ type Server struct {
 	// Admin holds extra handlers (status endpoints) mounted under /_regcache/.
 	admin http.Handler
 	mux   *http.ServeMux
+	// auth is nil when clients need no credentials.
+	auth      ClientAuth
+	anonymous map[string]bool
 }
 
 // Options configures a Server.
@@ -48,6 +51,10 @@ type Options struct {
 	Admin   http.Handler
 	// BlobCopy is "buffered" (default) or "sendfile".
 	BlobCopy string
+	// ClientAuth, when set, makes every /v2/ request carry valid Basic
+	// credentials, except those for AnonymousRegistries.
+	ClientAuth          ClientAuth
+	AnonymousRegistries []string
 }
 
 // New returns a Server.
@@ -55,6 +62,13 @@ func New(opt Options) *Server {
 	s := &Server{sendfile: opt.BlobCopy == "sendfile", router: opt.Router, cache: opt.Cache, log: opt.Logger, metrics: opt.Metrics, admin: opt.Admin}
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opt.ClientAuth != nil {
+		s.auth = opt.ClientAuth
+		s.anonymous = map[string]bool{}
+		for _, name := range opt.AnonymousRegistries {
+			s.anonymous[name] = true
+		}
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v2/", s.serveV2)
@@ -94,6 +108,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	rt, perr := s.router.Parse(r.URL.Path, r.URL.Query())
+	// Before any other answer: a stranger learns nothing, not even which
+	// registries are configured.
+	if aerr := s.authorize(r, rt, perr == nil); aerr != nil {
+		// Not s.fail: every login starts with this challenge, which is
+		// no failure; authorize logs the attempts worth logging.
+		w.Header().Set("WWW-Authenticate", authRealm)
+		writeError(w, aerr)
+		return
+	}
 	if perr != nil {
 		if perr.Code == "UNSUPPORTED" || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
 			perr = errUnsupported("regcache is a read-only cache: only GET and HEAD are supported")
