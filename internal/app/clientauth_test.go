@@ -71,6 +71,7 @@ client_auth:
 		{"anonymous registry, host in path", "/v2/docker.io/library/alpine/manifests/latest", none, 200, ""},
 		{"anonymous registry, forwarded Docker Hub login", "/v2/library/alpine/manifests/latest", hubLogin, 200, ""},
 		{"private registry, no credentials", private, none, 401, "UNAUTHORIZED"},
+		{"private registry, empty credentials (containers/image without a login)", private, basic("", ""), 401, "UNAUTHORIZED"},
 		{"private registry blob, no credentials", privateBlob, none, 401, "UNAUTHORIZED"},
 		{"private registry, wrong password", private, wrong, 401, "UNAUTHORIZED"},
 		{"private registry, Docker Hub login", private, hubLogin, 401, "UNAUTHORIZED"},
@@ -96,8 +97,8 @@ client_auth:
 	}
 
 	failures := s.app.Metrics.ClientAuthFailures
-	if got := testutil.ToFloat64(failures.WithLabelValues("missing")); got != 3 {
-		t.Errorf("missing-credential failures %v, want 3 (the /v2/ challenge is not one)", got)
+	if got := testutil.ToFloat64(failures.WithLabelValues("missing")); got != 4 {
+		t.Errorf("missing-credential failures %v, want 4 (the /v2/ challenge is not one)", got)
 	}
 	if got := testutil.ToFloat64(failures.WithLabelValues("invalid")); got != 3 {
 		t.Errorf("invalid-credential failures %v, want 3", got)

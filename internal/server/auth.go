@@ -29,6 +29,9 @@ func (s *Server) authorize(r *http.Request, rt Route, parsed bool) *Error {
 		return nil
 	}
 	user, password, ok := r.BasicAuth()
+	// containers/image answers a Basic challenge with empty credentials
+	// when it has none: that is no login, not a wrong one.
+	ok = ok && (user != "" || password != "")
 	if ok && s.auth.Check(user, password) {
 		return nil
 	}

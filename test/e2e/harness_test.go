@@ -371,14 +371,14 @@ func waitFor(ctx context.Context, timeout time.Duration, p *proc, cond func() er
 }
 
 // httpGetStatus returns the status code of GET url, with a short timeout.
-func httpGetStatus(ctx context.Context, url string) (int, error) {
+func httpGetStatus(ctx context.Context, client *http.Client, url string) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, err
 	}

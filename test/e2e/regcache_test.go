@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/regcache/regcache/internal/testhub"
 )
 
 // regcacheConfig is what a test varies in regcache's config file.
@@ -22,6 +25,11 @@ type regcacheConfig struct {
 	// the environment (password_env); both paths must keep it secret.
 	passwordFile bool
 	tagTTL       string
+	// cert makes regcache serve HTTPS with it (tls:).
+	cert *testhub.Cert
+	// htpasswd makes clients log in (client_auth:); no registry is
+	// anonymous.
+	htpasswd string
 }
 
 // regcache is a regcache server process on a fixed loopback port and data
@@ -103,13 +111,32 @@ registries:
   docker.io:
     url: %s
 %s`, r.port, strconv.Quote(r.dataDir), r.cfg.tagTTL, strconv.Quote(r.cfg.upstreamURL), auth)
+	if r.cfg.htpasswd != "" {
+		yaml += fmt.Sprintf("client_auth: {htpasswd: %s}\n", strconv.Quote(r.cfg.htpasswd))
+	}
+	if c := r.cfg.cert; c != nil {
+		yaml += fmt.Sprintf("tls: {certificate: %s, key: %s}\n", strconv.Quote(c.CertFile), strconv.Quote(c.KeyFile))
+	}
 	return os.WriteFile(r.cfgPath, []byte(yaml), 0o644)
 }
 
 // host is what clients put in image references: 127.0.0.1:PORT.
 func (r *regcache) host() string { return fmt.Sprintf("127.0.0.1:%d", r.port) }
 
-func (r *regcache) url() string { return "http://" + r.host() }
+func (r *regcache) url() string {
+	if r.cfg.cert != nil {
+		return "https://" + r.host()
+	}
+	return "http://" + r.host()
+}
+
+// client is an HTTP client that trusts regcache's certificate, if it has one.
+func (r *regcache) client() *http.Client {
+	if r.cfg.cert == nil {
+		return http.DefaultClient
+	}
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: r.cfg.cert.Pool}}}
+}
 
 // start launches the server and waits until GET /v2/ answers 200.
 func (r *regcache) start(t *testing.T) {
@@ -126,11 +153,11 @@ func (r *regcache) tryStart(t *testing.T) (exited bool, err error) {
 	r.proc = startProc(t, "regcache", r.w.logFile("regcache"), r.env,
 		regcacheBuild.bin, "serve", "--config", r.cfgPath)
 	err = waitFor(t.Context(), 30*time.Second, r.proc, func() error {
-		code, err := httpGetStatus(t.Context(), r.url()+"/v2/")
+		code, err := httpGetStatus(t.Context(), r.client(), r.url()+"/v2/")
 		if err != nil {
 			return err
 		}
-		if code != http.StatusOK {
+		if code != http.StatusOK && !(code == http.StatusUnauthorized && r.cfg.htpasswd != "") {
 			return fmt.Errorf("GET /v2/: %d", code)
 		}
 		if r.proc.exited() {
@@ -171,7 +198,7 @@ func (r *regcache) saveMetrics() {
 	defer cancel()
 	out := r.w.logFile("regcache-metrics")
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.url()+"/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := r.client().Do(req)
 	if err != nil {
 		_ = os.WriteFile(out, []byte("GET /metrics: "+err.Error()), 0o644)
 		return
