@@ -31,6 +31,7 @@ type FS struct {
 	root   string
 	access accessClock
 	now    func() time.Time
+	usage  usage
 }
 
 // OpenFS prepares root and discards any in-flight writes left by a previous
@@ -122,8 +123,15 @@ func (s *FS) Delete(_ context.Context, d digest.Digest) error {
 	if err != nil {
 		return err
 	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	fi, statErr := os.Stat(p)
+	if err := os.Remove(p); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		return err
+	}
+	if statErr == nil {
+		s.usage.add(-fi.Size())
 	}
 	return nil
 }
@@ -138,7 +146,7 @@ func (s *FS) Create(_ context.Context, d digest.Digest, size int64) (Writer, err
 	if err != nil {
 		return nil, err
 	}
-	return &fsWriter{f: f, final: final, want: d, size: size, hash: d.Algorithm().Hash()}, nil
+	return &fsWriter{f: f, final: final, want: d, size: size, hash: d.Algorithm().Hash(), usage: &s.usage}, nil
 }
 
 func (s *FS) tempFile() (*os.File, error) {
@@ -159,6 +167,7 @@ type fsWriter struct {
 		Sum([]byte) []byte
 	}
 
+	usage     *usage
 	written   atomic.Int64
 	mu        sync.Mutex // serialises Write/Commit/Close
 	verified  bool
@@ -219,10 +228,16 @@ func (w *fsWriter) Commit(_ context.Context) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	_, existed := os.Lstat(w.final)
 	if err := os.Rename(w.f.Name(), w.final); err != nil {
 		return err
 	}
 	w.committed = true
+	if existed != nil {
+		// Another writer may have published the same digest meanwhile;
+		// then this counts it twice, until the next walk corrects it.
+		w.usage.add(w.written.Load())
+	}
 	return syncDir(dir)
 }
 

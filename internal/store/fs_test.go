@@ -249,3 +249,57 @@ func TestFSVerifyBeforeCommit(t *testing.T) {
 		t.Fatalf("Verify = %v", err)
 	}
 }
+
+// Collect walks the store only when the running size says it may be over
+// the mark, or when the last walk is an hour old; commits and deletes keep
+// the running size.
+func TestCollectWalksOnlyWhenNeeded(t *testing.T) {
+	ctx := context.Background()
+	s, _ := OpenFS(t.TempDir())
+	now := time.Now()
+	put := func(c byte) digest.Digest {
+		content := bytes.Repeat([]byte{c}, 1000)
+		d := digest.FromBytes(content)
+		w, _ := s.Create(ctx, d, int64(len(content)))
+		w.Write(content)
+		if err := w.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		p, _ := s.blobPath(d)
+		old := now.Add(-2 * time.Hour)
+		os.Chtimes(p, old, old)
+		return d
+	}
+	a := put('a')
+	put('b')
+	put('a') // the same digest again adds nothing
+
+	steps := []struct {
+		name       string
+		do         func()
+		at         time.Duration
+		wantWalked bool
+		wantBytes  int64
+	}{
+		{"first collection walks", nil, 0, true, 2000},
+		{"under the mark: no walk", nil, time.Minute, false, 2000},
+		{"a commit is counted", func() { put('c') }, 2 * time.Minute, false, 3000},
+		{"a delete is counted", func() { s.Delete(ctx, a) }, 3 * time.Minute, false, 2000},
+		{"over the mark: walk and evict", func() { put('d'); put('e'); put('f') }, 4 * time.Minute, true, 5000},
+		{"after eviction, under again", nil, 5 * time.Minute, false, 4000},
+		{"an hour after the last walk: walk", nil, 4*time.Minute + rewalkEvery, true, 4000},
+	}
+	for _, st := range steps {
+		if st.do != nil {
+			st.do()
+		}
+		got, err := s.Collect(ctx, 4500, 4000, now.Add(st.at))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Walked != st.wantWalked || got.Bytes != st.wantBytes {
+			t.Errorf("%s: walked=%v bytes=%d, want walked=%v bytes=%d", st.name, got.Walked, got.Bytes, st.wantWalked, st.wantBytes)
+		}
+	}
+}

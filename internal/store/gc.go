@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -50,12 +51,30 @@ func (a *accessClock) touch(path string, now time.Time) {
 	}
 }
 
+// rewalkEvery bounds how long Collect trusts the running size instead of
+// walking the store: the running size can drift (a commit racing a walk, two
+// writers publishing one digest), and an hourly walk corrects it.
+const rewalkEvery = time.Hour
+
+// usage is the blob store's size as last measured by a walk, plus what was
+// committed since, minus what was deleted. While it is under the high mark,
+// Collect need not walk a store of millions of files every gc_interval.
+type usage struct {
+	bytes  atomic.Int64
+	walked atomic.Int64 // unix nanoseconds of the last walk; 0 = never
+}
+
+func (u *usage) add(n int64) { u.bytes.Add(n) }
+
 // GCStats reports one collection.
 type GCStats struct {
-	Blobs        int   // blobs on disk before
-	Bytes        int64 // bytes on disk before
+	Blobs        int   // blobs on disk before (0 when not Walked)
+	Bytes        int64 // bytes on disk before, measured or estimated
 	Evicted      int
 	EvictedBytes int64
+	// Walked says the store was walked; otherwise Bytes is the running
+	// size, which was under the high mark.
+	Walked bool
 }
 
 // Collect evicts the least recently used blobs until the store holds at
@@ -65,13 +84,27 @@ type GCStats struct {
 // truncated. Content can always be fetched again; metadata that names an
 // evicted digest reads as "not cached".
 func (s *FS) Collect(ctx context.Context, high, low int64, now time.Time) (GCStats, error) {
+	if w := s.usage.walked.Load(); w != 0 && now.Sub(time.Unix(0, w)) < rewalkEvery {
+		if b := s.usage.bytes.Load(); b <= high {
+			return GCStats{Bytes: b}, nil
+		}
+	}
+	st, err := s.walkAndEvict(ctx, high, low, now)
+	if err == nil {
+		s.usage.bytes.Store(st.Bytes - st.EvictedBytes)
+		s.usage.walked.Store(now.UnixNano())
+	}
+	return st, err
+}
+
+func (s *FS) walkAndEvict(ctx context.Context, high, low int64, now time.Time) (GCStats, error) {
 	type entry struct {
 		path  string
 		size  int64
 		atime time.Time
 	}
 	var all []entry
-	var st GCStats
+	st := GCStats{Walked: true}
 	err := filepath.WalkDir(filepath.Join(s.root, "blobs"), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return nil
