@@ -21,7 +21,7 @@ import (
 
 // stack is one regcache in front of one fake hub in front of a real registry.
 type stack struct {
-	t       *testing.T
+	t       testing.TB
 	backend *testhub.Registry
 	hub     *testhub.Hub
 	app     *App

@@ -28,7 +28,7 @@ type mirrorOptions struct {
 	origin      testhub.Options
 }
 
-func newMirrorStack(t *testing.T, opt mirrorOptions) *mirrorStack {
+func newMirrorStack(t testing.TB, opt mirrorOptions) *mirrorStack {
 	t.Helper()
 	backend := testhub.StartRegistry(t)
 	s := &stack{t: t, backend: backend, logs: testhub.NewTailBuffer(0)}

@@ -263,7 +263,7 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 	defer idle.Stop()
 
 	start := time.Now()
-	blob, err := up.GetBlob(ctx, repo, f.d)
+	blob, err := up.GetBlobUnverified(ctx, repo, f.d)
 	if err != nil {
 		f.progress(0, true, err)
 		return
@@ -301,6 +301,7 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 			break
 		}
 		if rerr != nil {
+			blob.Judge(rerr)
 			f.progress(0, true, &upstream.Error{Registry: registry, Op: "GET blob", Repository: repo, Reference: f.d.String(), Err: rerr})
 			c.log.Warn("blob download failed", "registry", registry, "repo", repo, "digest", f.d, "bytes", total, "err", rerr)
 			return
@@ -311,6 +312,7 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 	// delay them. Nothing is visible in the store before Commit returns.
 	if err := w.Verify(ctx); err != nil {
 		if errors.Is(err, store.ErrDigestMismatch) {
+			blob.Judge(upstream.ErrContentMismatch)
 			c.m.DigestMismatches.WithLabelValues(registry, f.source).Inc()
 			err = &upstream.Error{Registry: registry, Op: "GET blob", Repository: repo, Reference: f.d.String(),
 				Code: upstream.CodeDigestInvalid, Message: "content does not match its digest; discarded"}
@@ -319,6 +321,7 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 		f.progress(0, true, err)
 		return
 	}
+	blob.Judge(nil)
 	// The upstream served these verified bytes for this repository: that
 	// is the link, whether or not the blob is stored.
 	c.link(ctx, registry, repo, f.d)

@@ -42,7 +42,9 @@ type Upstream interface {
 	Name() string
 	HeadManifest(ctx context.Context, repo, ref string, accept []string) (ocispec.Descriptor, error)
 	GetManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Manifest, error)
-	GetBlob(ctx context.Context, repo string, d digest.Digest) (upstream.Blob, error)
+	// GetBlobUnverified opens a blob that the cache verifies as it stores
+	// it, reporting the verdict to Blob.Judge.
+	GetBlobUnverified(ctx context.Context, repo string, d digest.Digest) (upstream.Blob, error)
 	HeadBlob(ctx context.Context, repo string, d digest.Digest) (ocispec.Descriptor, error)
 	// ResolveTagAtMirror resolves a tag at the first mirror that has it,
 	// for when the origin cannot answer.

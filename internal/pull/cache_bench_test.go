@@ -26,7 +26,7 @@ func (u refusingUpstream) GetManifest(context.Context, string, string, []string)
 	u.b.Fatal("upstream GET on a cache hit")
 	return upstream.Manifest{}, nil
 }
-func (u refusingUpstream) GetBlob(context.Context, string, digest.Digest) (upstream.Blob, error) {
+func (u refusingUpstream) GetBlobUnverified(context.Context, string, digest.Digest) (upstream.Blob, error) {
 	u.b.Fatal("upstream blob GET on a cache hit")
 	return upstream.Blob{}, nil
 }

@@ -398,20 +398,45 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 	case err == nil:
 	case errors.Is(err, io.EOF):
 		if got := digest.NewDigest(v.want.Algorithm(), v.h); got != v.want {
-			v.t.finish(outcomeFailure, 0)
-			if v.bad != nil {
-				v.bad.add(v.want)
-			}
+			judgeMirrorBlob(v.ctx, v.t, v.bad, v.want, ErrContentMismatch)
 			return n, digestError(v.eb, fmt.Sprintf("blob hashes to %s", got))
 		}
-		v.t.finish(outcomeSuccess, 0)
-	case v.ctx.Err() != nil:
-		v.t.finish(outcomeNeutral, 0)
+		judgeMirrorBlob(v.ctx, v.t, v.bad, v.want, nil)
 	default:
-		// A body cut short is a failing source too.
-		v.t.finish(outcomeFailure, 0)
+		judgeMirrorBlob(v.ctx, v.t, v.bad, v.want, err)
 	}
 	return n, err
+}
+
+// judgeMirrorBlob records how reading a mirror's blob ended: matching bytes
+// are a success, wrong bytes a failure remembered for the digest, a body
+// cut short a failure, and a cancelled read nothing.
+func judgeMirrorBlob(ctx context.Context, t *ticket, bad *badContent, d digest.Digest, err error) {
+	switch {
+	case err == nil:
+		t.finish(outcomeSuccess, 0)
+	case errors.Is(err, ErrContentMismatch):
+		t.finish(outcomeFailure, 0)
+		if bad != nil {
+			bad.add(d)
+		}
+	case ctx.Err() != nil || errors.Is(err, context.Canceled):
+		t.finish(outcomeNeutral, 0)
+	default:
+		t.finish(outcomeFailure, 0)
+	}
+}
+
+// judgedBody is a mirror's blob body whose verdict the caller gives
+// (Blob.Judge); closing it first says nothing about the mirror.
+type judgedBody struct {
+	io.ReadCloser
+	t *ticket
+}
+
+func (b *judgedBody) Close() error {
+	b.t.finish(outcomeNeutral, 0)
+	return b.ReadCloser.Close()
 }
 
 // Close frees the breaker's probe slot if the body was not read to the end;

@@ -760,3 +760,55 @@ func TestBadContentBounded(t *testing.T) {
 		t.Error("a digest was still remembered after the TTL")
 	}
 }
+
+// GetBlobUnverified hands a mirror's bytes over unhashed and takes the
+// caller's verdict: wrong bytes count against the mirror and are remembered,
+// a body closed without a verdict counts for nothing.
+func TestGetBlobUnverifiedTakesTheCallersVerdict(t *testing.T) {
+	layer := []byte("real layer")
+	d := digest.FromBytes(layer)
+	for _, tc := range []struct {
+		name         string
+		mirrorBytes  []byte
+		verdict      func(b Blob, body []byte)
+		wantFailures int
+		wantBad      int
+	}{
+		{"matching bytes", layer, func(b Blob, body []byte) { b.Judge(nil) }, 0, 0},
+		{"wrong bytes", []byte("corrupted layer"), func(b Blob, body []byte) {
+			if digest.FromBytes(body) == d {
+				t.Fatal("the test mirror served the right bytes")
+			}
+			b.Judge(ErrContentMismatch)
+		}, 1, 1},
+		{"cut short", layer, func(b Blob, body []byte) { b.Judge(io.ErrUnexpectedEOF) }, 1, 0},
+		{"no verdict", []byte("corrupted layer"), func(Blob, []byte) {}, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mirror := newFakeRegistry(t, "anon")
+			mirror.mu.Lock()
+			mirror.blobs[d] = tc.mirrorBytes
+			mirror.mu.Unlock()
+			origin := newFakeRegistry(t, "anon")
+			origin.putBlob(layer)
+			r := newRegistryT(t, Config{URL: origin.srv.URL, Mirrors: []MirrorConfig{{Name: "m", URL: mirror.srv.URL}}}, newFakeClock())
+
+			b, err := r.GetBlobUnverified(context.Background(), "library/node", d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(b.Body)
+			if err != nil {
+				t.Fatalf("an unverified body failed to read: %v", err)
+			}
+			if b.Source != "m" || !bytes.Equal(body, tc.mirrorBytes) {
+				t.Fatalf("got %q from %q, want the mirror's bytes as they are", body, b.Source)
+			}
+			tc.verdict(b, body)
+			b.Body.Close()
+			if st := r.Sources()[0]; st.Failures != tc.wantFailures || st.BadDigests != tc.wantBad {
+				t.Errorf("mirror status %+v, want %d failures and %d bad digests", st, tc.wantFailures, tc.wantBad)
+			}
+		})
+	}
+}

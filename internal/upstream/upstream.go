@@ -81,7 +81,17 @@ type Blob struct {
 	Body   io.ReadCloser
 	Size   int64  // Content-Length, or -1 when unknown
 	Source string // SourceOrigin, or the mirror that answered
+	// Judge takes the caller's verdict on a body from GetBlobUnverified,
+	// once it has been read: nil when it hashed to the digest,
+	// ErrContentMismatch when it did not, or the read error. It feeds the
+	// mirror's breaker and its memory of bad content. Never nil; a body
+	// closed without a verdict says nothing about its source.
+	Judge func(err error)
 }
+
+// ErrContentMismatch is the verdict for a blob whose bytes do not hash to
+// the digest asked for.
+var ErrContentMismatch = errors.New("content does not match its digest")
 
 // New builds a client for cfg. It does no network I/O, so regcache starts
 // even when every upstream is down; the first request pings and authenticates.
@@ -242,6 +252,17 @@ func (r *Registry) GetManifest(ctx context.Context, repo, ref string, accept []s
 // a mirror's body is also checked as it is read, and a mismatch fails the
 // last Read with DIGEST_INVALID and counts against that mirror.
 func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest) (Blob, error) {
+	return r.getBlob(ctx, repo, d, true)
+}
+
+// GetBlobUnverified is GetBlob for a caller that hashes the body itself, as
+// the cache's store does, so a mirror's bytes are not hashed twice. The
+// caller must pass its verdict to Blob.Judge.
+func (r *Registry) GetBlobUnverified(ctx context.Context, repo string, d digest.Digest) (Blob, error) {
+	return r.getBlob(ctx, repo, d, false)
+}
+
+func (r *Registry) getBlob(ctx context.Context, repo string, d digest.Digest, verify bool) (Blob, error) {
 	eb := r.errBase("GET blob", repo, string(d))
 	if err := checkBlobArgs(repo, d); err != nil {
 		return Blob{}, withBase(err, eb)
@@ -249,7 +270,7 @@ func (r *Registry) GetBlob(ctx context.Context, repo string, d digest.Digest) (B
 	var b Blob
 	err := r.fromSources(ctx, eb, func(e *endpoint, eb Error, t *ticket) error {
 		var err error
-		b, err = e.getBlob(ctx, eb, d, t)
+		b, err = e.getBlob(ctx, eb, d, t, verify)
 		return err
 	})
 	return b, err
@@ -456,7 +477,7 @@ func (e *endpoint) getManifest(ctx context.Context, eb Error, want digest.Digest
 	}, nil
 }
 
-func (e *endpoint) getBlob(ctx context.Context, eb Error, d digest.Digest, t *ticket) (Blob, error) {
+func (e *endpoint) getBlob(ctx context.Context, eb Error, d digest.Digest, t *ticket, verify bool) (Blob, error) {
 	resp, uerr := e.send(ctx, eb, http.MethodGet, "/v2/"+eb.Repository+"/blobs/"+string(d), nil, nil)
 	if uerr != nil {
 		return Blob{}, uerr
@@ -464,11 +485,21 @@ func (e *endpoint) getBlob(ctx context.Context, eb Error, d digest.Digest, t *ti
 	if resp.StatusCode != http.StatusOK {
 		return Blob{}, responseError(resp, eb, CodeBlobUnknown)
 	}
-	body := resp.Body
-	if e.mirror {
-		body = newVerifyingReader(ctx, body, d, eb, t, e.bad)
+	b := Blob{Body: resp.Body, Size: resp.ContentLength, Source: e.source, Judge: func(error) {}}
+	switch {
+	case !e.mirror:
+		// The origin is judged on its answer alone; its content is
+		// verified by the caller.
+	case verify:
+		b.Body = newVerifyingReader(ctx, resp.Body, d, eb, t, e.bad)
+	default:
+		// The verdict comes from the caller; until then the breaker's
+		// probe slot stays taken, and a body closed without one frees it.
+		t.deferred = true
+		b.Judge = func(err error) { judgeMirrorBlob(ctx, t, e.bad, d, err) }
+		b.Body = &judgedBody{ReadCloser: resp.Body, t: t}
 	}
-	return Blob{Body: body, Size: resp.ContentLength, Source: e.source}, nil
+	return b, nil
 }
 
 func (e *endpoint) headBlob(ctx context.Context, eb Error, d digest.Digest) (ocispec.Descriptor, error) {
