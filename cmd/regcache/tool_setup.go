@@ -72,6 +72,7 @@ already right, so running it twice gives byte-identical files.`,
 	f := cmd.Flags()
 	f.StringVar(&o.Server, "server", "", "regcache address: http://host:port, https://host or host:port")
 	f.BoolVar(&o.Insecure, "insecure", false, "the server is plain http (when no scheme is given) or has a certificate clients cannot verify")
+	f.StringVar(&o.CAFile, "ca-file", "", "PEM certificate of the CA that signed the server's TLS certificate: trusted by containerd, BuildKit and k3s by path, and installed under certs.d for docker and podman")
 	f.StringSliceVar(&o.Registries, "registries", []string{"docker.io"}, "registries to pull through regcache")
 	f.BoolVar(&write, "write", false, "install the files instead of printing them")
 	f.StringVar(&o.Root, "root", "/", "prefix for the standard install paths")

@@ -60,6 +60,13 @@ func mergeBuildkitd(src []byte, registries []string, s server) ([]byte, error) {
 			return nil, err
 		}
 	}
+	if s.ca != "" {
+		if src, err = ensureTableKV(src, []string{"registry", s.host}, "ca", func(e *tomlExpr) (string, bool) {
+			return tomlStrings([]string{s.ca}), e != nil && hasAll(e.strs, s.ca)
+		}); err != nil {
+			return nil, err
+		}
+	}
 	m, err := decodeTOML(src)
 	if err != nil {
 		return nil, err

@@ -263,6 +263,13 @@ func kindTarget() Target {
 				dir = "regcache-certs.d"
 			}
 			var p Plan
+			if s.ca != "" {
+				// The node sees the mounted directory, not the host's
+				// paths: the CA travels inside it.
+				pem := s.caPEM
+				p.Files = append(p.Files, File{Path: filepath.Join(dir, "regcache-ca.crt"), Merge: func([]byte) ([]byte, error) { return pem, nil }})
+				s.ca = "/etc/containerd/certs.d/regcache-ca.crt"
+			}
 			for _, r := range o.registries() {
 				r := r
 				p.Files = append(p.Files, File{

@@ -68,6 +68,9 @@ func mergeHostsTOML(src []byte, registry string, s server) ([]byte, error) {
 		if s.scheme == "https" && s.insecure {
 			block += "  skip_verify = true\n"
 		}
+		if s.ca != "" {
+			block += "  ca = " + tomlString(s.ca) + "\n"
+		}
 		// containerd tries hosts in file order: regcache goes first.
 		first := -1
 		for i, e := range d.exprs {
@@ -91,6 +94,15 @@ func mergeHostsTOML(src []byte, registry string, s server) ([]byte, error) {
 				return nil, err
 			}
 			src = d.setKV(d.find(unstable.Table, hostKey...)[0], "skip_verify", "true", nil)
+		}
+		if s.ca != "" {
+			d, err = parseTOML(src)
+			if err != nil {
+				return nil, err
+			}
+			src = d.setKV(d.find(unstable.Table, hostKey...)[0], "ca", tomlString(s.ca), func(e tomlExpr) bool {
+				return e.isStr && len(e.strs) == 1 && e.strs[0] == s.ca
+			})
 		}
 	}
 	m, err := decodeTOML(src)

@@ -23,6 +23,7 @@ func dockerTarget() Target {
 				Path:  o.path("etc/docker/daemon.json"),
 				Merge: func(b []byte) ([]byte, error) { return mergeDaemonJSON(b, s) },
 			}}}
+			p.Files = append(p.Files, o.caFile(s, "etc/docker/certs.d")...)
 			p.Notes = append(p.Notes,
 				"Apply: sudo systemctl reload docker   (dockerd re-reads registry-mirrors and insecure-registries on SIGHUP)",
 				"dockerd sends only docker.io pulls to registry-mirrors, as /v2/library/<name>/...; regcache serves them from docker.io.")

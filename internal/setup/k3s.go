@@ -68,7 +68,7 @@ func mergeK3s(src []byte, registries []string, s server) ([]byte, error) {
 			ep.Content = append([]*yaml.Node{{Kind: yaml.ScalarNode, Tag: "!!str", Value: s.url(), Style: yaml.DoubleQuotedStyle}}, ep.Content...)
 		}
 	}
-	if s.scheme == "https" && s.insecure {
+	if s.scheme == "https" && (s.insecure || s.ca != "") {
 		configs, err := child(root, "configs")
 		if err != nil {
 			return nil, err
@@ -81,11 +81,20 @@ func mergeK3s(src []byte, registries []string, s server) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		v, err := childKind(tls, "insecure_skip_verify", yaml.ScalarNode)
-		if err != nil {
-			return nil, err
+		if s.insecure {
+			v, err := childKind(tls, "insecure_skip_verify", yaml.ScalarNode)
+			if err != nil {
+				return nil, err
+			}
+			v.Tag, v.Value = "!!bool", "true"
 		}
-		v.Tag, v.Value = "!!bool", "true"
+		if s.ca != "" {
+			v, err := childKind(tls, "ca_file", yaml.ScalarNode)
+			if err != nil {
+				return nil, err
+			}
+			v.Tag, v.Value = "!!str", s.ca
+		}
 	}
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)

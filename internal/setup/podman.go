@@ -21,6 +21,7 @@ func podmanTarget() Target {
 				Path:  path,
 				Merge: func(b []byte) ([]byte, error) { return mergeRegistriesConf(b, o.registries(), s) },
 			}}}
+			p.Files = append(p.Files, o.caFile(s, "etc/containers/certs.d")...)
 			p.Notes = append(p.Notes,
 				"podman replaces the prefix with the mirror location, so regcache receives /v2/<registry>/<repository>/...",
 				"No restart needed; test with: CONTAINERS_REGISTRIES_CONF="+path+" podman pull docker.io/library/alpine:3.19")

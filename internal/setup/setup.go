@@ -1,6 +1,8 @@
 package setup
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +29,9 @@ type Options struct {
 	// Path replaces the standard path of the target's main file (or
 	// directory, for containerd's certs.d).
 	Path string
+	// CAFile is the PEM certificate of the CA that signed regcache's TLS
+	// certificate, for clients that do not trust it already.
+	CAFile string
 }
 
 // server is the parsed Server option.
@@ -35,6 +40,10 @@ type server struct {
 	host   string // host[:port]
 	// insecure: clients must allow http or skip TLS verification.
 	insecure bool
+	// ca is the absolute path of the CA certificate clients should trust,
+	// caPEM its content; empty without --ca-file.
+	ca    string
+	caPEM []byte
 }
 
 func (s server) url() string { return s.scheme + "://" + s.host }
@@ -55,7 +64,64 @@ func (o Options) server() (server, error) {
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || strings.Trim(u.Path, "/") != "" {
 		return server{}, fmt.Errorf("--server %q: want http://host:port, https://host or host:port", o.Server)
 	}
-	return server{scheme: u.Scheme, host: u.Host, insecure: u.Scheme == "http" || o.Insecure}, nil
+	s := server{scheme: u.Scheme, host: u.Host, insecure: u.Scheme == "http" || o.Insecure}
+	if o.CAFile != "" {
+		if s.scheme != "https" {
+			return server{}, fmt.Errorf("--ca-file: the server %s is plain http; a CA is only for https", s.url())
+		}
+		if o.Insecure {
+			return server{}, errors.New("--ca-file and --insecure: give one, not both (with the CA, clients can verify the server)")
+		}
+		if s.ca, s.caPEM, err = readCA(o.CAFile); err != nil {
+			return server{}, fmt.Errorf("--ca-file %s: %w", o.CAFile, err)
+		}
+	}
+	return s, nil
+}
+
+// readCA reads a PEM file that must hold at least one certificate and
+// nothing else, and returns its absolute path and content.
+func readCA(path string) (string, []byte, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", nil, err
+	}
+	data, err := os.ReadFile(abs)
+	if err != nil {
+		return "", nil, err
+	}
+	rest, n := data, 0
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return "", nil, fmt.Errorf("holds a %s block; want only certificates (never a private key)", b.Type)
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return "", nil, fmt.Errorf("certificate %d: %w", n+1, err)
+		}
+		n++
+	}
+	if n == 0 {
+		return "", nil, errors.New("no PEM certificate in it")
+	}
+	return abs, data, nil
+}
+
+// caFile is the file that makes docker or podman trust regcache's CA: they
+// read <dir>/<host:port>/*.crt (dir is /etc/docker/certs.d or
+// /etc/containers/certs.d).
+func (o Options) caFile(s server, dir string) []File {
+	if s.ca == "" {
+		return nil
+	}
+	return []File{{
+		Path:  filepath.Join(o.root(), dir, s.host, "regcache-ca.crt"),
+		Merge: func([]byte) ([]byte, error) { return s.caPEM, nil },
+	}}
 }
 
 func (o Options) registries() []string {

@@ -29,6 +29,16 @@ func TestRenderGolden(t *testing.T) {
 	}
 	variants[1].opts.Server = "https://regcache.example.com"
 	variants[1].opts.Insecure = true
+	variants = append(variants, struct {
+		name string
+		opts Options
+	}{"https-ca", Options{Server: "https://regcache.example.com", CAFile: filepath.Join("testdata", "ca.crt")}})
+	// The CA's absolute path depends on the checkout; the golden files
+	// show it as the path an operator would typically use.
+	absCA, err := filepath.Abs(filepath.Join("testdata", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, v := range variants {
 		for _, tg := range Targets() {
 			t.Run(v.name+"/"+tg.Name, func(t *testing.T) {
@@ -44,7 +54,8 @@ func TestRenderGolden(t *testing.T) {
 				if err := Render(&buf, p); err != nil {
 					t.Fatal(err)
 				}
-				golden(t, filepath.Join("render", v.name, tg.Name+".golden"), buf.Bytes())
+				out := bytes.ReplaceAll(buf.Bytes(), []byte(absCA), []byte("/etc/regcache/ca.crt"))
+				golden(t, filepath.Join("render", v.name, tg.Name+".golden"), out)
 			})
 		}
 	}
@@ -106,73 +117,115 @@ func TestMergeExisting(t *testing.T) {
 	}
 }
 
-// TestInstallTwice is acceptance criterion 4 for every writable target.
+// TestInstallTwice is acceptance criterion 4 for every writable target,
+// for a plain-HTTP server and for an HTTPS one with --ca-file.
 func TestInstallTwice(t *testing.T) {
 	for _, tg := range Targets() {
 		if !tg.Writable {
 			continue
 		}
-		t.Run(tg.Name, func(t *testing.T) {
-			root := t.TempDir()
-			opts := Options{Server: "http://cache.internal:5000", Root: root, Registries: []string{"docker.io", "ghcr.io"}}
-			if tg.Name == "kind" {
-				opts.Path = filepath.Join(root, "certs.d")
+		for _, server := range []string{"http://cache.internal:5000", "https://cache.internal:5000"} {
+			t.Run(tg.Name+"/"+strings.Split(server, ":")[0], func(t *testing.T) {
+				installTwice(t, tg, server)
+			})
+		}
+	}
+}
+
+func installTwice(t *testing.T, tg Target, server string) {
+	root := t.TempDir()
+	opts := Options{Server: server, Root: root, Registries: []string{"docker.io", "ghcr.io"}}
+	if strings.HasPrefix(server, "https") {
+		opts.CAFile = filepath.Join("testdata", "ca.crt")
+	}
+	if tg.Name == "kind" {
+		opts.Path = filepath.Join(root, "certs.d")
+	}
+	p, err := tg.Build(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Seed an existing file with unrelated content where the format
+	// allows a comment, to see it survive.
+	seed := map[string]string{
+		"docker":   `{"log-driver": "journald"}`,
+		"buildkit": "# ops comment\ndebug = true\n",
+		"podman":   "# ops comment\nunqualified-search-registries = [\"docker.io\"]\n",
+		"k3s":      "# ops comment\nconfigs: {}\n",
+	}[tg.Name]
+	if seed != "" {
+		os.MkdirAll(filepath.Dir(p.Files[0].Path), 0o755)
+		if err := os.WriteFile(p.Files[0].Path, []byte(seed), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := Install(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := snapshot(t, root)
+	second, err := Install(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range second {
+		if a.Changed {
+			t.Errorf("second install changed %s", a.Path)
+		}
+	}
+	if after := snapshot(t, root); !equalMaps(snap, after) {
+		t.Errorf("second install changed the tree")
+	}
+	if seed != "" {
+		if first[0].Backup == "" {
+			t.Fatal("no backup of the existing file")
+		}
+		bak, _ := os.ReadFile(first[0].Backup)
+		if string(bak) != seed {
+			t.Errorf("backup = %q, want the original", bak)
+		}
+		info, _ := os.Stat(first[0].Path)
+		if info.Mode().Perm() != 0o600 {
+			t.Errorf("mode = %v, want 0600 kept", info.Mode().Perm())
+		}
+		got, _ := os.ReadFile(first[0].Path)
+		for _, keep := range []string{"journald", "# ops comment"} {
+			if strings.Contains(seed, keep) && !strings.Contains(string(got), keep) {
+				t.Errorf("lost %q:\n%s", keep, got)
 			}
-			p, err := tg.Build(opts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			// Seed an existing file with unrelated content where the format
-			// allows a comment, to see it survive.
-			seed := map[string]string{
-				"docker":   `{"log-driver": "journald"}`,
-				"buildkit": "# ops comment\ndebug = true\n",
-				"podman":   "# ops comment\nunqualified-search-registries = [\"docker.io\"]\n",
-				"k3s":      "# ops comment\nconfigs: {}\n",
-			}[tg.Name]
-			if seed != "" {
-				os.MkdirAll(filepath.Dir(p.Files[0].Path), 0o755)
-				if err := os.WriteFile(p.Files[0].Path, []byte(seed), 0o600); err != nil {
-					t.Fatal(err)
-				}
-			}
-			first, err := Install(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			snap := snapshot(t, root)
-			second, err := Install(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, a := range second {
-				if a.Changed {
-					t.Errorf("second install changed %s", a.Path)
-				}
-			}
-			if after := snapshot(t, root); !equalMaps(snap, after) {
-				t.Errorf("second install changed the tree")
-			}
-			if seed != "" {
-				if first[0].Backup == "" {
-					t.Fatal("no backup of the existing file")
-				}
-				bak, _ := os.ReadFile(first[0].Backup)
-				if string(bak) != seed {
-					t.Errorf("backup = %q, want the original", bak)
-				}
-				info, _ := os.Stat(first[0].Path)
-				if info.Mode().Perm() != 0o600 {
-					t.Errorf("mode = %v, want 0600 kept", info.Mode().Perm())
-				}
-				got, _ := os.ReadFile(first[0].Path)
-				for _, keep := range []string{"journald", "# ops comment"} {
-					if strings.Contains(seed, keep) && !strings.Contains(string(got), keep) {
-						t.Errorf("lost %q:\n%s", keep, got)
-					}
-				}
-			}
-		})
+		}
+	}
+	if opts.CAFile != "" {
+		checkCAInstalled(t, tg.Name, root, snap)
+	}
+}
+
+// checkCAInstalled: docker and podman get a copy of the CA under their
+// certs.d; containerd, BuildKit and k3s name its path.
+func checkCAInstalled(t *testing.T, target, root string, files map[string]string) {
+	t.Helper()
+	ca, err := os.ReadFile(filepath.Join("testdata", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	abs, _ := filepath.Abs(filepath.Join("testdata", "ca.crt"))
+	want := map[string]string{
+		"docker": filepath.Join(root, "etc/docker/certs.d/cache.internal:5000/regcache-ca.crt"),
+		"podman": filepath.Join(root, "etc/containers/certs.d/cache.internal:5000/regcache-ca.crt"),
+		"kind":   filepath.Join(root, "certs.d/regcache-ca.crt"), // mounted at /etc/containerd/certs.d
+	}[target]
+	if want != "" {
+		if got, ok := files[want]; !ok || !strings.HasSuffix(got, string(ca)) {
+			t.Errorf("%s: the CA was not installed as %s", target, want)
+		}
+		return
+	}
+	named := false
+	for _, content := range files {
+		named = named || strings.Contains(content, abs)
+	}
+	if !named {
+		t.Errorf("%s: no installed file names the CA %s", target, abs)
 	}
 }
 
@@ -257,6 +310,31 @@ func TestServerOption(t *testing.T) {
 		if _, err := (Options{Server: bad}).server(); err == nil {
 			t.Errorf("accepted %q", bad)
 		}
+	}
+
+	dir := t.TempDir()
+	key := filepath.Join(dir, "key.pem")
+	os.WriteFile(key, []byte("-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n"), 0o600)
+	junk := filepath.Join(dir, "junk.pem")
+	os.WriteFile(junk, []byte("hello\n"), 0o600)
+	ca := filepath.Join("testdata", "ca.crt")
+	for _, tc := range []struct {
+		opts Options
+		want string
+	}{
+		{Options{Server: "http://cache:5000", CAFile: ca}, "plain http"},
+		{Options{Server: "https://cache", CAFile: ca, Insecure: true}, "not both"},
+		{Options{Server: "https://cache", CAFile: filepath.Join(dir, "none.pem")}, "no such file"},
+		{Options{Server: "https://cache", CAFile: junk}, "no PEM certificate"},
+		{Options{Server: "https://cache", CAFile: key}, "PRIVATE KEY block"},
+	} {
+		_, err := tc.opts.server()
+		if err == nil || !strings.Contains(err.Error(), "--ca-file") || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: err %v, want --ca-file and %q", tc.opts, err, tc.want)
+		}
+	}
+	if s, err := (Options{Server: "https://cache:5000", CAFile: ca}).server(); err != nil || !filepath.IsAbs(s.ca) || len(s.caPEM) == 0 {
+		t.Errorf("a good CA: %+v, %v", s, err)
 	}
 }
 
