@@ -121,12 +121,14 @@ func setupPodman(t *testing.T, w *world, mirror string) pullFunc {
 	return podmanPuller(t, w, policy, env)
 }
 
-// podmanPuller pulls docker.io names with podman, configured by env.
-func podmanPuller(t *testing.T, w *world, policy string, env []string) pullFunc {
+// podmanPuller pulls docker.io names with podman, configured by env, with
+// extra arguments for podman pull.
+func podmanPuller(t *testing.T, w *world, policy string, env []string, extra ...string) pullFunc {
 	bin := requireBinary(t, "podman", "podman")
 	return func(t *testing.T, img testImage) string {
 		ref := "docker.io/" + img.repo + ":" + img.tag
-		w.mustRun(t, pullTimeout, env, bin, "pull", "--signature-policy", policy, ref)
+		args := append([]string{bin, "pull", "--signature-policy", policy}, extra...)
+		w.mustRun(t, pullTimeout, env, append(args, ref)...)
 		out := w.mustRun(t, time.Minute, env, bin, "image", "inspect", "--format", "{{json .RepoDigests}}", ref)
 		// For an index podman records both the index digest and the
 		// platform manifest's; report the one that matches if any.

@@ -149,3 +149,50 @@ func readTree(t *testing.T, dir string) map[string]string {
 	}
 	return files
 }
+
+// TestSetupCAFileConfigsPullOverTLS: for a regcache that serves HTTPS with
+// a private CA, the files `regcache setup containerd|podman --ca-file
+// --write` installs are all that ctr and podman need to verify it and pull
+// through it.
+func TestSetupCAFileConfigsPullOverTLS(t *testing.T) {
+	w := newWorld(t)
+	reg := testhub.StartRegistry(t)
+	images := seedImages(t, reg)
+	secret := randomSecret(t)
+	hub := testhub.NewHub(t, reg, testhub.Options{Users: map[string]string{"ci-user": secret}})
+	cert := testhub.SelfSignedCert(t, w.mkdir("tls"))
+	rc := startRegcache(t, w, regcacheConfig{upstreamURL: hub.URL, user: "ci-user", password: secret, cert: &cert})
+	server := "https://" + rc.host()
+
+	engines := []struct {
+		name  string
+		setup func(t *testing.T) pullFunc
+	}{
+		{"containerd", func(t *testing.T) pullFunc {
+			root := w.mkdir("setup-ca-containerd")
+			writeSetupTwice(t, w, root, "containerd", "--server", server, "--ca-file", cert.CertFile, "--root", root)
+			return ctrPuller(t, w, startContainerd(t, w, "containerd-ca"), filepath.Join(root, "etc", "containerd", "certs.d"))
+		}},
+		{"podman", func(t *testing.T) pullFunc {
+			root := w.mkdir("setup-ca-podman")
+			writeSetupTwice(t, w, root, "podman", "--server", server, "--ca-file", cert.CertFile, "--root", root)
+			policy, env := writeContainersConfig(t, w, "podman-ca", "")
+			env = append(env, "CONTAINERS_REGISTRIES_CONF="+filepath.Join(root, "etc", "containers", "registries.conf"))
+			// podman as root reads /etc/containers/certs.d; the installed
+			// tree is under root, so it is named explicitly.
+			certDir := filepath.Join(root, "etc", "containers", "certs.d", rc.host())
+			return podmanPuller(t, w, policy, env, "--cert-dir", certDir)
+		}},
+	}
+	for _, e := range engines {
+		t.Run(e.name, func(t *testing.T) {
+			t.Parallel()
+			pull := e.setup(t)
+			for _, img := range images {
+				if got := pull(t, img); got != img.want {
+					t.Errorf("%s pulled docker.io/%s:%s with digest %q, upstream has %s", e.name, img.repo, img.tag, got, img.want)
+				}
+			}
+		})
+	}
+}
