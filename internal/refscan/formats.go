@@ -90,7 +90,10 @@ func (s *yamlScanner) compose(root *yaml.Node) {
 			// it is not pulled.
 			continue
 		}
-		s.image(mapGet(svc, "image"), "compose image", 1)
+		n := deref(mapGet(svc, "image"))
+		if v, ok := scalar(n); ok && strings.TrimSpace(v) != "" {
+			s.add(n, 0, v, "compose image", 1, composeDefaults(v))
+		}
 	}
 }
 
