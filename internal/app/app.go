@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/regcache/regcache/internal/clientauth"
@@ -33,19 +34,65 @@ type App struct {
 	Upstreams map[string]*upstream.Registry
 	// TLS is set when the config has tls: serve HTTPS with it.
 	TLS *tls.Config
+	// users is the client_auth.htpasswd file, nil without client_auth.
+	users *clientauth.File
+	// usersEvery overrides usersReloadEvery (tests).
+	usersEvery time.Duration
 	// identities names who each registry's budget is counted for.
 	identities map[string]string
 	cfg        *config.Config
 	log        *slog.Logger
 }
 
-// Run does the server's background work until ctx ends: today, keeping
-// the store under storage.max_size.
+// usersReloadEvery is how often the htpasswd file is checked for changes.
+const usersReloadEvery = 10 * time.Second
+
+// Run does the server's background work until ctx ends: keeping the store
+// under storage.max_size, and reading client_auth.htpasswd again when it
+// changes.
 func (a *App) Run(ctx context.Context) {
-	max := int64(a.cfg.Storage.MaxSize)
-	if max <= 0 {
-		return
+	var wg sync.WaitGroup
+	if a.users != nil {
+		wg.Go(func() { a.watchUsers(ctx) })
 	}
+	if max := int64(a.cfg.Storage.MaxSize); max > 0 {
+		wg.Go(func() { a.gcLoop(ctx, max) })
+	}
+	wg.Wait()
+}
+
+// watchUsers reloads the htpasswd file when it changes. A file that does
+// not parse keeps the previous users; the error is logged once, not on
+// every check.
+func (a *App) watchUsers(ctx context.Context) {
+	every := a.usersEvery
+	if every <= 0 {
+		every = usersReloadEvery
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	var lastErr string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		changed, err := a.users.Reload()
+		switch {
+		case err != nil:
+			if err.Error() != lastErr {
+				a.log.Error("client_auth.htpasswd not reloaded; the previous users stay in force", "err", err)
+			}
+			lastErr = err.Error()
+		case changed:
+			lastErr = ""
+			a.log.Info("client_auth.htpasswd reloaded", "users", a.users.Users())
+		}
+	}
+}
+
+func (a *App) gcLoop(ctx context.Context, max int64) {
 	every := a.cfg.Storage.GCInterval.D()
 	if every <= 0 {
 		every = time.Minute
@@ -132,10 +179,11 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams))
 	sopt := server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(), BlobCopy: cfg.BlobCopy}
 	if ca := cfg.ClientAuth; ca != nil {
-		users, err := clientauth.Load(ca.Htpasswd)
+		users, err := clientauth.Open(ca.Htpasswd)
 		if err != nil {
 			return nil, fmt.Errorf("client_auth.htpasswd: %w", err)
 		}
+		a.users = users
 		sopt.ClientAuth, sopt.AnonymousRegistries = users, ca.AnonymousRegistries
 		log.Info("client authentication on", "htpasswd", ca.Htpasswd, "users", users.Users(), "anonymous_registries", strings.Join(ca.AnonymousRegistries, ","))
 	}

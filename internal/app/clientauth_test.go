@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"log/slog"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/crypto/bcrypt"
@@ -149,5 +151,89 @@ func TestClientAuthAndTLSStartupErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Users can be added, removed or given new passwords by editing the
+// htpasswd file, without a restart; a file that no longer parses keeps the
+// previous users.
+func TestClientAuthReloadsHtpasswd(t *testing.T) {
+	oldPW, newPW, opsPW := "old-"+randomHex(t), "new-"+randomHex(t), "ops-"+randomHex(t)
+	htpasswd := writeHtpasswd(t, "ci", oldPW)
+	s := newStack(t, stackOptions{extra: fmt.Sprintf("client_auth: {htpasswd: %s}\n", htpasswd)})
+	s.app.usersEvery = 10 * time.Millisecond
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { s.app.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	status := func(user, pw string) int {
+		resp, _ := s.do("GET", "/v2/", basic(user, pw))
+		return resp.StatusCode
+	}
+	// eventually waits for the watcher to pick a change up.
+	eventually := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("not reloaded: %s", what)
+			}
+		}
+	}
+	if status("ci", oldPW) != 200 {
+		t.Fatal("the first password does not work")
+	}
+
+	// A new password for ci, and a new user.
+	writeUsers(t, htpasswd, map[string]string{"ci": newPW, "ops": opsPW})
+	eventually("new password and new user", func() bool { return status("ci", newPW) == 200 && status("ops", opsPW) == 200 })
+	if status("ci", oldPW) != 401 {
+		t.Error("the old password still works after it was changed (remembered logins must not survive a reload)")
+	}
+
+	// A broken file keeps the users in force and is reported once.
+	if err := os.WriteFile(htpasswd, []byte("ci:not-a-bcrypt-hash\nops\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	eventually("error logged", func() bool { return strings.Contains(s.logs.String(), "client_auth.htpasswd not reloaded") })
+	time.Sleep(50 * time.Millisecond) // several more checks of the same broken file
+	if status("ci", newPW) != 200 || status("ops", opsPW) != 200 {
+		t.Error("a broken htpasswd file locked the users out")
+	}
+	if n := strings.Count(s.logs.String(), "client_auth.htpasswd not reloaded"); n != 1 {
+		t.Errorf("the same error was logged %d times", n)
+	}
+
+	// Removing a user takes effect at once.
+	writeUsers(t, htpasswd, map[string]string{"ops": opsPW})
+	eventually("ci removed", func() bool { return status("ci", newPW) == 401 })
+	if status("ops", opsPW) != 200 {
+		t.Error("ops lost access when ci was removed")
+	}
+	for _, pw := range []string{oldPW, newPW, opsPW} {
+		if strings.Contains(s.logs.String(), pw) {
+			t.Error("a client password appears in the logs")
+		}
+	}
+}
+
+func writeUsers(t *testing.T, path string, users map[string]string) {
+	t.Helper()
+	var b strings.Builder
+	for u, pw := range users {
+		h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString(u + ":" + string(h) + "\n")
+	}
+	// Write and rename, as config management does: the watcher never
+	// reads a half-written file.
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
@@ -139,4 +140,58 @@ func (h *Htpasswd) Check(user, password string) bool {
 	}
 	h.verified[id] = now.Add(verifiedTTL)
 	return true
+}
+
+// File is an htpasswd file that is read again when it changes, so users can
+// be added, removed or given new passwords without a restart. A file that
+// no longer parses is reported and the previous users stay in force.
+type File struct {
+	path    string
+	current atomic.Pointer[Htpasswd]
+	mu      sync.Mutex // serialises Reload
+	stamp   fileStamp
+}
+
+type fileStamp struct {
+	mod  time.Time
+	size int64
+}
+
+// Open reads path; errors name the file and line.
+func Open(path string) (*File, error) {
+	f := &File{path: path}
+	if _, err := f.Reload(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Check implements the server's ClientAuth with the users read last.
+func (f *File) Check(user, password string) bool { return f.current.Load().Check(user, password) }
+
+// Users is the number of users read last.
+func (f *File) Users() int { return f.current.Load().Users() }
+
+// Reload reads the file again if its modification time or size changed,
+// and reports whether it did. On an error the previous users stay. A new
+// set of users starts with no remembered logins, so a removed user or an
+// old password stops working at once.
+func (f *File) Reload() (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fi, err := os.Stat(f.path)
+	if err != nil {
+		return false, err
+	}
+	st := fileStamp{mod: fi.ModTime(), size: fi.Size()}
+	if f.current.Load() != nil && st == f.stamp {
+		return false, nil
+	}
+	h, err := Load(f.path)
+	if err != nil {
+		return false, err
+	}
+	f.current.Store(h)
+	f.stamp = st
+	return true, nil
 }
