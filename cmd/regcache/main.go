@@ -22,7 +22,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newRatelimitCmd(), newStatusCmd())
+	root.AddCommand(newServeCmd(), newRatelimitCmd(), newStatusCmd(), newWarmCmd())
 	root.AddCommand(toolCommands()...)
 	return root
 }

@@ -5,9 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -16,7 +14,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/regcache/regcache/internal/app"
-	"github.com/regcache/regcache/internal/config"
 	"github.com/regcache/regcache/internal/ratelimit"
 	"github.com/regcache/regcache/internal/testhub"
 )
@@ -121,17 +118,8 @@ func TestStatusCommand(t *testing.T) {
 	backend.PushImage(t, "library/alpine", "3.19", testhub.ImageOptions{})
 	hub := testhub.NewHub(t, backend, testhub.Options{AnonymousLimit: 100})
 	mirror := testhub.NewHub(t, backend, testhub.Options{RepoPrefix: "docker/"})
-	cfg, err := config.Parse([]byte(fmt.Sprintf("storage: {root: %s}\nregistries:\n  docker.io:\n    url: %s\n    reserve: 5\n    mirrors: [{url: %s, repo_prefix: docker/, repositories: [\"library/*\"]}]\n",
-		t.TempDir(), hub.URL, mirror.URL)), "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := app.New(cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(a.Handler)
-	defer srv.Close()
+	_, srv := startApp(t, fmt.Sprintf("storage: {root: %s}\nregistries:\n  docker.io:\n    url: %s\n    reserve: 5\n    mirrors: [{url: %s, repo_prefix: docker/, repositories: [\"library/*\"]}]\n",
+		t.TempDir(), hub.URL, mirror.URL))
 	resp, err := http.Get(srv.URL + "/v2/library/alpine/manifests/3.19")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("pull: %v %v", err, resp)

@@ -123,6 +123,17 @@ tls: {certificate: %s, key: %s}
 			rc.Close()
 		})
 	}
+	// regcache warm logs in with --username and $REGCACHE_PASSWORD and
+	// trusts --ca-file.
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	t.Setenv(passwordEnv, "ci-password")
+	root := newRootCmd()
+	var out strings.Builder
+	root.SetOut(&out)
+	root.SetArgs([]string{"warm", "--server", "https://" + addr, "--ca-file", cert.CertFile, "--username", "ci", "private.example/team/app:v1"})
+	if err := root.ExecuteContext(t.Context()); err != nil || !strings.Contains(out.String(), "1 of 1 images warmed") {
+		t.Errorf("warm over TLS with a login: %v\n%s", err, out.String())
+	}
 	if strings.Contains(logs.String(), "ci-password") {
 		t.Error("the client password appears in the logs")
 	}
