@@ -20,8 +20,9 @@ import (
 	"github.com/regcache/regcache/internal/testhub"
 )
 
-// regcache serve with tls and client_auth: HTTPS (HTTP/2 offered), a Basic
-// challenge on /v2/, and a pull by go-containerregistry with a login.
+// regcache serve with tls and client_auth: HTTPS (HTTP/2 offered), a Bearer
+// challenge on /v2/ whose realm is the same https host, and a pull by
+// go-containerregistry with a login (through the token flow).
 func TestServeTLSWithClientAuth(t *testing.T) {
 	backend := testhub.StartRegistry(t)
 	img := backend.PushImage(t, "team/app", "v1", testhub.ImageOptions{})
@@ -74,8 +75,8 @@ tls: {certificate: %s, key: %s}
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != `Basic realm="regcache"` {
-		t.Errorf("GET /v2/ without a login: %d %q, want 401 with a Basic challenge", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+	if want := `Bearer realm="https://` + addr + `/_regcache/token",service="regcache"`; resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != want {
+		t.Errorf("GET /v2/ without a login: %d %q, want 401 with %s", resp.StatusCode, resp.Header.Get("WWW-Authenticate"), want)
 	}
 	if resp.ProtoMajor != 2 {
 		t.Errorf("served %s, want HTTP/2 offered over TLS", resp.Proto)

@@ -3,8 +3,12 @@ package app
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,64 +60,143 @@ client_auth:
 	wrong := basic("ci", "not-"+password)
 	hubLogin := basic("dockerhub-user", "dckr_pat_"+randomHex(t)) // what dockerd forwards
 	none := map[string]string{"Accept": acceptAll}
+	bearer := func(tok string) map[string]string {
+		return map[string]string{"Authorization": "Bearer " + tok, "Accept": acceptAll}
+	}
+	// Tokens as clients get them from the realm: GET with or without a
+	// login, or containerd's POST password grant.
+	anonToken := s.token(t, nil)
+	userToken := s.token(t, good)
+	refusedToken := s.token(t, wrong)
+	hubToken := s.token(t, hubLogin)
+	grantToken := s.tokenGrant(t, "ci", password)
 	private := "/v2/private.example/library/alpine/manifests/latest"
 	privateBlob := "/v2/private.example/library/alpine/blobs/" + img.Layers[0].String()
+	anonymous := "/v2/library/alpine/manifests/latest"
 
+	counted := map[string]int{}
 	for _, tc := range []struct {
-		name     string
-		path     string
-		hdr      map[string]string
-		want     int
-		wantCode string
+		name    string
+		path    string
+		hdr     map[string]string
+		want    int
+		wantMsg string // part of the OCI error message
+		counted string // the failure counter it adds to
 	}{
-		{"ping without credentials gets the challenge", "/v2/", none, 401, "UNAUTHORIZED"},
-		{"ping with credentials", "/v2/", good, 200, ""},
-		{"ping with a wrong password", "/v2/", wrong, 401, "UNAUTHORIZED"},
-		{"anonymous registry, no credentials", "/v2/library/alpine/manifests/latest", none, 200, ""},
-		{"anonymous registry, host in path", "/v2/docker.io/library/alpine/manifests/latest", none, 200, ""},
-		{"anonymous registry, forwarded Docker Hub login", "/v2/library/alpine/manifests/latest", hubLogin, 200, ""},
-		{"private registry, no credentials", private, none, 401, "UNAUTHORIZED"},
-		{"private registry, empty credentials (containers/image without a login)", private, basic("", ""), 401, "UNAUTHORIZED"},
-		{"private registry blob, no credentials", privateBlob, none, 401, "UNAUTHORIZED"},
-		{"private registry, wrong password", private, wrong, 401, "UNAUTHORIZED"},
-		{"private registry, Docker Hub login", private, hubLogin, 401, "UNAUTHORIZED"},
-		{"private registry, credentials", private, good, 200, ""},
-		{"private registry blob, credentials", privateBlob, good, 200, ""},
-		{"unconfigured registry, no credentials: nothing revealed", "/v2/elsewhere.example/x/manifests/1", none, 401, "UNAUTHORIZED"},
-		{"unconfigured registry, credentials", "/v2/elsewhere.example/x/manifests/1", good, 404, "NAME_UNKNOWN"},
+		{"ping without a login gets the challenge", "/v2/", none, 401, "authentication required", ""},
+		{"ping with Basic credentials", "/v2/", good, 200, "", ""},
+		{"ping with a wrong password", "/v2/", wrong, 401, "invalid username or password", "invalid"},
+		{"ping with a user token", "/v2/", bearer(userToken), 200, "", ""},
+		{"ping with an anonymous token", "/v2/", bearer(anonToken), 401, "authentication required", ""},
+		{"ping with a refused login's token (docker login fails)", "/v2/", bearer(refusedToken), 401, "invalid username or password", "invalid"},
+		{"anonymous registry, no login", anonymous, none, 200, "", ""},
+		{"anonymous registry, host in path", "/v2/docker.io/library/alpine/manifests/latest", none, 200, "", ""},
+		{"anonymous registry, forwarded Docker Hub login", anonymous, hubLogin, 200, "", ""},
+		{"anonymous registry, token for the forwarded Docker Hub login", anonymous, bearer(hubToken), 200, "", ""},
+		{"anonymous registry, anonymous token", anonymous, bearer(anonToken), 200, "", ""},
+		{"private registry, no login", private, none, 401, "authentication required", "missing"},
+		{"private registry, empty credentials (containers/image without a login)", private, basic("", ""), 401, "authentication required", "missing"},
+		{"private registry blob, no login", privateBlob, none, 401, "authentication required", "missing"},
+		{"private registry, anonymous token", private, bearer(anonToken), 401, "authentication required", "missing"},
+		{"private registry, wrong password", private, wrong, 401, "invalid username or password", "invalid"},
+		{"private registry, refused login's token", private, bearer(refusedToken), 401, "invalid username or password", "invalid"},
+		{"private registry, Docker Hub login", private, hubLogin, 401, "invalid username or password", "invalid"},
+		{"private registry, forged token", private, bearer("eyJ1IjoiY2kiLCJlIjo5OTk5OTk5OTk5fQ.AAAA"), 401, "authentication required", "missing"},
+		{"private registry, Basic credentials", private, good, 200, "", ""},
+		{"private registry, user token", private, bearer(userToken), 200, "", ""},
+		{"private registry blob, user token", privateBlob, bearer(userToken), 200, "", ""},
+		{"private registry, password-grant token", private, bearer(grantToken), 200, "", ""},
+		{"unconfigured registry, no login: nothing revealed", "/v2/elsewhere.example/x/manifests/1", none, 401, "authentication required", "missing"},
+		{"unconfigured registry, logged in", "/v2/elsewhere.example/x/manifests/1", bearer(userToken), 404, "not configured", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := s.do("GET", tc.path, tc.hdr)
 			if resp.StatusCode != tc.want {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.want, body)
 			}
-			if tc.wantCode != "" {
-				if code, _ := ociError(t, body); code != tc.wantCode {
-					t.Errorf("code %s, want %s", code, tc.wantCode)
+			if tc.wantMsg != "" {
+				if _, msg := ociError(t, body); !strings.Contains(msg, tc.wantMsg) {
+					t.Errorf("message %q, want it to contain %q", msg, tc.wantMsg)
 				}
 			}
-			if challenge := resp.Header.Get("WWW-Authenticate"); (tc.want == 401) != (challenge == `Basic realm="regcache"`) {
+			challenge := resp.Header.Get("WWW-Authenticate")
+			wantChallenge := `Bearer realm="` + s.srv.URL + `/_regcache/token",service="regcache"`
+			if (tc.want == 401) != strings.HasPrefix(challenge, wantChallenge) {
 				t.Errorf("WWW-Authenticate %q with status %d", challenge, resp.StatusCode)
 			}
 		})
-	}
-
-	failures := s.app.Metrics.ClientAuthFailures
-	if got := testutil.ToFloat64(failures.WithLabelValues("missing")); got != 4 {
-		t.Errorf("missing-credential failures %v, want 4 (the /v2/ challenge is not one)", got)
-	}
-	if got := testutil.ToFloat64(failures.WithLabelValues("invalid")); got != 3 {
-		t.Errorf("invalid-credential failures %v, want 3", got)
-	}
-	logs := s.logs.String()
-	if !strings.Contains(logs, `msg="client authentication failed" user=ci`) {
-		t.Error("a wrong password for a known user was not logged")
-	}
-	for _, secret := range []string{password, hubLogin["Authorization"][6:], good["Authorization"][6:]} {
-		if strings.Contains(logs, secret) {
-			t.Error("a client credential appears in regcache's logs")
+		if tc.counted != "" {
+			counted[tc.counted]++
 		}
 	}
+
+	// docker login asks for an offline token: a wrong password is refused
+	// there, with a message, instead of getting an anonymous token.
+	for _, tc := range []struct {
+		hdr  map[string]string
+		want int
+	}{{wrong, 401}, {good, 200}, {none, 200}} {
+		resp, body := s.do("GET", "/_regcache/token?account=ci&client_id=docker&offline_token=true&service=regcache", tc.hdr)
+		if resp.StatusCode != tc.want || (tc.want == 401 && !strings.Contains(string(body), "invalid username or password")) {
+			t.Errorf("docker login token request: %d %s, want %d", resp.StatusCode, body, tc.want)
+		}
+	}
+
+	for _, reason := range []string{"missing", "invalid"} {
+		if got := testutil.ToFloat64(s.app.Metrics.ClientAuthFailures.WithLabelValues(reason)); int(got) != counted[reason] {
+			t.Errorf("%s-login failures %v, want %d (the /v2/ challenge is not one)", reason, got, counted[reason])
+		}
+	}
+	logs := s.logs.String()
+	if !strings.Contains(logs, `msg="client login refused" user=ci`) {
+		t.Error("a wrong password for a known user was not logged")
+	}
+	if strings.Contains(logs, `msg="client login refused" user=dockerhub-user path=/v2/library`) {
+		t.Error("the Docker Hub login dockerd forwards for an anonymous registry was logged as a refusal")
+	}
+	for _, secret := range []string{password, hubLogin["Authorization"][6:], good["Authorization"][6:], userToken} {
+		if strings.Contains(logs, secret) {
+			t.Error("a client credential or token appears in regcache's logs")
+		}
+	}
+}
+
+// token fetches a token from regcache's realm, with Basic credentials from
+// hdr if it has them.
+func (s *stack) token(t *testing.T, hdr map[string]string) string {
+	t.Helper()
+	h := map[string]string{}
+	if a := hdr["Authorization"]; a != "" {
+		h["Authorization"] = a
+	}
+	resp, body := s.do("GET", "/_regcache/token?service=regcache&scope=repository:private.example/library/alpine:pull", h)
+	return decodeToken(t, resp.StatusCode, body)
+}
+
+// tokenGrant fetches a token with an OAuth2 password grant, as containerd does.
+func (s *stack) tokenGrant(t *testing.T, user, password string) string {
+	t.Helper()
+	form := url.Values{"grant_type": {"password"}, "username": {user}, "password": {password}, "service": {"regcache"}}
+	resp, err := http.PostForm(s.srv.URL+"/_regcache/token", form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return decodeToken(t, resp.StatusCode, body)
+}
+
+func decodeToken(t *testing.T, status int, body []byte) string {
+	t.Helper()
+	var tr struct {
+		Token       string `json:"token"`
+		AccessToken string `json:"access_token"`
+		ExpiresIn   int    `json:"expires_in"`
+	}
+	if status != 200 || json.Unmarshal(body, &tr) != nil || tr.Token == "" || tr.Token != tr.AccessToken || tr.ExpiresIn <= 0 {
+		t.Fatalf("token endpoint: %d %s", status, body)
+	}
+	return tr.Token
 }
 
 // A bad client_auth or tls setting stops start-up with an error that names
@@ -192,9 +275,7 @@ func TestClientAuthReloadsHtpasswd(t *testing.T) {
 	}
 
 	// A broken file keeps the users in force and is reported once.
-	if err := os.WriteFile(htpasswd, []byte("ci:not-a-bcrypt-hash\nops\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeAtomic(t, htpasswd, "ci:not-a-bcrypt-hash\nops\n")
 	eventually("error logged", func() bool { return strings.Contains(s.logs.String(), "client_auth.htpasswd not reloaded") })
 	time.Sleep(50 * time.Millisecond) // several more checks of the same broken file
 	if status("ci", newPW) != 200 || status("ops", opsPW) != 200 {
@@ -227,10 +308,16 @@ func writeUsers(t *testing.T, path string, users map[string]string) {
 		}
 		b.WriteString(u + ":" + string(h) + "\n")
 	}
-	// Write and rename, as config management does: the watcher never
-	// reads a half-written file.
+	writeAtomic(t, path, b.String())
+}
+
+// writeAtomic writes and renames, as config management does: the watcher
+// never reads a half-written file (which would be a second, different
+// error in the test that counts them).
+func writeAtomic(t *testing.T, path, content string) {
+	t.Helper()
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
+	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Rename(tmp, path); err != nil {

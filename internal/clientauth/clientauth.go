@@ -1,11 +1,12 @@
-// Package clientauth checks the credentials that clients send to regcache
-// itself: HTTP Basic against an htpasswd file of bcrypt hashes, the format
-// Distribution, zot and nginx read (`htpasswd -B`).
+// Package clientauth checks the logins that clients present to regcache
+// itself: users from an htpasswd file of bcrypt hashes, the format
+// Distribution, zot and nginx read (`htpasswd -B`), and the short-lived
+// bearer tokens regcache issues to them (Issuer).
 //
-// bcrypt is slow on purpose (tens of milliseconds a check), and a CI fleet
-// sends Basic credentials with every one of a pull's requests, so a
-// successful check is remembered for a few minutes under a keyed hash of the
-// credentials. Failures are never remembered.
+// bcrypt is slow on purpose (tens of milliseconds a check). Most clients
+// check a login once per token, but some send Basic credentials with every
+// request, so a successful check is remembered for a few minutes under a
+// keyed hash of the credentials. Failures are never remembered.
 package clientauth
 
 import (

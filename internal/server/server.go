@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/regcache/regcache/internal/clientauth"
 	"github.com/regcache/regcache/internal/metrics"
 	"github.com/regcache/regcache/internal/pull"
 	"github.com/regcache/regcache/internal/store"
@@ -39,6 +40,7 @@ type Server struct {
 	mux   *http.ServeMux
 	// auth is nil when clients need no credentials.
 	auth      ClientAuth
+	tokens    *clientauth.Issuer
 	anonymous map[string]bool
 }
 
@@ -51,9 +53,11 @@ type Options struct {
 	Admin   http.Handler
 	// BlobCopy is "buffered" (default) or "sendfile".
 	BlobCopy string
-	// ClientAuth, when set, makes every /v2/ request carry valid Basic
-	// credentials, except those for AnonymousRegistries.
+	// ClientAuth, when set, makes every /v2/ request carry a login (a
+	// token from Tokens, or Basic credentials), except those for
+	// AnonymousRegistries. Tokens must be set with it.
 	ClientAuth          ClientAuth
+	Tokens              *clientauth.Issuer
 	AnonymousRegistries []string
 }
 
@@ -65,6 +69,7 @@ func New(opt Options) *Server {
 	}
 	if opt.ClientAuth != nil {
 		s.auth = opt.ClientAuth
+		s.tokens = opt.Tokens
 		s.anonymous = map[string]bool{}
 		for _, name := range opt.AnonymousRegistries {
 			s.anonymous[name] = true
@@ -83,6 +88,7 @@ func New(opt Options) *Server {
 	if s.admin != nil {
 		mux.Handle("/_regcache/", s.admin)
 	}
+	mux.HandleFunc(tokenPath, s.serveToken)
 	s.mux = mux
 	return s
 }
@@ -110,10 +116,9 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 	rt, perr := s.router.Parse(r.URL.Path, r.URL.Query())
 	// Before any other answer: a stranger learns nothing, not even which
 	// registries are configured.
-	if aerr := s.authorize(r, rt, perr == nil); aerr != nil {
+	if aerr := s.authorize(w, r, rt, perr == nil); aerr != nil {
 		// Not s.fail: every login starts with this challenge, which is
 		// no failure; authorize logs the attempts worth logging.
-		w.Header().Set("WWW-Authenticate", authRealm)
 		writeError(w, aerr)
 		return
 	}

@@ -23,26 +23,13 @@ import (
 // it reads registry certificates only from /etc/docker/certs.d on the host.
 func TestClientsLogInOverTLS(t *testing.T) {
 	w := newWorld(t)
-	reg := testhub.StartRegistry(t)
-	images := seedImages(t, reg)
-	hubSecret := randomSecret(t)
-	hub := testhub.NewHub(t, reg, testhub.Options{Users: map[string]string{"ci-user": hubSecret}})
-
 	cert := testhub.SelfSignedCert(t, w.mkdir("tls"))
 	certDir := w.mkdir("tls-ca") // containers-image reads *.crt from a directory
 	if err := os.WriteFile(filepath.Join(certDir, "ca.crt"), []byte(readFile(t, cert.CertFile)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	user, password := "ci", randomSecret(t)
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	htpasswd := filepath.Join(w.mkdir("regcache-etc"), "htpasswd")
-	if err := os.WriteFile(htpasswd, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	rc := startRegcache(t, w, regcacheConfig{upstreamURL: hub.URL, user: "ci-user", password: hubSecret, cert: &cert, htpasswd: htpasswd})
+	images, _, rc := startHubAndRegcacheWith(t, w, testhub.Options{}, regcacheConfig{cert: &cert, htpasswd: writeHtpasswd(t, w, user, password)})
 	host := rc.host()
 	creds := user + ":" + password
 
@@ -183,4 +170,18 @@ func TestClientsLogInOverTLS(t *testing.T) {
 			}
 		}
 	})
+}
+
+// writeHtpasswd writes regcache's client_auth file with one user.
+func writeHtpasswd(t *testing.T, w *world, user, password string) string {
+	t.Helper()
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(w.mkdir("regcache-etc"), "htpasswd")
+	if err := os.WriteFile(p, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -32,13 +32,20 @@ func seedImages(t *testing.T, reg *testhub.Registry) []testImage {
 // the default).
 func startHubAndRegcache(t *testing.T, w *world, opts testhub.Options, tagTTL string) ([]testImage, *testhub.Hub, *regcache) {
 	t.Helper()
+	return startHubAndRegcacheWith(t, w, opts, regcacheConfig{tagTTL: tagTTL})
+}
+
+// startHubAndRegcacheWith is startHubAndRegcache with more of regcache's
+// config (TLS, client_auth); the upstream and its login are filled in.
+func startHubAndRegcacheWith(t *testing.T, w *world, opts testhub.Options, cfg regcacheConfig) ([]testImage, *testhub.Hub, *regcache) {
+	t.Helper()
 	reg := testhub.StartRegistry(t)
 	images := seedImages(t, reg)
 	secret := randomSecret(t)
 	opts.Users = map[string]string{"ci-user": secret}
 	hub := testhub.NewHub(t, reg, opts)
-	rc := startRegcache(t, w, regcacheConfig{upstreamURL: hub.URL, user: "ci-user", password: secret, tagTTL: tagTTL})
-	return images, hub, rc
+	cfg.upstreamURL, cfg.user, cfg.password = hub.URL, "ci-user", secret
+	return images, hub, startRegcache(t, w, cfg)
 }
 
 // pullWithEveryClient runs every real client against mirror, in parallel as

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,9 +28,10 @@ type regcacheConfig struct {
 	tagTTL       string
 	// cert makes regcache serve HTTPS with it (tls:).
 	cert *testhub.Cert
-	// htpasswd makes clients log in (client_auth:); no registry is
-	// anonymous.
-	htpasswd string
+	// htpasswd makes clients log in (client_auth:), except for the
+	// anonymous registries.
+	htpasswd  string
+	anonymous []string
 }
 
 // regcache is a regcache server process on a fixed loopback port and data
@@ -112,7 +114,7 @@ registries:
     url: %s
 %s`, r.port, strconv.Quote(r.dataDir), r.cfg.tagTTL, strconv.Quote(r.cfg.upstreamURL), auth)
 	if r.cfg.htpasswd != "" {
-		yaml += fmt.Sprintf("client_auth: {htpasswd: %s}\n", strconv.Quote(r.cfg.htpasswd))
+		yaml += fmt.Sprintf("client_auth: {htpasswd: %s, anonymous_registries: [%s]}\n", strconv.Quote(r.cfg.htpasswd), strings.Join(r.cfg.anonymous, ", "))
 	}
 	if c := r.cfg.cert; c != nil {
 		yaml += fmt.Sprintf("tls: {certificate: %s, key: %s}\n", strconv.Quote(c.CertFile), strconv.Quote(c.KeyFile))

@@ -156,12 +156,8 @@ func readTree(t *testing.T, dir string) map[string]string {
 // through it.
 func TestSetupCAFileConfigsPullOverTLS(t *testing.T) {
 	w := newWorld(t)
-	reg := testhub.StartRegistry(t)
-	images := seedImages(t, reg)
-	secret := randomSecret(t)
-	hub := testhub.NewHub(t, reg, testhub.Options{Users: map[string]string{"ci-user": secret}})
 	cert := testhub.SelfSignedCert(t, w.mkdir("tls"))
-	rc := startRegcache(t, w, regcacheConfig{upstreamURL: hub.URL, user: "ci-user", password: secret, cert: &cert})
+	images, _, rc := startHubAndRegcacheWith(t, w, testhub.Options{}, regcacheConfig{cert: &cert})
 	server := "https://" + rc.host()
 
 	engines := []struct {

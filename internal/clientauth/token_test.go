@@ -1,0 +1,52 @@
+package clientauth
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestTokens(t *testing.T) {
+	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+	i, err := NewIssuer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	i.now = func() time.Time { return now }
+	other, _ := NewIssuer()
+
+	user, ttl := i.Issue(Claims{User: "ci"})
+	refused, _ := i.Issue(Claims{Refused: "ci"})
+	foreign, _ := other.Issue(Claims{User: "ci"})
+	payload, sig, _ := strings.Cut(user, ".")
+	forged, _ := i.Issue(Claims{User: "ops"})
+	forgedPayload, _, _ := strings.Cut(forged, ".")
+
+	if ttl != TokenTTL {
+		t.Errorf("ttl %v", ttl)
+	}
+	for _, tc := range []struct {
+		name string
+		tok  string
+		at   time.Duration
+		want Claims
+		ok   bool
+	}{
+		{"user", user, 0, Claims{User: "ci"}, true},
+		{"refused login", refused, 0, Claims{Refused: "ci"}, true},
+		{"just before expiry", user, TokenTTL - time.Second, Claims{User: "ci"}, true},
+		{"expired", user, TokenTTL, Claims{}, false},
+		{"another server's", foreign, 0, Claims{}, false},
+		{"payload swapped", forgedPayload + "." + sig, 0, Claims{}, false},
+		{"no signature", payload, 0, Claims{}, false},
+		{"garbage", "not a token", 0, Claims{}, false},
+	} {
+		now := now.Add(tc.at)
+		i.now = func() time.Time { return now }
+		c, err := i.Verify(tc.tok)
+		c.Expiry = 0
+		if (err == nil) != tc.ok || c != tc.want {
+			t.Errorf("%s: %+v, %v; want %+v, ok=%v", tc.name, c, err, tc.want, tc.ok)
+		}
+	}
+}
