@@ -183,12 +183,8 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		if err != nil {
 			return nil, fmt.Errorf("client_auth.htpasswd: %w", err)
 		}
-		tokens, err := clientauth.NewIssuer()
-		if err != nil {
-			return nil, err
-		}
 		a.users = users
-		sopt.ClientAuth, sopt.Tokens, sopt.AnonymousRegistries = users, tokens, ca.AnonymousRegistries
+		sopt.ClientAuth, sopt.AnonymousRegistries = users, ca.AnonymousRegistries
 		log.Info("client authentication on", "htpasswd", ca.Htpasswd, "users", users.Users(), "anonymous_registries", strings.Join(ca.AnonymousRegistries, ","))
 	}
 	if t := cfg.TLS; t != nil {

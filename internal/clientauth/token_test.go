@@ -8,12 +8,9 @@ import (
 
 func TestTokens(t *testing.T) {
 	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
-	i, err := NewIssuer()
-	if err != nil {
-		t.Fatal(err)
-	}
+	i := NewIssuer()
 	i.now = func() time.Time { return now }
-	other, _ := NewIssuer()
+	other := NewIssuer()
 
 	user, ttl := i.Issue(Claims{User: "ci"})
 	refused, _ := i.Issue(Claims{Refused: "ci"})

@@ -54,10 +54,9 @@ type Options struct {
 	// BlobCopy is "buffered" (default) or "sendfile".
 	BlobCopy string
 	// ClientAuth, when set, makes every /v2/ request carry a login (a
-	// token from Tokens, or Basic credentials), except those for
-	// AnonymousRegistries. Tokens must be set with it.
+	// token from the server's own realm, or Basic credentials), except
+	// those for AnonymousRegistries.
 	ClientAuth          ClientAuth
-	Tokens              *clientauth.Issuer
 	AnonymousRegistries []string
 }
 
@@ -69,7 +68,7 @@ func New(opt Options) *Server {
 	}
 	if opt.ClientAuth != nil {
 		s.auth = opt.ClientAuth
-		s.tokens = opt.Tokens
+		s.tokens = clientauth.NewIssuer()
 		s.anonymous = map[string]bool{}
 		for _, name := range opt.AnonymousRegistries {
 			s.anonymous[name] = true
