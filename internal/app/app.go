@@ -34,6 +34,8 @@ type App struct {
 	Upstreams map[string]*upstream.Registry
 	// TLS is set when the config has tls: serve HTTPS with it.
 	TLS *tls.Config
+	// certs serves the tls files, nil without tls.
+	certs *certReloader
 	// users is the client_auth.htpasswd file, nil without client_auth.
 	users *clientauth.File
 	// usersEvery overrides usersReloadEvery (tests).
@@ -188,11 +190,12 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		log.Info("client authentication on", "htpasswd", ca.Htpasswd, "users", users.Users(), "anonymous_registries", strings.Join(ca.AnonymousRegistries, ","))
 	}
 	if t := cfg.TLS; t != nil {
-		cert, err := tls.LoadX509KeyPair(t.Certificate, t.Key)
+		certs, err := newCertReloader(t.Certificate, t.Key, log)
 		if err != nil {
 			return nil, fmt.Errorf("tls.certificate %s / tls.key %s: %w", t.Certificate, t.Key, err)
 		}
-		a.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		a.certs = certs
+		a.TLS = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
 	}
 	a.Handler = server.New(sopt)
 	return a, nil
