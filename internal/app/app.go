@@ -4,12 +4,14 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/url"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -187,6 +189,15 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		}
 		a.users = users
 		sopt.ClientAuth, sopt.AnonymousRegistries = users, ca.AnonymousRegistries
+		if ca.TokenKeyFile != "" {
+			secret, err := os.ReadFile(ca.TokenKeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("client_auth.token_key_file: %w", err)
+			}
+			if sopt.Tokens, err = clientauth.NewIssuerWithSecret(bytes.TrimSpace(secret)); err != nil {
+				return nil, fmt.Errorf("client_auth.token_key_file %s: %w", ca.TokenKeyFile, err)
+			}
+		}
 		log.Info("client authentication on", "htpasswd", ca.Htpasswd, "users", users.Users(), "anonymous_registries", strings.Join(ca.AnonymousRegistries, ","))
 	}
 	if t := cfg.TLS; t != nil {

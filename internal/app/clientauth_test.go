@@ -324,3 +324,38 @@ func writeAtomic(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// Replicas that share client_auth.token_key_file accept each other's
+// tokens, as they must behind one load balancer; a bad key file stops
+// start-up with the key and the file named.
+func TestClientAuthSharedTokenKey(t *testing.T) {
+	password := "ci-" + randomHex(t)
+	htpasswd := writeHtpasswd(t, "ci", password)
+	keyFile := filepath.Join(t.TempDir(), "token.key")
+	if err := os.WriteFile(keyFile, []byte(strings.Repeat("k", 48)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	extra := fmt.Sprintf("  private.example:\n    url: {{hub}}\nclient_auth: {htpasswd: %s, token_key_file: %s}\n", htpasswd, keyFile)
+	a := newStack(t, stackOptions{extra: extra})
+	b := newStack(t, stackOptions{extra: extra})
+	a.backend.PushImage(t, "library/alpine", "latest", testhub.ImageOptions{})
+	b.backend.PushImage(t, "library/alpine", "latest", testhub.ImageOptions{})
+	tok := a.token(t, basic("ci", password))
+	resp, body := b.do("GET", "/v2/private.example/library/alpine/manifests/latest", map[string]string{"Authorization": "Bearer " + tok, "Accept": acceptAll})
+	if resp.StatusCode != 200 {
+		t.Errorf("replica b refused replica a's token: %d %s", resp.StatusCode, body)
+	}
+
+	short := filepath.Join(t.TempDir(), "short.key")
+	os.WriteFile(short, []byte("too short"), 0o600)
+	for file, want := range map[string]string{short: "at least 32", filepath.Join(t.TempDir(), "none"): "no such file"} {
+		cfg, err := config.Parse([]byte(fmt.Sprintf("storage: {root: %s}\nregistries:\n  docker.io: {url: http://127.0.0.1:1}\nclient_auth: {htpasswd: %s, token_key_file: %s}\n", t.TempDir(), htpasswd, file)), "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = New(cfg, slog.New(slog.DiscardHandler))
+		if err == nil || !strings.Contains(err.Error(), "client_auth.token_key_file") || !strings.Contains(err.Error(), want) {
+			t.Errorf("token_key_file %s: %v, want the key named and %q", file, err, want)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 )
@@ -46,6 +47,18 @@ func NewIssuer() *Issuer {
 	i := &Issuer{now: time.Now}
 	rand.Read(i.key[:]) // never fails (crypto/rand aborts the program instead)
 	return i
+}
+
+// MinKeySecret is the shortest shared secret NewIssuerWithSecret accepts.
+const MinKeySecret = 32
+
+// NewIssuerWithSecret returns an Issuer whose key is derived from secret,
+// so that replicas behind one load balancer accept each other's tokens.
+func NewIssuerWithSecret(secret []byte) (*Issuer, error) {
+	if len(secret) < MinKeySecret {
+		return nil, fmt.Errorf("the secret is %d bytes; at least %d are needed (for example: head -c 48 /dev/urandom | base64)", len(secret), MinKeySecret)
+	}
+	return &Issuer{now: time.Now, key: sha256.Sum256(append([]byte("regcache token key\x00"), secret...))}, nil
 }
 
 // Issue returns a token for c (its Expiry is set here) and its lifetime.

@@ -47,3 +47,23 @@ func TestTokens(t *testing.T) {
 		}
 	}
 }
+
+func TestSharedSecretTokens(t *testing.T) {
+	secret := []byte(strings.Repeat("s", MinKeySecret))
+	a, err := NewIssuerWithSecret(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := NewIssuerWithSecret(append([]byte(nil), secret...))
+	other, _ := NewIssuerWithSecret([]byte(strings.Repeat("o", MinKeySecret)))
+	tok, _ := a.Issue(Claims{User: "ci"})
+	if c, err := b.Verify(tok); err != nil || c.User != "ci" {
+		t.Errorf("a replica with the same secret refused the token: %+v %v", c, err)
+	}
+	if _, err := other.Verify(tok); err == nil {
+		t.Error("a replica with another secret accepted the token")
+	}
+	if _, err := NewIssuerWithSecret([]byte("short")); err == nil || !strings.Contains(err.Error(), "at least 32") {
+		t.Errorf("a short secret: %v", err)
+	}
+}

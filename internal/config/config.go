@@ -54,6 +54,10 @@ type Config struct {
 type ClientAuth struct {
 	// Htpasswd is a file of user:bcrypt-hash lines (htpasswd -B).
 	Htpasswd string `yaml:"htpasswd"`
+	// TokenKeyFile holds a secret (at least 32 bytes) that signs the
+	// tokens, so that replicas behind one load balancer accept each
+	// other's; without it each process signs with a random key of its own.
+	TokenKeyFile string `yaml:"token_key_file"`
 	// AnonymousRegistries may be pulled from without credentials, such as
 	// docker.io for dockerd's registry-mirrors, which cannot be given a
 	// mirror's own login. Credentials sent for them are not checked:

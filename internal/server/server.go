@@ -58,6 +58,9 @@ type Options struct {
 	// those for AnonymousRegistries.
 	ClientAuth          ClientAuth
 	AnonymousRegistries []string
+	// Tokens signs the tokens; nil means a key of this process's own,
+	// which suits a single server.
+	Tokens *clientauth.Issuer
 }
 
 // New returns a Server.
@@ -68,7 +71,10 @@ func New(opt Options) *Server {
 	}
 	if opt.ClientAuth != nil {
 		s.auth = opt.ClientAuth
-		s.tokens = clientauth.NewIssuer()
+		s.tokens = opt.Tokens
+		if s.tokens == nil {
+			s.tokens = clientauth.NewIssuer()
+		}
 		s.anonymous = map[string]bool{}
 		for _, name := range opt.AnonymousRegistries {
 			s.anonymous[name] = true
