@@ -12,14 +12,12 @@ func buildkitTarget() Target {
 		Short:    "buildkitd.toml [registry.\"<registry>\"] mirrors (docker buildx, buildkitd)",
 		Writable: true,
 		Build: func(o Options) (Plan, error) {
-			s, err := o.server()
+			p, _, err := o.filePlan("etc/buildkit/buildkitd.toml", func(b []byte, s server) ([]byte, error) {
+				return mergeBuildkitd(b, o.registries(), s)
+			})
 			if err != nil {
 				return Plan{}, err
 			}
-			p := Plan{Files: []File{{
-				Path:  o.path("etc/buildkit/buildkitd.toml"),
-				Merge: func(b []byte) ([]byte, error) { return mergeBuildkitd(b, o.registries(), s) },
-			}}}
 			p.Notes = append(p.Notes,
 				"BuildKit sends ?ns=<registry> to the mirror, so one regcache serves every registry listed.",
 				"http/insecure is set on the mirror's own [registry.\"<mirror>\"] table: BuildKit reads it from there (on the docker.io table it would downgrade the fallback to Docker Hub instead).",

@@ -15,14 +15,10 @@ func dockerTarget() Target {
 		Short:    "dockerd daemon.json: registry-mirrors (+ insecure-registries for http)",
 		Writable: true,
 		Build: func(o Options) (Plan, error) {
-			s, err := o.server()
+			p, s, err := o.filePlan("etc/docker/daemon.json", mergeDaemonJSON)
 			if err != nil {
 				return Plan{}, err
 			}
-			p := Plan{Files: []File{{
-				Path:  o.path("etc/docker/daemon.json"),
-				Merge: func(b []byte) ([]byte, error) { return mergeDaemonJSON(b, s) },
-			}}}
 			p.Files = append(p.Files, o.caFile(s, "etc/docker/certs.d")...)
 			p.Notes = append(p.Notes,
 				"Apply: sudo systemctl reload docker   (dockerd re-reads registry-mirrors and insecure-registries on SIGHUP)",

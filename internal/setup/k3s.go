@@ -15,14 +15,12 @@ func k3sTarget() Target {
 		Short:    "k3s/RKE2 registries.yaml mirrors",
 		Writable: true,
 		Build: func(o Options) (Plan, error) {
-			s, err := o.server()
+			p, _, err := o.filePlan("etc/rancher/k3s/registries.yaml", func(b []byte, s server) ([]byte, error) {
+				return mergeK3s(b, o.registries(), s)
+			})
 			if err != nil {
 				return Plan{}, err
 			}
-			p := Plan{Files: []File{{
-				Path:  o.path("etc/rancher/k3s/registries.yaml"),
-				Merge: func(b []byte) ([]byte, error) { return mergeK3s(b, o.registries(), s) },
-			}}}
 			p.Notes = append(p.Notes,
 				"k3s writes these mirrors into containerd's hosts.toml, so regcache receives ?ns=<registry>.",
 				"Restart to apply: sudo systemctl restart k3s (agents: k3s-agent)")

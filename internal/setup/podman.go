@@ -12,15 +12,13 @@ func podmanTarget() Target {
 		Short:    "containers registries.conf [[registry]] + [[registry.mirror]] per registry (podman, buildah, skopeo, CRI-O)",
 		Writable: true,
 		Build: func(o Options) (Plan, error) {
-			s, err := o.server()
+			p, s, err := o.filePlan("etc/containers/registries.conf", func(b []byte, s server) ([]byte, error) {
+				return mergeRegistriesConf(b, o.registries(), s)
+			})
 			if err != nil {
 				return Plan{}, err
 			}
-			path := o.path("etc/containers/registries.conf")
-			p := Plan{Files: []File{{
-				Path:  path,
-				Merge: func(b []byte) ([]byte, error) { return mergeRegistriesConf(b, o.registries(), s) },
-			}}}
+			path := p.Files[0].Path
 			p.Files = append(p.Files, o.caFile(s, "etc/containers/certs.d")...)
 			p.Notes = append(p.Notes,
 				"podman replaces the prefix with the mirror location, so regcache receives /v2/<registry>/<repository>/...",

@@ -111,6 +111,19 @@ func readCA(path string) (string, []byte, error) {
 	return abs, data, nil
 }
 
+// filePlan is the plan of a target that edits one file, at std (or
+// --path), with merge for the server the options name.
+func (o Options) filePlan(std string, merge func(existing []byte, s server) ([]byte, error)) (Plan, server, error) {
+	s, err := o.server()
+	if err != nil {
+		return Plan{}, s, err
+	}
+	return Plan{Files: []File{{
+		Path:  o.path(std),
+		Merge: func(b []byte) ([]byte, error) { return merge(b, s) },
+	}}}, s, nil
+}
+
 // caFile is the file that makes docker or podman trust regcache's CA: they
 // read <dir>/<host:port>/*.crt (dir is /etc/docker/certs.d or
 // /etc/containers/certs.d).
