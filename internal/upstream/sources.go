@@ -153,7 +153,7 @@ func classify(ctx context.Context, err error) outcome {
 	switch {
 	case e.notSent:
 		return outcomeNeutral
-	case e.Code == CodeDigestInvalid && e.StatusCode == 0:
+	case isDigestInvalid(err):
 		return outcomeFailure
 	case IsUnavailable(err):
 		return outcomeFailure
@@ -202,10 +202,8 @@ func (r *Registry) fromMirrors(ctx context.Context, eb Error, fetch func(e *endp
 	repo := eb.Repository
 	last := error(&Error{Registry: eb.Registry, Op: eb.Op, Repository: repo, Reference: eb.Reference,
 		Message: "no mirror carries this repository", notSent: true})
-	d, byDigest := digest.Digest(eb.Reference), false
-	if strings.Contains(eb.Reference, ":") {
-		byDigest = d.Validate() == nil
-	}
+	d := digest.Digest(eb.Reference)
+	byDigest := d.Validate() == nil // a tag never validates
 	for _, m := range r.mirrorsFor(repo) {
 		meb := eb
 		meb.Registry = m.registry
@@ -417,9 +415,7 @@ func judgeMirrorBlob(ctx context.Context, t *ticket, bad *badContent, d digest.D
 		t.finish(outcomeSuccess, 0)
 	case errors.Is(err, ErrContentMismatch):
 		t.finish(outcomeFailure, 0)
-		if bad != nil {
-			bad.add(d)
-		}
+		bad.add(d)
 	case ctx.Err() != nil || errors.Is(err, context.Canceled):
 		t.finish(outcomeNeutral, 0)
 	default:
