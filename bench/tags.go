@@ -238,13 +238,7 @@ func (e *env) scaling() error {
 			if err != nil {
 				return err
 			}
-			if wr.Non2xx > 0 || wr.Errors > 0 {
-				r.Note = fmt.Sprintf("%d non-2xx, %d socket errors", wr.Non2xx, wr.Errors)
-			}
-			r.Values = append(r.Values, wr.RPS)
-			r.CPU = append(r.CPU, mr.CPUSeconds)
-			r.Work = append(r.Work, wr.RPS*e.loadDur.Seconds()/1e6)
-			r.RSS = append(r.RSS, float64(mr.PeakRSS)/(1<<20))
+			r.addLoad(wr, mr, e.loadDur)
 		}
 		e.add(r)
 		e.drop(name)

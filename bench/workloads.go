@@ -204,14 +204,7 @@ func (e *env) manifestRPS() error {
 				if err != nil {
 					return err
 				}
-				if wr.Non2xx > 0 || wr.Errors > 0 {
-					r.Note = fmt.Sprintf("%d non-2xx, %d socket errors", wr.Non2xx, wr.Errors)
-				}
-				r.Values = append(r.Values, wr.RPS)
-				r.CPU = append(r.CPU, mr.CPUSeconds)
-				// ms of server CPU per 1000 requests = s per request × 1e6 / 1e3.
-				r.Work = append(r.Work, wr.RPS*e.loadDur.Seconds()/1e6)
-				r.RSS = append(r.RSS, float64(mr.PeakRSS)/(1<<20))
+				r.addLoad(wr, mr, e.loadDur)
 			}
 			e.add(r)
 		}
@@ -384,4 +377,17 @@ func (e *env) storm() error {
 		return fmt.Errorf("go test ./bench/storm: %v\n%s", err, out)
 	}
 	return nil
+}
+
+// addLoad records one load-generator run of a requests-per-second row: the
+// rate, the server's CPU and peak RSS, and the requests made (in millions,
+// so CPU/Work is ms of server CPU per 1,000 requests).
+func (r *row) addLoad(wr wrkResult, mr meterResult, d time.Duration) {
+	if wr.Non2xx > 0 || wr.Errors > 0 {
+		r.Note = fmt.Sprintf("%d non-2xx, %d socket errors", wr.Non2xx, wr.Errors)
+	}
+	r.Values = append(r.Values, wr.RPS)
+	r.CPU = append(r.CPU, mr.CPUSeconds)
+	r.Work = append(r.Work, wr.RPS*d.Seconds()/1e6)
+	r.RSS = append(r.RSS, float64(mr.PeakRSS)/(1<<20))
 }
