@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/net/netutil"
 
 	"github.com/regcache/regcache/internal/app"
 	"github.com/regcache/regcache/internal/config"
@@ -74,10 +75,14 @@ func serve(ctx context.Context, cfg *config.Config, logw interface{ Write([]byte
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	// More connections than this wait in the kernel's backlog rather than
+	// each costing a goroutine and buffers here.
+	ln = netutil.LimitListener(ln, cfg.MaxConnections)
 	srv := &http.Server{
 		Handler:           a.Handler,
 		ReadHeaderTimeout: 15 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.HTTP2MaxStreams},
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	scheme, run := "http", func() error { return srv.Serve(ln) }
@@ -95,7 +100,16 @@ func serve(ctx context.Context, cfg *config.Config, logw interface{ Write([]byte
 		"tag_ttl", cfg.TagTTL.D().String(), "default_registry", cfg.DefaultRegistry, "registries", strings.Join(regs, ","))
 	errc := make(chan error, 1)
 	go func() { errc <- run() }()
-	go a.Run(ctx)
+	bgctx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	background := make(chan struct{})
+	go func() {
+		defer close(background)
+		a.Run(bgctx)
+	}()
+	defer func() {
+		stopBackground()
+		<-background
+	}()
 	select {
 	case err := <-errc:
 		return err
@@ -111,7 +125,7 @@ func serve(ctx context.Context, cfg *config.Config, logw interface{ Write([]byte
 	// that cannot finish in time is simply fetched again after a restart.
 	dctx, dcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer dcancel()
-	if err := a.Cache.Drain(dctx); err != nil {
+	if err := a.Close(dctx); err != nil {
 		log.Warn("exiting with downloads in flight", "err", err)
 	}
 	return nil

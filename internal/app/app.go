@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"math"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -46,24 +47,29 @@ type App struct {
 	identities map[string]string
 	cfg        *config.Config
 	log        *slog.Logger
+	// collectNow asks the collection loop for a pass now: the store ran
+	// out of space.
+	collectNow chan struct{}
 }
 
 // usersReloadEvery is how often the htpasswd file is checked for changes.
 const usersReloadEvery = 10 * time.Second
 
-// Run does the server's background work until ctx ends: keeping the store
-// under storage.max_size, and reading client_auth.htpasswd again when it
-// changes.
+// Run does the server's background work until ctx ends, and returns when
+// all of it has: keeping the store under storage.max_size (and its size
+// metric current), and reading client_auth.htpasswd again when it changes.
 func (a *App) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	if a.users != nil {
 		wg.Go(func() { a.watchUsers(ctx) })
 	}
-	if max := int64(a.cfg.Storage.MaxSize); max > 0 {
-		wg.Go(func() { a.gcLoop(ctx, max) })
-	}
+	wg.Go(func() { a.gcLoop(ctx) })
 	wg.Wait()
 }
+
+// Close finishes the downloads in flight, so every blob a client was
+// served is committed, or gives up on them when ctx ends.
+func (a *App) Close(ctx context.Context) error { return a.Cache.Close(ctx) }
 
 // watchUsers reloads the htpasswd file when it changes. A file that does
 // not parse keeps the previous users; the error is logged once, not on
@@ -96,7 +102,10 @@ func (a *App) watchUsers(ctx context.Context) {
 	}
 }
 
-func (a *App) gcLoop(ctx context.Context, max int64) {
+// gcLoop keeps the store under storage.max_size, every gc_interval and at
+// once when a write found no space. Without max_size it only keeps the
+// size metric current (a walk at most hourly; commits count in between).
+func (a *App) gcLoop(ctx context.Context) {
 	every := a.cfg.Storage.GCInterval.D()
 	if every <= 0 {
 		every = time.Minute
@@ -104,16 +113,21 @@ func (a *App) gcLoop(ctx context.Context, max int64) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		a.collect(ctx, max)
+		a.collect(ctx)
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-a.collectNow:
 		}
 	}
 }
 
-func (a *App) collect(ctx context.Context, max int64) {
+func (a *App) collect(ctx context.Context) {
+	max := int64(a.cfg.Storage.MaxSize)
+	if max <= 0 {
+		max = math.MaxInt64
+	}
 	st, err := a.Store.Collect(ctx, max, max/10*9, time.Now())
 	if err != nil {
 		if ctx.Err() == nil {
@@ -121,7 +135,7 @@ func (a *App) collect(ctx context.Context, max int64) {
 		}
 		return
 	}
-	a.Metrics.StoreBytes.Set(float64(st.Bytes - st.EvictedBytes))
+	a.Metrics.StoreBytes.Set(float64(a.Store.Size()))
 	if st.Evicted > 0 {
 		a.Metrics.EvictedBytes.Add(float64(st.EvictedBytes))
 		a.log.Info("evicted least recently used content", "blobs", st.Evicted, "bytes", st.EvictedBytes,
@@ -137,8 +151,14 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	m := metrics.New()
-	a := &App{Metrics: m, Store: st, Upstreams: map[string]*upstream.Registry{}, identities: map[string]string{}, cfg: cfg, log: log}
-	ups := map[string]pull.Upstream{}
+	a := &App{Metrics: m, Store: st, Upstreams: map[string]*upstream.Registry{}, identities: map[string]string{}, cfg: cfg, log: log,
+		collectNow: make(chan struct{}, 1)}
+	ups := map[string]pull.Source{}
+	limits := upstream.Limits{
+		MaxBlobSize:   int64(cfg.MaxBlobSize),
+		MinRate:       int64(cfg.MinTransferRate),
+		MaxRetryAfter: cfg.MaxRetryAfter.D(),
+	}
 	for _, name := range sortedKeys(cfg.Registries) {
 		rc := cfg.Registries[name]
 		key := "registries." + name
@@ -155,7 +175,8 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 			}
 			mirrors = append(mirrors, upstream.MirrorConfig{URL: mc.URL, RepoPrefix: mc.RepoPrefix, Repositories: mc.Repositories, Auth: mauth})
 		}
-		u, err := upstream.New(upstream.Config{Name: name, URL: rc.URL, Auth: auth, Logger: log, Mirrors: mirrors, Reserve: rc.Reserve})
+		u, err := upstream.New(upstream.Config{Name: name, URL: rc.URL, Auth: auth, Logger: log, Metrics: m,
+			Mirrors: mirrors, Reserve: rc.Reserve, Limits: limits})
 		if err != nil {
 			return nil, fmt.Errorf("%s.url: %w", key, err)
 		}
@@ -169,19 +190,22 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		}
 	}
 	a.Cache = pull.New(pull.Options{
-		Store:        st,
-		Upstreams:    ups,
-		TagTTL:       cfg.TagTTL.D(),
-		TagFallback:  cfg.TagFallback == "mirrors",
-		TagIndexSize: cfg.TagIndexEntries,
-		ListTTL:      cfg.TagsListTTL.D(),
-		FetchTimeout: cfg.UpstreamTimeout.D(),
-		Logger:       log,
-		Metrics:      m,
+		Store:          st,
+		Sources:        ups,
+		TagTTL:         cfg.TagTTL.D(),
+		TagFallback:    cfg.TagFallback == "mirrors",
+		TagIndexSize:   cfg.TagIndexEntries,
+		ListTTL:        cfg.TagsListTTL.D(),
+		ListCacheBytes: int64(cfg.ListCacheSize),
+		FetchTimeout:   cfg.UpstreamTimeout.D(),
+		OnNoSpace:      a.requestCollect,
+		Logger:         log,
+		Metrics:        m,
 	})
 	router := &server.Router{Lookup: cfg.Lookup, DefaultRegistry: cfg.DefaultRegistry}
 	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams))
-	sopt := server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(), BlobCopy: cfg.BlobCopy}
+	sopt := server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(),
+		BlobCopy: cfg.BlobCopy, SendTimeout: cfg.SendTimeout.D()}
 	if ca := cfg.ClientAuth; ca != nil {
 		users, err := clientauth.Open(ca.Htpasswd)
 		if err != nil {
@@ -210,6 +234,14 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 	}
 	a.Handler = server.New(sopt)
 	return a, nil
+}
+
+// requestCollect asks the collection loop for a pass now, without waiting.
+func (a *App) requestCollect() {
+	select {
+	case a.collectNow <- struct{}{}:
+	default:
+	}
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -40,8 +40,29 @@ type Config struct {
 	// "sendfile" (the kernel's zero-copy path).
 	BlobCopy string `yaml:"blob_copy"`
 	// TagIndexEntries bounds the in-memory index of tag answers.
-	TagIndexEntries int                 `yaml:"tag_index_entries"`
-	Registries      map[string]Registry `yaml:"registries"`
+	TagIndexEntries int `yaml:"tag_index_entries"`
+	// ListCacheSize bounds the memory tags lists and referrers answers
+	// take.
+	ListCacheSize ByteSize `yaml:"list_cache_size"`
+	// SendTimeout is the longest a client may take to accept the next
+	// piece of a response before it is cut off (nginx's send_timeout).
+	SendTimeout Duration `yaml:"send_timeout"`
+	// MaxConnections bounds the client connections served at once; more
+	// wait in the listen backlog.
+	MaxConnections int `yaml:"max_connections"`
+	// HTTP2MaxStreams bounds the concurrent streams of one HTTP/2
+	// connection.
+	HTTP2MaxStreams int `yaml:"http2_max_streams"`
+	// MaxBlobSize caps a download whose size no manifest or Content-Length
+	// states.
+	MaxBlobSize ByteSize `yaml:"max_blob_size"`
+	// MinTransferRate is the slowest upstream blob transfer tolerated, in
+	// bytes per second averaged over 30 s.
+	MinTransferRate ByteSize `yaml:"min_transfer_rate"`
+	// MaxRetryAfter is the longest pause an upstream's Retry-After can
+	// impose on regcache.
+	MaxRetryAfter Duration            `yaml:"max_retry_after"`
+	Registries    map[string]Registry `yaml:"registries"`
 	// ClientAuth, when set, makes clients authenticate to regcache itself.
 	ClientAuth *ClientAuth `yaml:"client_auth"`
 	// TLS, when set, makes regcache serve HTTPS on listen.
@@ -270,6 +291,26 @@ func (c *Config) validate() error {
 	case "buffered", "sendfile":
 	default:
 		return fmt.Errorf("blob_copy: %q is not one of buffered, sendfile", c.BlobCopy)
+	}
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{{"send_timeout", c.SendTimeout}, {"max_retry_after", c.MaxRetryAfter}} {
+		if d.v.D() < time.Second {
+			return fmt.Errorf("%s: %s is too short (at least 1s)", d.key, d.v.D())
+		}
+	}
+	for _, n := range []struct {
+		key      string
+		v, least int64
+	}{
+		{"max_connections", int64(c.MaxConnections), 16}, {"http2_max_streams", int64(c.HTTP2MaxStreams), 1},
+		{"max_blob_size", int64(c.MaxBlobSize), 1 << 20}, {"min_transfer_rate", int64(c.MinTransferRate), 1},
+		{"list_cache_size", int64(c.ListCacheSize), 1 << 20},
+	} {
+		if n.v < n.least {
+			return fmt.Errorf("%s: %d is too small (at least %d)", n.key, n.v, n.least)
+		}
 	}
 	if c.TagIndexEntries < 1000 {
 		return fmt.Errorf("tag_index_entries: %d is too small (at least 1000)", c.TagIndexEntries)

@@ -17,6 +17,10 @@ type Metrics struct {
 	// Requests counts client requests by registry, kind (manifest, blob,
 	// tags, referrers) and result (hit, miss, stale, error).
 	Requests *prometheus.CounterVec
+	// RequestSeconds is the latency of /v2/ requests by kind and result:
+	// cache hits apart from answers that waited on an upstream (miss,
+	// stale) and failures.
+	RequestSeconds *prometheus.HistogramVec
 	// BytesServed counts body bytes sent to clients, by registry.
 	BytesServed *prometheus.CounterVec
 	// UpstreamBytes counts blob and manifest bytes fetched, by registry and
@@ -46,6 +50,9 @@ type Metrics struct {
 	EvictedBytes prometheus.Counter
 	// DigestMismatches counts upstream content rejected by verification.
 	DigestMismatches *prometheus.CounterVec
+	// Uncached counts content served to clients but not kept, by registry,
+	// kind and reason (no_space, store_failed).
+	Uncached *prometheus.CounterVec
 	// ClientAuthFailures counts requests refused for want of valid client
 	// credentials, by reason (missing, invalid). The /v2/ challenge that
 	// starts every login is not counted.
@@ -60,6 +67,10 @@ func New() *Metrics {
 		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_requests_total", Help: "Client requests by registry, kind and result (hit, miss, stale, error).",
 		}, []string{"registry", "kind", "result"}),
+		RequestSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "regcache_request_duration_seconds", Help: "Time to answer /v2/ requests (headers and body), by kind and result (hit, miss, stale, error).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
+		}, []string{"kind", "result"}),
 		BytesServed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_served_bytes_total", Help: "Body bytes sent to clients.",
 		}, []string{"registry", "kind"}),
@@ -96,6 +107,9 @@ func New() *Metrics {
 		DigestMismatches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_digest_mismatches_total", Help: "Upstream content rejected because it did not match its digest.",
 		}, []string{"registry", "source"}),
+		Uncached: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_uncached_total", Help: "Content served to clients but not stored, by reason (no_space, store_failed).",
+		}, []string{"registry", "kind", "reason"}),
 		ClientAuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_client_auth_failures_total", Help: "Client requests refused for want of valid credentials, by reason (missing, invalid).",
 		}, []string{"reason"}),
@@ -103,9 +117,9 @@ func New() *Metrics {
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.Requests, m.BytesServed, m.UpstreamBytes, m.UpstreamRequests, m.CountedPulls,
+		m.Requests, m.RequestSeconds, m.BytesServed, m.UpstreamBytes, m.UpstreamRequests, m.CountedPulls,
 		m.StaleServed, m.SharedFetches, m.TagRevalidations, m.DigestMismatches, m.MirrorHits, m.TagFallbacks,
-		m.StoreBytes, m.EvictedBytes, m.ClientAuthFailures,
+		m.StoreBytes, m.EvictedBytes, m.Uncached, m.ClientAuthFailures,
 	)
 	return m
 }

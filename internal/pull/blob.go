@@ -3,16 +3,25 @@ package pull
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
-	"sync"
-	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/regcache/regcache/internal/pull/inflight"
+	"github.com/regcache/regcache/internal/ref"
+	"github.com/regcache/regcache/internal/regerr"
 	"github.com/regcache/regcache/internal/store"
 	"github.com/regcache/regcache/internal/upstream"
 )
+
+// blobSource is what serving blobs needs from a registry.
+type blobSource interface {
+	// Blob opens a blob from the best source, as a reader that verifies
+	// as it is read.
+	Blob(ctx context.Context, repo ref.Repo, d digest.Digest, size int64) (*upstream.Blob, error)
+	// StatBlob confirms a source has the blob, without downloading it.
+	StatBlob(ctx context.Context, repo ref.Repo, d digest.Digest) (ocispec.Descriptor, error)
+}
 
 // Blob is a blob ready to be served: either committed content (Content set;
 // seekable, so Range and sendfile work) or a stream from a download in flight
@@ -21,7 +30,7 @@ type Blob struct {
 	Digest  digest.Digest
 	Size    int64 // -1 when the upstream did not say
 	Content store.Content
-	Stream  *StreamReader
+	Stream  *inflight.Reader
 	Result  Result
 	// Source is where a streamed blob is coming from: origin or a mirror.
 	Source string
@@ -41,87 +50,115 @@ func (b *Blob) Close() error {
 // Blob answers a blob GET. A cached blob is returned as Content; otherwise
 // the caller joins (or starts) the single upstream download of that digest
 // and streams from it.
-func (c *Cache) Blob(ctx context.Context, registry, repo string, d digest.Digest) (*Blob, error) {
-	up, err := c.upstream(registry)
+func (c *Cache) Blob(ctx context.Context, repo ref.Repo, d digest.Digest) (*Blob, error) {
+	src, err := c.source(repo)
 	if err != nil {
 		return nil, err
 	}
-	if content, err := c.opt.Store.Open(ctx, d); err == nil {
-		return c.storedBlob(ctx, up, registry, repo, d, content)
+	if b, err := c.storedBlob(ctx, src, repo, d); b != nil || err != nil {
+		return b, err
 	}
-	f, joined := c.startFetch(up, registry, repo, d)
-	if f == nil {
-		// Committed between our Open and startFetch.
-		content, err := c.opt.Store.Open(ctx, d)
-		if err != nil {
-			return nil, err
+	open := func(dctx context.Context) (inflight.Source, error) { return c.openDownload(dctx, src, repo, d) }
+	r, joined, err := c.downloads.Join(ctx, d, open, func(dctx context.Context, o inflight.Outcome) {
+		c.downloaded(dctx, repo, d, o)
+	})
+	if errors.Is(err, errStored) {
+		// Committed by another download between our look and the Join.
+		b, err := c.storedBlob(ctx, src, repo, d)
+		if b == nil && err == nil {
+			err = &regerr.Error{Kind: regerr.Storage, Op: "open blob", Message: "stored blob vanished"}
 		}
-		return c.storedBlob(ctx, up, registry, repo, d, content)
+		return b, err
+	}
+	if err != nil {
+		return nil, err
 	}
 	if joined {
-		c.m.SharedFetches.WithLabelValues(registry, "blob").Inc()
+		c.m.SharedFetches.WithLabelValues(repo.Registry(), "blob").Inc()
 		// Someone else's download proves the content exists upstream, but
 		// not that it belongs to this repository.
-		if _, err := c.ensureLinked(ctx, up, registry, repo, d); err != nil {
-			f.release()
+		if _, err := c.ensureLinked(ctx, src, repo, d); err != nil {
+			r.Close()
 			return nil, err
 		}
 	}
-	select {
-	case <-f.ready:
-	case <-ctx.Done():
-		f.release()
-		return nil, ctx.Err()
-	}
-	if err := f.failedEarly(); err != nil {
-		f.release()
-		return nil, err
-	}
-	return &Blob{Digest: d, Size: f.size, Stream: &StreamReader{f: f, ctx: ctx}, Result: Miss, Source: f.source}, nil
+	return &Blob{Digest: d, Size: r.Size(), Stream: r, Result: Miss, Source: r.Label()}, nil
 }
 
-// Drain waits until no blob download is in flight, so every blob a client
-// was served is committed: for a clean shutdown, and for tests.
-func (c *Cache) Drain(ctx context.Context) error {
-	for {
-		c.blobMu.Lock()
-		n := len(c.blobs)
-		c.blobMu.Unlock()
-		if n == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d blob downloads still in flight: %w", n, ctx.Err())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
+// errStored is an open function's answer when the blob is already stored.
+var errStored = errors.New("already stored")
 
-// StatBlob answers a blob HEAD without downloading anything.
-func (c *Cache) StatBlob(ctx context.Context, registry, repo string, d digest.Digest) (int64, Result, error) {
-	up, err := c.upstream(registry)
-	if err != nil {
-		return 0, "", err
-	}
-	if size, err := c.opt.Store.Stat(ctx, d); err == nil && c.linked(ctx, registry, repo, d) {
-		return size, Hit, nil
-	}
-	fctx, cancel := c.detach(ctx, c.opt.FetchTimeout)
-	defer cancel()
-	desc, err := up.HeadBlob(fctx, repo, d)
-	if err != nil {
-		return 0, "", err
-	}
+// openDownload runs in the download's goroutine: it opens the upstream's
+// verifying body and the store's writer.
+func (c *Cache) openDownload(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest) (inflight.Source, error) {
 	if _, err := c.opt.Store.Stat(ctx, d); err == nil {
-		c.link(ctx, registry, repo, d)
+		return inflight.Source{}, errStored
 	}
-	return desc.Size, Revalidated, nil
+	size := int64(-1)
+	if n, ok := c.sizes.Get(d); ok {
+		size = n
+	}
+	b, err := src.Blob(ctx, repo, d, size)
+	if err != nil {
+		return inflight.Source{}, err
+	}
+	s := inflight.Source{Body: b, Size: b.Size, Label: b.Source}
+	w, err := c.opt.Store.Create(ctx, d, b.Size)
+	if err != nil {
+		// Decided before a byte is sent: stream through, uncached.
+		c.m.Uncached.WithLabelValues(repo.Registry(), "blob", uncachedReason(err)).Inc()
+		c.log.Warn("blob streamed through uncached: the store cannot take it", "repo", repo.String(), "digest", d, "err", err)
+		if errors.Is(err, store.ErrNoSpace) {
+			c.opt.OnNoSpace()
+		}
+		return s, nil
+	}
+	s.Sink = w
+	return s, nil
 }
 
-// storedBlob serves committed content once it is known to belong to repo.
-func (c *Cache) storedBlob(ctx context.Context, up Upstream, registry, repo string, d digest.Digest, content store.Content) (*Blob, error) {
-	res, err := c.ensureLinked(ctx, up, registry, repo, d)
+func uncachedReason(err error) string {
+	if errors.Is(err, store.ErrNoSpace) {
+		return "no_space"
+	}
+	return "store_failed"
+}
+
+// downloaded runs when a download ended: its bytes were released to the
+// readers and, if they verified, committed.
+func (c *Cache) downloaded(ctx context.Context, repo ref.Repo, d digest.Digest, o inflight.Outcome) {
+	if o.Err != nil {
+		c.log.Warn("blob download failed", "repo", repo.String(), "digest", d, "source", o.Source.Label, "bytes", o.Bytes, "err", o.Err)
+		return
+	}
+	// The upstream served these verified bytes for this repository: that
+	// is the link, whether or not the blob is stored.
+	c.index.Link(ctx, repo, d)
+	if o.Source.Sink == nil {
+		return // counted and logged when it was decided
+	}
+	if o.StoreErr != nil {
+		c.m.Uncached.WithLabelValues(repo.Registry(), "blob", uncachedReason(o.StoreErr)).Inc()
+		if errors.Is(o.StoreErr, store.ErrNoSpace) {
+			c.opt.OnNoSpace()
+		}
+		c.log.Warn("verified blob served but not stored", "repo", repo.String(), "digest", d, "err", o.StoreErr)
+		return
+	}
+	c.log.Info("blob cached", "repo", repo.String(), "digest", d, "bytes", o.Bytes, "source", o.Source.Label)
+}
+
+// storedBlob returns committed content once it is known to belong to repo,
+// or nil, nil when it is not stored.
+func (c *Cache) storedBlob(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest) (*Blob, error) {
+	content, err := c.opt.Store.Open(ctx, d)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, c.storeError("open blob", err)
+	}
+	res, err := c.ensureLinked(ctx, src, repo, d)
 	if err != nil {
 		content.Close()
 		return nil, err
@@ -129,260 +166,42 @@ func (c *Cache) storedBlob(ctx context.Context, up Upstream, registry, repo stri
 	return &Blob{Digest: d, Size: content.Size(), Content: content, Result: res}, nil
 }
 
-// ensureLinked confirms upstream, once per repository, that blob d belongs
-// to repo: Hit when already known, Revalidated after a HEAD.
-func (c *Cache) ensureLinked(ctx context.Context, up Upstream, registry, repo string, d digest.Digest) (Result, error) {
-	if c.linked(ctx, registry, repo, d) {
-		return Hit, nil
+// StatBlob answers a blob HEAD without downloading anything.
+func (c *Cache) StatBlob(ctx context.Context, repo ref.Repo, d digest.Digest) (int64, Result, error) {
+	src, err := c.source(repo)
+	if err != nil {
+		return 0, "", err
 	}
-	if err := c.confirmBlob(ctx, up, registry, repo, d); err != nil {
-		return "", err
+	size, serr := c.opt.Store.Stat(ctx, d)
+	if serr == nil && c.index.Linked(ctx, repo, d) {
+		return size, Hit, nil
 	}
-	return Revalidated, nil
-}
-
-func (c *Cache) confirmBlob(ctx context.Context, up Upstream, registry, repo string, d digest.Digest) error {
+	if serr != nil && !errors.Is(serr, store.ErrNotFound) {
+		return 0, "", c.storeError("stat blob", serr)
+	}
 	fctx, cancel := c.detach(ctx, c.opt.FetchTimeout)
 	defer cancel()
-	if _, err := up.HeadBlob(fctx, repo, d); err != nil {
-		return err
+	desc, err := src.StatBlob(fctx, repo, d)
+	if err != nil {
+		return 0, "", err
 	}
-	c.link(ctx, registry, repo, d)
-	return nil
+	if serr == nil {
+		c.index.Link(ctx, repo, d)
+	}
+	return desc.Size, Revalidated, nil
 }
 
-// fetch is one upstream download of a blob, shared by every client that asks
-// for the digest while it runs. Bytes go to a store Writer; readers tail the
-// writer with ReadAt.
-type fetch struct {
-	d      digest.Digest
-	size   int64
-	source string // set before ready is closed
-
-	ready chan struct{} // closed when size is known or the fetch failed early
-
-	mu      sync.Mutex
-	notify  chan struct{} // closed and replaced on every progress step
-	done    bool          // no more bytes will come
-	err     error         // why the fetch failed; nil after a verified commit
-	writer  store.Writer
-	refs    int // readers plus the download goroutine
-	written int64
-}
-
-func (f *fetch) progress(n int64, done bool, err error) {
-	f.mu.Lock()
-	f.written += n
-	if done {
-		f.done, f.err = true, err
+// ensureLinked confirms upstream, once per repository, that blob d belongs
+// to repo: Hit when already known, Revalidated after a HEAD.
+func (c *Cache) ensureLinked(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest) (Result, error) {
+	if c.index.Linked(ctx, repo, d) {
+		return Hit, nil
 	}
-	close(f.notify)
-	f.notify = make(chan struct{})
-	f.mu.Unlock()
-}
-
-// state returns how many bytes a reader may take and whether the download
-// is over. The last byte is held back until the digest is verified, so a
-// client never receives a complete-looking body of bad content.
-func (f *fetch) state() (avail int64, done bool, err error, wait <-chan struct{}) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	avail = f.written
-	if !f.done || f.err != nil {
-		avail--
-	}
-	return avail, f.done, f.err, f.notify
-}
-
-// failedEarly returns the error of a fetch that never got a response body.
-func (f *fetch) failedEarly() error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.writer == nil {
-		return f.err
-	}
-	return nil
-}
-
-func (f *fetch) release() {
-	f.mu.Lock()
-	f.refs--
-	last := f.refs == 0
-	w := f.writer
-	f.mu.Unlock()
-	if last && w != nil {
-		w.Close()
-	}
-}
-
-// startFetch returns the download in flight for d, starting it if there is
-// none. joined reports whether it was already running; nil means the blob
-// was committed meanwhile.
-func (c *Cache) startFetch(up Upstream, registry, repo string, d digest.Digest) (f *fetch, joined bool) {
-	c.blobMu.Lock()
-	defer c.blobMu.Unlock()
-	if f, ok := c.blobs[d]; ok {
-		f.mu.Lock()
-		failed := f.done && f.err != nil
-		if !failed {
-			f.refs++
-		}
-		f.mu.Unlock()
-		if !failed {
-			return f, true
-		}
-		// A failed download lingers until its goroutine unwinds; a new
-		// request must not inherit its error.
-	}
-	if _, err := c.opt.Store.Stat(context.Background(), d); err == nil {
-		return nil, false
-	}
-	f = &fetch{d: d, size: -1, ready: make(chan struct{}), notify: make(chan struct{}), refs: 2}
-	c.blobs[d] = f
-	go c.download(up, registry, repo, f)
-	return f, false
-}
-
-func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
-	defer f.release()
-	defer func() {
-		c.blobMu.Lock()
-		if c.blobs[f.d] == f {
-			delete(c.blobs, f.d)
-		}
-		c.blobMu.Unlock()
-	}()
-	readyOnce := sync.OnceFunc(func() { close(f.ready) })
-	defer readyOnce()
-
-	// The download belongs to the cache, not to the client that started it:
-	// it runs until done or idle for too long.
-	ctx, cancel := context.WithCancel(context.Background())
+	fctx, cancel := c.detach(ctx, c.opt.FetchTimeout)
 	defer cancel()
-	idle := time.AfterFunc(c.opt.BlobIdleTimeout, cancel)
-	defer idle.Stop()
-
-	start := time.Now()
-	blob, err := up.GetBlobUnverified(ctx, repo, f.d)
-	if err != nil {
-		f.progress(0, true, err)
-		return
+	if _, err := src.StatBlob(fctx, repo, d); err != nil {
+		return "", err
 	}
-	defer blob.Body.Close()
-	w, err := c.opt.Store.Create(ctx, f.d, blob.Size)
-	if err != nil {
-		f.progress(0, true, fmt.Errorf("cache store: %w", err))
-		return
-	}
-	f.mu.Lock()
-	f.writer, f.size, f.source = w, blob.Size, sourceName(blob.Source)
-	f.mu.Unlock()
-	if f.source != upstream.SourceOrigin {
-		c.m.MirrorHits.WithLabelValues(registry, f.source, "blob").Inc()
-	}
-	fetched := c.m.UpstreamBytes.WithLabelValues(registry, f.source, "blob")
-	readyOnce()
-
-	buf := make([]byte, 1<<20)
-	var total int64
-	for {
-		n, rerr := blob.Body.Read(buf)
-		if n > 0 {
-			idle.Reset(c.opt.BlobIdleTimeout)
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				f.progress(0, true, fmt.Errorf("cache store: %w", werr))
-				return
-			}
-			total += int64(n)
-			fetched.Add(float64(n))
-			f.progress(int64(n), false, nil)
-		}
-		if rerr == io.EOF {
-			break
-		}
-		if rerr != nil {
-			blob.Judge(rerr)
-			f.progress(0, true, &upstream.Error{Registry: registry, Op: "GET blob", Repository: repo, Reference: f.d.String(), Err: rerr})
-			c.log.Warn("blob download failed", "registry", registry, "repo", repo, "digest", f.d, "bytes", total, "err", rerr)
-			return
-		}
-	}
-	// Verify first and release the held-back bytes to the clients; making
-	// the blob durable (fsync, rename) is the cache's business and need not
-	// delay them. Nothing is visible in the store before Commit returns.
-	if err := w.Verify(ctx); err != nil {
-		if errors.Is(err, store.ErrDigestMismatch) {
-			blob.Judge(upstream.ErrContentMismatch)
-			c.m.DigestMismatches.WithLabelValues(registry, f.source).Inc()
-			err = &upstream.Error{Registry: registry, Op: "GET blob", Repository: repo, Reference: f.d.String(),
-				Code: upstream.CodeDigestInvalid, Message: "content does not match its digest; discarded"}
-		}
-		c.log.Warn("blob rejected", "registry", registry, "repo", repo, "digest", f.d, "err", err)
-		f.progress(0, true, err)
-		return
-	}
-	blob.Judge(nil)
-	// The upstream served these verified bytes for this repository: that
-	// is the link, whether or not the blob is stored.
-	c.link(ctx, registry, repo, f.d)
-	f.progress(0, true, nil)
-	if err := w.Commit(ctx); err != nil {
-		c.log.Warn("verified blob could not be stored", "registry", registry, "repo", repo, "digest", f.d, "err", err)
-		return
-	}
-	c.log.Info("blob cached", "registry", registry, "repo", repo, "digest", f.d, "bytes", total, "source", f.source,
-		"seconds", time.Since(start).Seconds())
-}
-
-// StreamReader reads a blob from a download in flight, waiting for bytes as
-// they arrive. It returns an error, never a clean EOF, if the download fails
-// or the content does not verify.
-type StreamReader struct {
-	f      *fetch
-	ctx    context.Context
-	off    int64
-	closed bool
-}
-
-// Seek positions the reader before the first Read, for Range requests.
-func (r *StreamReader) SeekStart(off int64) { r.off = off }
-
-func (r *StreamReader) Read(p []byte) (int, error) {
-	for {
-		avail, done, err, wait := r.f.state()
-		if r.off < avail {
-			n := int64(len(p))
-			if n > avail-r.off {
-				n = avail - r.off
-			}
-			m, rerr := r.f.writer.ReadAt(p[:n], r.off)
-			r.off += int64(m)
-			if m > 0 {
-				return m, nil
-			}
-			if rerr != nil {
-				return 0, rerr
-			}
-		}
-		if done {
-			if err != nil {
-				return 0, err
-			}
-			return 0, io.EOF
-		}
-		select {
-		case <-wait:
-		case <-r.ctx.Done():
-			return 0, r.ctx.Err()
-		}
-	}
-}
-
-// Close detaches the reader; the download goes on for others and the cache.
-func (r *StreamReader) Close() error {
-	if !r.closed {
-		r.closed = true
-		r.f.release()
-	}
-	return nil
+	c.index.Link(ctx, repo, d)
+	return Revalidated, nil
 }

@@ -1,6 +1,8 @@
-// Package pull is regcache's pull-through logic: it answers manifest, blob,
+// Package pull is regcache's pull-through policy: it answers manifest, blob,
 // tag-list and referrers requests from the content store, and goes upstream
-// only when it must.
+// only when it must. It is the thin layer that decides; its parts remember
+// (index: tags, repository links, manifest types) and fetch (inflight: one
+// download per digest, streamed to every client as it arrives).
 //
 // The rules, in order of importance:
 //   - content addressed by digest is immutable: once stored it is served
@@ -11,56 +13,45 @@
 //   - one upstream fetch per uncached blob or manifest, however many clients
 //     ask at once, and every client streams from it as bytes arrive.
 //
-// The package sees upstreams and the store only through the Upstream and
-// store.Store interfaces.
+// The files: manifest.go (tags and manifests), blob.go (blobs), list.go
+// (tags lists and referrers). Each declares the narrow interface it needs
+// from an upstream, next to where it uses it.
 package pull
 
 import (
 	"context"
-	"crypto/sha256"
+	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
-	"net/url"
-	"sync"
+	"os"
+	"path/filepath"
 	"time"
 
+	lru2 "github.com/hashicorp/golang-lru/v2"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/regcache/regcache/internal/metrics"
+	"github.com/regcache/regcache/internal/pull/index"
+	"github.com/regcache/regcache/internal/pull/inflight"
+	"github.com/regcache/regcache/internal/ref"
+	"github.com/regcache/regcache/internal/regerr"
 	"github.com/regcache/regcache/internal/store"
-	"github.com/regcache/regcache/internal/upstream"
 )
 
-// Upstream is what the cache needs from one configured registry.
+// Source is one configured registry as the cache uses it;
 // *upstream.Registry implements it.
-type Upstream interface {
-	Name() string
-	HeadManifest(ctx context.Context, repo, ref string, accept []string) (ocispec.Descriptor, error)
-	GetManifest(ctx context.Context, repo, ref string, accept []string) (upstream.Manifest, error)
-	// GetBlobUnverified opens a blob that the cache verifies as it stores
-	// it, reporting the verdict to Blob.Judge.
-	GetBlobUnverified(ctx context.Context, repo string, d digest.Digest) (upstream.Blob, error)
-	HeadBlob(ctx context.Context, repo string, d digest.Digest) (ocispec.Descriptor, error)
-	// ResolveTagAtMirror resolves a tag at the first mirror that has it,
-	// for when the origin cannot answer.
-	ResolveTagAtMirror(ctx context.Context, repo, tag string, accept []string) (upstream.Manifest, error)
-	// GetMirroredManifest fetches a manifest by digest from mirrors only.
-	GetMirroredManifest(ctx context.Context, repo string, d digest.Digest, accept []string) (upstream.Manifest, error)
-	// BelowReserve reports that the origin's pull budget is at or below the
-	// configured reserve.
-	BelowReserve() bool
-	Do(ctx context.Context, method, repo, suffix string, query url.Values, header http.Header) (*http.Response, error)
+type Source interface {
+	manifestSource
+	blobSource
+	listSource
 }
 
 // Options configures a Cache.
 type Options struct {
-	Store     store.Store
-	Upstreams map[string]Upstream // by registry name
+	Store   store.Store
+	Sources map[string]Source // by registry name
 	// TagTTL is how long a tag→digest answer is trusted.
 	TagTTL time.Duration
 	// TagIndexSize bounds the in-memory index of tag answers (and of
@@ -69,38 +60,44 @@ type Options struct {
 	// TagFallback allows resolving a tag at a mirror when the origin cannot
 	// answer and the tag is not cached.
 	TagFallback bool
-	// ListTTL is how long tag lists and referrers answers are reused.
-	ListTTL time.Duration
-	// FetchTimeout bounds one upstream manifest fetch or revalidation.
+	// ListTTL is how long tag lists and referrers answers are reused;
+	// ListCacheBytes bounds what they hold in memory.
+	ListTTL        time.Duration
+	ListCacheBytes int64
+	// FetchTimeout bounds one upstream manifest fetch, revalidation or
+	// list.
 	FetchTimeout time.Duration
-	// BlobIdleTimeout aborts a blob download that makes no progress.
-	BlobIdleTimeout time.Duration
-	Logger          *slog.Logger
-	Metrics         *metrics.Metrics
+	// SpoolDir holds the spool files of downloads whose store cannot read
+	// back (an object store); default a directory under os.TempDir.
+	SpoolDir string
+	// OnNoSpace is called when the store ran out of space, so its owner
+	// can evict now rather than at the next collection.
+	OnNoSpace func()
+	Logger    *slog.Logger
+	Metrics   *metrics.Metrics
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
 
-// Cache is the pull-through cache. It is safe for concurrent use.
+// Cache is the pull-through cache. It is safe for concurrent use. Close
+// ends it: downloads in flight are finished (or given up at the deadline).
 type Cache struct {
-	opt  Options
-	log  *slog.Logger
-	m    *metrics.Metrics
-	now  func() time.Time
-	flow singleflight.Group
-
-	tags      *lru[hkey, tagRecord]
-	manifests *lru[digest.Digest, storedManifest]
-	links     *lru[hkey, struct{}] // registry/repo@digest known to belong together
-	lists     *lru[string, listEntry]
-	blobMu    sync.Mutex
-	blobs     map[digest.Digest]*fetch
+	opt       Options
+	log       *slog.Logger
+	m         *metrics.Metrics
+	now       func() time.Time
+	flow      singleflight.Group
+	index     *index.Index
+	downloads *inflight.Group
+	manifests *lru2.Cache[digest.Digest, []byte] // small manifests' bytes
+	sizes     *lru2.Cache[digest.Digest, int64]  // blob sizes stated by stored manifests
+	lists     *listCache
 }
 
 // New returns a Cache.
 func New(opt Options) *Cache {
 	if opt.Logger == nil {
-		opt.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		opt.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opt.Metrics == nil {
 		opt.Metrics = metrics.New()
@@ -108,47 +105,57 @@ func New(opt Options) *Cache {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	if opt.TagIndexSize <= 0 {
-		opt.TagIndexSize = 100_000
-	}
 	if opt.FetchTimeout <= 0 {
 		opt.FetchTimeout = 30 * time.Second
 	}
-	if opt.BlobIdleTimeout <= 0 {
-		opt.BlobIdleTimeout = 60 * time.Second
+	if opt.OnNoSpace == nil {
+		opt.OnNoSpace = func() {}
 	}
+	if opt.SpoolDir == "" {
+		opt.SpoolDir = filepath.Join(os.TempDir(), "regcache-spool")
+	}
+	if err := os.MkdirAll(opt.SpoolDir, 0o700); err != nil {
+		opt.Logger.Warn("no spool directory: clients who fall behind a download from an object store will fail", "dir", opt.SpoolDir, "err", err)
+		opt.SpoolDir = ""
+	}
+	manifests, _ := lru2.New[digest.Digest, []byte](20_000)
+	sizes, _ := lru2.New[digest.Digest, int64](200_000)
 	return &Cache{
 		opt:       opt,
 		log:       opt.Logger,
 		m:         opt.Metrics,
 		now:       opt.Now,
-		tags:      newLRU[hkey, tagRecord](opt.TagIndexSize),
-		manifests: newLRU[digest.Digest, storedManifest](20_000),
-		links:     newLRU[hkey, struct{}](opt.TagIndexSize),
-		lists:     newLRU[string, listEntry](10_000),
-		blobs:     map[digest.Digest]*fetch{},
+		index:     index.New(index.Options{Meta: opt.Store, Entries: opt.TagIndexSize, Logger: opt.Logger}),
+		downloads: inflight.New(inflight.Options{SpoolDir: opt.SpoolDir, Logger: opt.Logger}),
+		manifests: manifests,
+		sizes:     sizes,
+		lists:     newListCache(opt.ListCacheBytes, opt.ListTTL+listStaleFor),
 	}
 }
 
-// Error is a failure the server turns into an OCI error response. Upstream
-// failures are passed through as *upstream.Error instead.
-type Error struct {
-	Status  int
-	Code    string
-	Message string
-}
+// Close finishes the downloads in flight, so every blob a client was served
+// is committed, or gives them up when ctx ends.
+func (c *Cache) Close(ctx context.Context) error { return c.downloads.Close(ctx) }
 
-func (e *Error) Error() string { return e.Message }
+// Drain waits until no download is in flight (tests, and clean shutdowns).
+func (c *Cache) Drain(ctx context.Context) error { return c.downloads.Drain(ctx) }
 
-// ErrUnknownRegistry is returned for a registry with no configured upstream.
-var ErrUnknownRegistry = errors.New("registry is not configured")
+// Result says how a request was answered, for logs, metrics and headers.
+type Result string
 
-func (c *Cache) upstream(registry string) (Upstream, error) {
-	u, ok := c.opt.Upstreams[registry]
+const (
+	Hit         Result = "hit"         // from the cache, no upstream request
+	Revalidated Result = "revalidated" // from the cache after a HEAD confirmed it
+	Miss        Result = "miss"        // fetched from upstream
+	Stale       Result = "stale"       // from the cache because the upstream failed
+)
+
+func (c *Cache) source(repo ref.Repo) (Source, error) {
+	s, ok := c.opt.Sources[repo.Registry()]
 	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownRegistry, registry)
+		return nil, &regerr.Error{Kind: regerr.NameUnknown, Registry: repo.Registry(), Message: "registry is not configured"}
 	}
-	return u, nil
+	return s, nil
 }
 
 // detach gives an upstream call its own deadline, free of the client's
@@ -158,56 +165,27 @@ func (c *Cache) detach(ctx context.Context, d time.Duration) (context.Context, c
 	return context.WithTimeout(context.WithoutCancel(ctx), d)
 }
 
-func linkKey(registry, repo string, d digest.Digest) string {
-	return registry + "/" + repo + "@" + d.String()
-}
-
-// hkey identifies an index entry by a hash of its parts, so the in-memory
-// indexes hold 16 bytes per key and a lookup allocates nothing. At 128 bits
-// a collision is not a practical concern.
-type hkey [16]byte
-
-func hashKey(a, b, c string, m byte) hkey {
-	var buf [512]byte
-	p := append(buf[:0], a...)
-	p = append(p, 0)
-	p = append(p, b...)
-	p = append(p, 0)
-	p = append(p, c...)
-	p = append(p, 0, m)
-	sum := sha256.Sum256(p)
-	var k hkey
-	copy(k[:], sum[:16])
-	return k
-}
-
-func linkMetaKey(registry, repo string, d digest.Digest) string {
-	return "links/" + registry + "/" + repo + "/_links/" + d.Algorithm().String() + "/" + d.Encoded()
-}
-
-// linked reports whether content d is known to belong to registry/repo.
-// Content is stored once per digest, but a private repository's blob must
-// not be served through another repository's name just because someone knows
-// its digest, so the first use in each repository is confirmed upstream.
-func (c *Cache) linked(ctx context.Context, registry, repo string, d digest.Digest) bool {
-	k := hashKey(registry, repo, string(d), 0)
-	if _, ok := c.links.Get(k); ok {
-		return true
+// storeError classifies a store failure other than "not found".
+func (c *Cache) storeError(op string, err error) error {
+	if errors.Is(err, store.ErrNoSpace) {
+		c.opt.OnNoSpace()
 	}
-	if _, err := c.opt.Store.GetMeta(ctx, linkMetaKey(registry, repo, d)); err == nil {
-		c.links.Add(k, struct{}{})
-		return true
-	}
-	return false
+	return &regerr.Error{Kind: regerr.Storage, Op: op, Message: "the cache's store failed", Err: err}
 }
 
-func (c *Cache) link(ctx context.Context, registry, repo string, d digest.Digest) {
-	k := hashKey(registry, repo, string(d), 0)
-	if _, ok := c.links.Get(k); ok {
+// noteSizes remembers the sizes a manifest states for the blobs it names,
+// so their downloads can be cut at that size.
+func (c *Cache) noteSizes(data []byte) {
+	var doc struct {
+		Config ocispec.Descriptor   `json:"config"`
+		Layers []ocispec.Descriptor `json:"layers"`
+	}
+	if json.Unmarshal(data, &doc) != nil {
 		return
 	}
-	c.links.Add(k, struct{}{})
-	if err := c.opt.Store.PutMeta(ctx, linkMetaKey(registry, repo, d), nil); err != nil {
-		c.log.Warn("cannot record repository link", "registry", registry, "repo", repo, "digest", d, "err", err)
+	for _, d := range append(doc.Layers, doc.Config) {
+		if d.Digest.Validate() == nil && d.Size > 0 {
+			c.sizes.Add(d.Digest, d.Size)
+		}
 	}
 }

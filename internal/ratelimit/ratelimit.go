@@ -13,6 +13,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
+	"github.com/regcache/regcache/internal/ref"
+	"github.com/regcache/regcache/internal/regerr"
 	"github.com/regcache/regcache/internal/upstream"
 )
 
@@ -66,10 +68,18 @@ func Check(ctx context.Context, o Options) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	_, herr := reg.HeadManifest(ctx, o.Repo, o.Tag, nil)
+	repo, err := ref.NewRepo(o.Registry, o.Repo)
+	if err != nil {
+		return Report{}, err
+	}
+	tag, err := ref.NewTag(o.Tag)
+	if err != nil {
+		return Report{}, err
+	}
+	_, herr := reg.HeadManifest(ctx, repo, ref.Manifest{Tag: tag}, nil)
 	b := reg.Budget()
 	// A 429 still tells the budget (it is zero); other failures do not.
-	if herr != nil && !upstream.IsRateLimited(herr) && !b.Known {
+	if herr != nil && !regerr.Is(herr, regerr.RateLimited) && !b.Known {
 		return Report{}, herr
 	}
 	return FromBudget(o.Registry, o.Identity, b, time.Now()), nil

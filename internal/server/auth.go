@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/regcache/regcache/internal/clientauth"
+	"github.com/regcache/regcache/internal/ref"
+	"github.com/regcache/regcache/internal/regerr"
 )
 
 // ClientAuth checks a client's login (clientauth.File).
@@ -60,7 +62,7 @@ func (s *Server) identify(r *http.Request) identity {
 // (parsed is false when the path named no configured registry). It returns
 // nil when the request may go on, else the 401 to send; the challenge
 // header is already set.
-func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt Route, parsed bool) *Error {
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt Route, parsed bool) error {
 	if s.auth == nil {
 		return nil
 	}
@@ -68,7 +70,7 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt Route, par
 	if id.user != "" {
 		return nil
 	}
-	anonymousOK := parsed && rt.Kind != KindBase && s.anonymous[rt.Registry]
+	anonymousOK := parsed && rt.Kind != KindBase && s.anonymous[rt.Repo.Registry()]
 	if anonymousOK {
 		return nil
 	}
@@ -79,20 +81,18 @@ func (s *Server) authorize(w http.ResponseWriter, r *http.Request, rt Route, par
 	w.Header().Set("WWW-Authenticate", challenge)
 	base := parsed && rt.Kind == KindBase
 	if id.refused != "" {
-		if s.metrics != nil {
-			s.metrics.ClientAuthFailures.WithLabelValues("invalid").Inc()
-		}
+		s.metrics.ClientAuthFailures.WithLabelValues("invalid").Inc()
 		if !base {
 			// The user name is worth logging (which CI job has a stale
 			// secret); the password never is.
 			s.log.Info("client login refused", "user", id.refused, "path", r.URL.Path, "remote", r.RemoteAddr)
 		}
-		return &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "invalid username or password"}
+		return regerr.New(regerr.Unauthorized, "invalid username or password")
 	}
-	if s.metrics != nil && !base {
+	if !base {
 		s.metrics.ClientAuthFailures.WithLabelValues("missing").Inc()
 	}
-	return &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "authentication required: log in to this regcache (docker login, podman login, crane auth login)"}
+	return regerr.New(regerr.Unauthorized, "authentication required: log in to this regcache (docker login, podman login, crane auth login)")
 }
 
 // realmURL is the token endpoint on the host and scheme the client used.
@@ -109,7 +109,7 @@ func realmURL(r *http.Request) string {
 // containerd tries first when it has a login).
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 	if s.auth == nil {
-		writeError(w, errNotFound("client_auth is not configured; no token is needed"))
+		writeError(w, regerr.New(regerr.NotFound, "client_auth is not configured; no token is needed"), KindBase)
 		return
 	}
 	var user, password string
@@ -119,16 +119,16 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 		user, password, login = r.BasicAuth()
 	case http.MethodPost:
 		if err := r.ParseForm(); err != nil {
-			writeError(w, &Error{Status: http.StatusBadRequest, Code: "UNSUPPORTED", Message: "unreadable form"})
+			writeError(w, regerr.New(regerr.Invalid, "unreadable form"), KindBase)
 			return
 		}
 		if gt := r.PostForm.Get("grant_type"); gt != "password" {
-			writeError(w, &Error{Status: http.StatusBadRequest, Code: "UNSUPPORTED", Message: "grant_type " + gt + " is not supported; use password"})
+			writeError(w, regerr.New(regerr.Invalid, "grant_type %s is not supported; use password", ref.Quote(gt)), KindBase)
 			return
 		}
 		user, password, login = r.PostForm.Get("username"), r.PostForm.Get("password"), true
 	default:
-		writeError(w, errUnsupported(r.Method+" is not supported here"))
+		writeError(w, regerr.New(regerr.Unsupported, "%s is not supported here", r.Method), KindBase)
 		return
 	}
 	var c clientauth.Claims
@@ -140,7 +140,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
 				// `docker login` asks for an offline token; pulls never
 				// do. A login that is being checked gets a plain no.
 				s.log.Info("client login refused", "user", user, "path", r.URL.Path, "remote", r.RemoteAddr)
-				writeError(w, &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "invalid username or password"})
+				writeError(w, regerr.New(regerr.Unauthorized, "invalid username or password"), KindBase)
 				return
 			}
 			c.Refused = user

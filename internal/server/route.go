@@ -1,11 +1,13 @@
 package server
 
 import (
-	"net/http"
 	"net/url"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/regcache/regcache/internal/ref"
+	"github.com/regcache/regcache/internal/regerr"
 )
 
 // Kind is what a /v2/ request asks for.
@@ -21,12 +23,15 @@ const (
 )
 
 // Route is a parsed /v2/ request: which configured registry and repository
-// it is for, however the client spelled it.
+// it is for, however the client spelled it, and what it names there. It is
+// where names become types: nothing below validates them again.
 type Route struct {
-	Kind     Kind
-	Registry string // configured registry name, e.g. docker.io
-	Repo     string // repository at that registry, e.g. library/alpine
-	Ref      string // tag or digest (manifests), digest (blobs, referrers)
+	Kind Kind
+	Repo ref.Repo
+	// Manifest is the tag or digest of a manifest request.
+	Manifest ref.Manifest
+	// Digest is the blob, or the subject of a referrers request.
+	Digest digest.Digest
 	// Name is the repository name as the client sent it in the path, for
 	// building links back to this server.
 	Name string
@@ -43,14 +48,18 @@ type Router struct {
 	DefaultRegistry string
 }
 
+func routeErr(k regerr.Kind, code, msg string) *regerr.Error {
+	return &regerr.Error{Kind: k, Code: code, Message: msg}
+}
+
 // Parse parses the path and query of a /v2/ request.
-func (rt *Router) Parse(path string, query url.Values) (Route, *Error) {
+func (rt *Router) Parse(path string, query url.Values) (Route, error) {
 	rest, ok := strings.CutPrefix(path, "/v2/")
 	if !ok {
 		if path == "/v2" {
 			return Route{Kind: KindBase}, nil
 		}
-		return Route{}, errNotFound("not a registry API path")
+		return Route{}, routeErr(regerr.NotFound, "NOT_FOUND", "not a registry API path")
 	}
 	if rest == "" {
 		return Route{Kind: KindBase}, nil
@@ -59,26 +68,28 @@ func (rt *Router) Parse(path string, query url.Values) (Route, *Error) {
 	n := len(segs)
 	var r Route
 	var nameSegs []string
+	var refSeg string
 	switch {
 	case n >= 3 && segs[n-2] == "tags" && segs[n-1] == "list":
 		r.Kind, nameSegs = KindTags, segs[:n-2]
 	case n >= 3 && segs[n-2] == "manifests":
-		r.Kind, r.Ref, nameSegs = KindManifest, segs[n-1], segs[:n-2]
+		r.Kind, refSeg, nameSegs = KindManifest, segs[n-1], segs[:n-2]
 	case n >= 3 && segs[n-2] == "blobs" && segs[n-1] == "uploads",
 		n >= 4 && segs[n-3] == "blobs" && segs[n-2] == "uploads":
-		return Route{Kind: KindUpload}, errUnsupported("regcache is a read-only cache: pushes are not accepted")
+		return Route{Kind: KindUpload}, routeErr(regerr.Unsupported, "", "regcache is a read-only cache: pushes are not accepted")
 	case n >= 3 && segs[n-2] == "blobs":
-		r.Kind, r.Ref, nameSegs = KindBlob, segs[n-1], segs[:n-2]
+		r.Kind, refSeg, nameSegs = KindBlob, segs[n-1], segs[:n-2]
 	case n >= 3 && segs[n-2] == "referrers":
-		r.Kind, r.Ref, nameSegs = KindReferrers, segs[n-1], segs[:n-2]
+		r.Kind, refSeg, nameSegs = KindReferrers, segs[n-1], segs[:n-2]
 	case rest == "_catalog":
-		return Route{}, errUnsupported("the catalog of a pull-through cache is not available")
+		return Route{}, routeErr(regerr.Unsupported, "", "the catalog of a pull-through cache is not available")
 	default:
-		return Route{}, errNotFound("not a registry API path")
+		return Route{}, routeErr(regerr.NotFound, "NOT_FOUND", "not a registry API path")
 	}
 	r.Name = strings.Join(nameSegs, "/")
 	r.NS = query.Get("ns")
 
+	var registry string
 	switch {
 	case len(nameSegs) > 1 && looksLikeHost(nameSegs[0]):
 		// Host in the path: podman registries.conf mirrors and BuildKit
@@ -87,128 +98,60 @@ func (rt *Router) Parse(path string, query url.Values) (Route, *Error) {
 		if !ok {
 			return Route{}, errRegistryUnknown(nameSegs[0])
 		}
-		r.Registry, nameSegs = reg, nameSegs[1:]
+		registry, nameSegs = reg, nameSegs[1:]
 	case r.NS != "":
 		// containerd and BuildKit name the original registry in ?ns=.
 		reg, ok := rt.Lookup(r.NS)
 		if !ok {
 			return Route{}, errRegistryUnknown(r.NS)
 		}
-		r.Registry = reg
+		registry = reg
 	default:
 		// dockerd registry-mirrors: a bare name means the default registry.
 		if rt.DefaultRegistry == "" {
-			return Route{}, &Error{Status: http.StatusNotFound, Code: "NAME_UNKNOWN",
-				Message: "no registry in the path or ?ns=, and no default_registry is configured"}
+			return Route{}, routeErr(regerr.NameUnknown, "", "no registry in the path or ?ns=, and no default_registry is configured")
 		}
-		r.Registry = rt.DefaultRegistry
+		registry = rt.DefaultRegistry
 	}
-	repo := strings.Join(nameSegs, "/")
-	if r.Registry == "docker.io" && len(nameSegs) == 1 {
-		repo = "library/" + repo
+	path = strings.Join(nameSegs, "/")
+	if registry == "docker.io" && len(nameSegs) == 1 {
+		path = "library/" + path
 	}
-	if !validRepo(repo) {
-		return Route{}, &Error{Status: http.StatusBadRequest, Code: "NAME_INVALID", Message: "invalid repository name " + quote(repo)}
+	repo, err := ref.NewRepo(registry, path)
+	if err != nil {
+		return Route{}, routeErr(regerr.Invalid, "NAME_INVALID", "invalid repository name "+ref.Quote(path))
 	}
 	r.Repo = repo
 
 	switch r.Kind {
 	case KindManifest:
-		if strings.Contains(r.Ref, ":") {
-			if _, err := digest.Parse(r.Ref); err != nil {
-				return Route{}, &Error{Status: http.StatusBadRequest, Code: "DIGEST_INVALID", Message: "invalid digest " + quote(r.Ref)}
-			}
-		} else if !anchoredTag(r.Ref) {
-			return Route{}, &Error{Status: http.StatusBadRequest, Code: "TAG_INVALID", Message: "invalid tag " + quote(r.Ref)}
+		m, err := ref.ParseManifest(refSeg)
+		switch {
+		case err == nil:
+			r.Manifest = m
+		case strings.Contains(refSeg, ":"):
+			return Route{}, routeErr(regerr.Invalid, "DIGEST_INVALID", "invalid digest "+ref.Quote(refSeg))
+		default:
+			// No manifest can have a name outside the tag grammar: the
+			// spec's answer for it is "manifest unknown", not 400.
+			return Route{}, routeErr(regerr.NotFound, "", "no manifest is tagged "+ref.Quote(refSeg)+": not a valid tag")
 		}
 	case KindBlob, KindReferrers:
-		if _, err := digest.Parse(r.Ref); err != nil {
-			return Route{}, &Error{Status: http.StatusBadRequest, Code: "DIGEST_INVALID", Message: "invalid digest " + quote(r.Ref)}
+		d, err := digest.Parse(refSeg)
+		if err != nil {
+			return Route{}, routeErr(regerr.Invalid, "DIGEST_INVALID", "invalid digest "+ref.Quote(refSeg))
 		}
+		r.Digest = d
 	}
 	return r, nil
+}
+
+func errRegistryUnknown(host string) error {
+	return routeErr(regerr.NameUnknown, "", "registry "+ref.Quote(host)+" is not configured in regcache; add it under registries: to cache it")
 }
 
 // looksLikeHost applies the rule docker uses to tell a registry host from
 // the first path component of a repository.
 func looksLikeHost(s string) bool {
 	return strings.ContainsAny(s, ".:") || s == "localhost"
-}
-
-// validRepo checks a repository path against the distribution reference
-// grammar: components of [a-z0-9] runs joined by ".", "_", "__" or "-"+,
-// separated by "/", at most 255 bytes. It is hand-written because it runs
-// on every request; TestValidRepoMatchesReference checks it against
-// github.com/distribution/reference.
-func validRepo(repo string) bool {
-	if len(repo) == 0 || len(repo) > 255 {
-		return false
-	}
-	for comp := range strings.SplitSeq(repo, "/") {
-		if !validComponent(comp) {
-			return false
-		}
-	}
-	return true
-}
-
-func validComponent(c string) bool {
-	if c == "" || !alnum(c[0]) || !alnum(c[len(c)-1]) {
-		return false
-	}
-	for i := 1; i < len(c); i++ {
-		switch ch := c[i]; {
-		case alnum(ch):
-		case ch == '.':
-			if !alnum(c[i-1]) || !alnum(c[i+1]) {
-				return false
-			}
-		case ch == '_':
-			// "_" or "__" between alphanumerics.
-			j := i
-			for j < len(c) && c[j] == '_' {
-				j++
-			}
-			if j-i > 2 || !alnum(c[i-1]) || !alnum(c[j]) {
-				return false
-			}
-			i = j - 1
-		case ch == '-':
-			j := i
-			for j < len(c) && c[j] == '-' {
-				j++
-			}
-			if !alnum(c[i-1]) || !alnum(c[j]) {
-				return false
-			}
-			i = j - 1
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-func alnum(c byte) bool { return ('a' <= c && c <= 'z') || ('0' <= c && c <= '9') }
-
-// anchoredTag checks [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
-func anchoredTag(tag string) bool {
-	if tag == "" || len(tag) > 128 {
-		return false
-	}
-	for i := 0; i < len(tag); i++ {
-		c := tag[i]
-		word := ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') || c == '_'
-		if !word && (i == 0 || (c != '.' && c != '-')) {
-			return false
-		}
-	}
-	return true
-}
-
-func quote(s string) string {
-	if len(s) > 200 {
-		s = s[:200] + "…"
-	}
-	return `"` + s + `"`
 }

@@ -6,13 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -65,8 +63,7 @@ func (s *FS) blobPath(d digest.Digest) (string, error) {
 	if err := d.Validate(); err != nil {
 		return "", fmt.Errorf("invalid digest %q: %w", d, err)
 	}
-	h := d.Encoded()
-	return filepath.Join(s.root, "blobs", string(d.Algorithm()), h[:2], h), nil
+	return filepath.Join(s.root, filepath.FromSlash(BlobPath(d))), nil
 }
 
 // Stat implements Store.
@@ -136,17 +133,44 @@ func (s *FS) Delete(_ context.Context, d digest.Digest) error {
 	return nil
 }
 
-// Create implements Store.
+// Create implements Store. A size that cannot fit in the free space of the
+// file system is refused at once (ErrNoSpace), before a byte is fetched.
 func (s *FS) Create(_ context.Context, d digest.Digest, size int64) (Writer, error) {
 	final, err := s.blobPath(d)
 	if err != nil {
 		return nil, err
 	}
+	if size > 0 {
+		if free, ok := s.free(); ok && free < size+minFree {
+			return nil, fmt.Errorf("%w: %d bytes needed, %d free under %s", ErrNoSpace, size, free, s.root)
+		}
+	}
 	f, err := s.tempFile()
 	if err != nil {
-		return nil, err
+		return nil, noSpace(err)
 	}
-	return &fsWriter{f: f, final: final, want: d, size: size, hash: d.Algorithm().Hash(), usage: &s.usage}, nil
+	return &fsWriter{f: f, final: final, size: size, usage: &s.usage}, nil
+}
+
+// minFree is kept free on the file system besides what content needs, for
+// metadata records and the writes of other downloads.
+const minFree = 64 << 20
+
+// free returns the bytes available to regcache on the store's file system.
+func (s *FS) free() (int64, bool) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.root, &st); err != nil {
+		return 0, false
+	}
+	return int64(st.Bavail) * int64(st.Bsize), true
+}
+
+// noSpace marks a full file system with ErrNoSpace.
+func noSpace(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %v", ErrNoSpace, err)
+	}
+	return err
 }
 
 func (s *FS) tempFile() (*os.File, error) {
@@ -160,17 +184,11 @@ func (s *FS) tempFile() (*os.File, error) {
 type fsWriter struct {
 	f     *os.File
 	final string
-	want  digest.Digest
 	size  int64
-	hash  interface {
-		io.Writer
-		Sum([]byte) []byte
-	}
 
 	usage     *usage
-	written   atomic.Int64
 	mu        sync.Mutex // serialises Write/Commit/Close
-	verified  bool
+	written   int64
 	committed bool
 	closed    bool
 }
@@ -178,55 +196,33 @@ type fsWriter struct {
 func (w *fsWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed || w.committed || w.verified {
-		return 0, errors.New("store: write after verify, commit or close")
+	if w.closed || w.committed {
+		return 0, errors.New("store: write after commit or close")
 	}
 	n, err := w.f.Write(p)
-	w.hash.Write(p[:n])
-	w.written.Add(int64(n))
-	return n, err
+	w.written += int64(n)
+	return n, noSpace(err)
 }
 
 // ReadAt reads from the temp file; pread on the same descriptor is safe while
 // another goroutine appends.
 func (w *fsWriter) ReadAt(p []byte, off int64) (int, error) { return w.f.ReadAt(p, off) }
 
-func (w *fsWriter) Written() int64 { return w.written.Load() }
-
-func (w *fsWriter) Verify(_ context.Context) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.verifyLocked()
-}
-
-func (w *fsWriter) verifyLocked() error {
-	if w.closed || w.committed {
-		return errors.New("store: verify after commit or close")
-	}
-	if w.verified {
-		return nil
-	}
-	got := digest.NewDigestFromBytes(w.want.Algorithm(), w.hash.Sum(nil))
-	n := w.written.Load()
-	if got != w.want || (w.size >= 0 && n != w.size) {
-		return fmt.Errorf("%w: want %s (%d bytes), got %s (%d bytes)", ErrDigestMismatch, w.want, w.size, got, n)
-	}
-	w.verified = true
-	return nil
-}
-
 func (w *fsWriter) Commit(_ context.Context) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err := w.verifyLocked(); err != nil {
-		return err
+	if w.closed || w.committed {
+		return errors.New("store: commit after commit or close")
+	}
+	if w.size >= 0 && w.written != w.size {
+		return fmt.Errorf("%w: %d bytes written, %d expected", ErrSizeMismatch, w.written, w.size)
 	}
 	if err := w.f.Sync(); err != nil {
-		return err
+		return noSpace(err)
 	}
 	dir := filepath.Dir(w.final)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return noSpace(err)
 	}
 	_, existed := os.Lstat(w.final)
 	if err := os.Rename(w.f.Name(), w.final); err != nil {
@@ -236,7 +232,7 @@ func (w *fsWriter) Commit(_ context.Context) error {
 	if existed != nil {
 		// Another writer may have published the same digest meanwhile;
 		// then this counts it twice, until the next walk corrects it.
-		w.usage.add(w.written.Load())
+		w.usage.add(w.written)
 	}
 	return syncDir(dir)
 }
@@ -264,10 +260,10 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// metaPath maps a key of slash-separated segments to a file. Keys come from
-// validated registry, repository and tag names, but are checked again so a
-// bad key can never escape the root.
+// metaPath maps a key of slash-separated segments to a file.
 func (s *FS) metaPath(key string) (string, error) {
+	// Keys come from paths.go, built from validated names; the check is a
+	// second line of defence so a bad key can never escape the root.
 	if key == "" || strings.HasPrefix(key, "/") {
 		return "", fmt.Errorf("invalid metadata key %q", key)
 	}
@@ -313,7 +309,7 @@ func (s *FS) PutMeta(_ context.Context, key string, value []byte) error {
 	if _, err := f.Write(value); err != nil {
 		f.Close()
 		os.Remove(f.Name())
-		return err
+		return noSpace(err)
 	}
 	if err := f.Close(); err != nil {
 		os.Remove(f.Name())

@@ -154,3 +154,7 @@ func (s *FS) walkAndEvict(ctx context.Context, high, low int64, now time.Time) (
 	}
 	return st, nil
 }
+
+// Size implements Collector: the running size, exact after the last walk
+// and kept up to date by commits and deletes since.
+func (s *FS) Size() int64 { return s.usage.bytes.Load() }

@@ -1,17 +1,20 @@
 // Package store is regcache's content store: immutable, content-addressed
 // blobs (layers, configs and manifests alike) plus small mutable metadata
-// records such as tag→digest answers.
+// records such as tag→digest answers. paths.go draws the layout every
+// backend keeps.
 //
 // The Store interface is what a backend implements; FS is the filesystem
-// backend. A backend must never make content visible before its digest has
-// been verified, and must survive a crash at any point without ever exposing
-// a partial blob.
+// backend. Content is verified once, where it enters regcache (the upstream
+// package's readers hash every byte as it is read); a backend must never
+// make content visible before its writer's Commit, and must survive a crash
+// at any point without exposing a partial blob.
 package store
 
 import (
 	"context"
 	"errors"
 	"io"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -19,19 +22,24 @@ import (
 // ErrNotFound is returned for content or metadata that is not stored.
 var ErrNotFound = errors.New("not found in store")
 
-// ErrDigestMismatch is returned by Commit when the bytes written do not hash
-// to the expected digest (or the size is wrong). The content is discarded.
-var ErrDigestMismatch = errors.New("content does not match its digest")
+// ErrSizeMismatch is returned by Commit when the bytes written are not the
+// size given to Create. The content is discarded.
+var ErrSizeMismatch = errors.New("content is not the expected size")
+
+// ErrNoSpace is returned when the store has no room for content: by Create
+// when the announced size cannot fit, or by Write when the disk fills. The
+// caller can still stream the content through, uncached.
+var ErrNoSpace = errors.New("no space left in the store")
 
 // Store holds cached content and metadata.
 type Store interface {
 	// Stat returns the size of committed content.
 	Stat(ctx context.Context, d digest.Digest) (int64, error)
 	// Open returns committed content for reading. The filesystem backend
-	// returns an *os.File inside, so http.ServeContent can use sendfile.
+	// returns a *File, so http.ServeContent can use sendfile.
 	Open(ctx context.Context, d digest.Digest) (Content, error)
-	// Create starts writing content that must hash to d. size is the
-	// expected size, or -1 when unknown.
+	// Create starts writing content for d. size is the expected size, or
+	// -1 when unknown.
 	Create(ctx context.Context, d digest.Digest, size int64) (Writer, error)
 	// Delete removes content; deleting absent content is not an error.
 	Delete(ctx context.Context, d digest.Digest) error
@@ -53,23 +61,27 @@ type Content interface {
 // Writer receives content for a digest. Nothing is visible to Open or Stat
 // until Commit returns nil.
 //
-// A Writer also reads back what it has been given so far (ReadAt), so that
-// clients can be served from an in-flight download; a backend without local
-// files (S3) spools to local disk for that.
+// A writer that keeps the bytes in a local file may also implement
+// io.ReaderAt, so that clients who fall behind a download in flight read
+// them back from it; for a writer that does not (an object store), the
+// caller spools them itself.
 type Writer interface {
 	io.Writer
-	io.ReaderAt
-	// Written is the number of bytes written so far.
-	Written() int64
-	// Verify checks what was written against the digest and size, without
-	// publishing it; ErrDigestMismatch on a mismatch. It lets a caller hand
-	// verified bytes to waiting clients before the slower Commit.
-	Verify(ctx context.Context) error
-	// Commit verifies the content (unless Verify already did), makes it
-	// durable and publishes it. On mismatch it returns ErrDigestMismatch and
-	// the content is dropped.
+	// Commit makes the content durable and publishes it under its digest.
+	// The caller must have verified the bytes against the digest; Commit
+	// checks the size given to Create (ErrSizeMismatch).
 	Commit(ctx context.Context) error
 	// Close releases the writer. Without a successful Commit the written
-	// bytes are discarded. ReadAt keeps working until Close.
+	// bytes are discarded.
 	Close() error
+}
+
+// Collector keeps a store under a size bound, evicting the least recently
+// used content.
+type Collector interface {
+	// Collect evicts content while the store holds more than high bytes,
+	// until it holds at most low.
+	Collect(ctx context.Context, high, low int64, now time.Time) (GCStats, error)
+	// Size is the store's size as last known, in bytes.
+	Size() int64
 }

@@ -2,36 +2,30 @@ package upstream
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/regcache/regcache/internal/regerr"
 )
 
-// OCI distribution error codes used by this package. Registries send more;
-// Error.Code carries whatever they sent.
+// OCI distribution error codes this package reads from upstream answers.
 const (
-	CodeBlobUnknown     = "BLOB_UNKNOWN"
-	CodeManifestUnknown = "MANIFEST_UNKNOWN"
-	CodeNameUnknown     = "NAME_UNKNOWN"
-	CodeNameInvalid     = "NAME_INVALID"
-	CodeTagInvalid      = "TAG_INVALID"
-	CodeDigestInvalid   = "DIGEST_INVALID"
-	CodeManifestInvalid = "MANIFEST_INVALID"
-	CodeUnauthorized    = "UNAUTHORIZED"
-	CodeDenied          = "DENIED"
-	CodeUnsupported     = "UNSUPPORTED"
-	CodeTooManyRequests = "TOOMANYREQUESTS"
-	CodeUnavailable     = "UNAVAILABLE"
+	codeBlobUnknown     = "BLOB_UNKNOWN"
+	codeManifestUnknown = "MANIFEST_UNKNOWN"
+	codeNameUnknown     = "NAME_UNKNOWN"
+	codeTooManyRequests = "TOOMANYREQUESTS"
 )
 
 // maxErrorBody bounds how much of an error response is read: enough for any
@@ -39,142 +33,50 @@ const (
 // buffer a blob.
 const maxErrorBody = 64 << 10
 
-// maxMessage bounds Error.Message so a chatty upstream cannot flood logs.
-const maxMessage = 512
+// maxDetail bounds Error.Detail so a chatty upstream cannot flood logs.
+const maxDetail = 512
 
-// Error is what every failed upstream call returns. Use errors.As to get it.
-//
-// Its text names the registry, the operation and the repository, never
-// credentials, tokens or Authorization values: the transports never put those
-// in URLs, and response headers are not copied into it.
-type Error struct {
-	Registry   string        // Config.Name of the registry (or the mirror's URL)
-	Op         string        // "HEAD manifest", "GET blob", ...
-	Repository string        // repository as asked, when there is one
-	Reference  string        // tag or digest, when there is one
-	StatusCode int           // 0 when the upstream could not be reached or timed out
-	Code       string        // OCI error code: TOOMANYREQUESTS, MANIFEST_UNKNOWN, ...
-	Message    string        // the upstream's message, shortened
-	RetryAfter time.Duration // from Retry-After on 429/503
-	Err        error         // underlying network or auth error, if any
+// errNotSent is the cause of refusals made here (circuit open, Retry-After
+// pending, no mirror carries the repository): nothing was asked, so the
+// source is not judged again.
+var errNotSent = errors.New("not sent")
 
-	// notSent marks refusals made here (circuit open, Retry-After pending)
-	// so they do not count as the source failing again.
-	notSent bool
+func isNotSent(err error) bool { return errors.Is(err, errNotSent) }
+
+// call names one operation for its errors.
+type call struct {
+	registry string // the registry, or the mirror asked
+	op       string // "HEAD manifest", "GET blob", ...
+	repo     string // the repository as that source names it
+	ref      string
 }
 
-func (e *Error) Error() string {
-	var b strings.Builder
-	b.WriteString("upstream ")
-	b.WriteString(e.Registry)
-	b.WriteString(": ")
-	b.WriteString(e.Op)
-	if e.Repository != "" {
-		b.WriteString(" ")
-		b.WriteString(e.Repository)
-		if e.Reference != "" {
-			if strings.Contains(e.Reference, ":") {
-				b.WriteString("@")
-			} else {
-				b.WriteString(":")
-			}
-			b.WriteString(e.Reference)
-		}
-	}
-	var detail []string
-	if e.StatusCode != 0 {
-		detail = append(detail, fmt.Sprintf("status %d", e.StatusCode))
-	}
-	if e.Code != "" {
-		detail = append(detail, e.Code)
-	}
-	if len(detail) > 0 {
-		b.WriteString(": ")
-		b.WriteString(strings.Join(detail, " "))
-	}
-	if e.Message != "" {
-		b.WriteString(": ")
-		b.WriteString(e.Message)
-	}
-	if e.Err != nil {
-		b.WriteString(": ")
-		b.WriteString(e.Err.Error())
-	}
-	if e.RetryAfter > 0 {
-		fmt.Fprintf(&b, " (retry after %s)", e.RetryAfter)
-	}
-	return b.String()
+func (c call) err(k regerr.Kind, msg string) *regerr.Error {
+	return &regerr.Error{Kind: k, Registry: c.registry, Op: c.op, Repo: c.repo, Ref: c.ref, Message: msg}
 }
 
-func (e *Error) Unwrap() error { return e.Err }
-
-// IsNotFound reports whether the upstream said the manifest, blob or
-// repository does not exist (404, MANIFEST_UNKNOWN, BLOB_UNKNOWN, NAME_UNKNOWN).
-func IsNotFound(err error) bool {
-	var e *Error
-	if !errors.As(err, &e) {
-		return false
-	}
-	if e.StatusCode == http.StatusNotFound {
-		return true
-	}
-	switch e.Code {
-	case CodeManifestUnknown, CodeBlobUnknown, CodeNameUnknown:
-		return true
-	}
-	return false
-}
-
-// IsRateLimited reports whether the upstream answered 429 (or sent
-// TOOMANYREQUESTS in the body of another status).
-func IsRateLimited(err error) bool {
-	var e *Error
-	if !errors.As(err, &e) {
-		return false
-	}
-	return e.StatusCode == http.StatusTooManyRequests || e.Code == CodeTooManyRequests
-}
-
-// IsUnavailable reports whether the failure says nothing about the content,
-// only about the upstream's health: unreachable, timed out, 5xx or rate
-// limited. It is the caller's cue to serve stale content if it has any.
-// A caller that cancelled its own context is not an unavailable upstream.
-func IsUnavailable(err error) bool {
-	var e *Error
-	if !errors.As(err, &e) {
-		return false
-	}
-	switch {
-	case IsRateLimited(err):
-		return true
-	case e.StatusCode >= 500, e.StatusCode == http.StatusRequestTimeout:
-		return true
-	case e.Code == CodeUnavailable:
-		return true
-	case e.StatusCode == 0 && e.Err != nil:
-		return !errors.Is(e.Err, context.Canceled)
-	}
-	return false
+func (c call) notSent(k regerr.Kind, msg string, retry time.Duration) *regerr.Error {
+	e := c.err(k, msg)
+	e.RetryAfter = retry
+	e.Err = errNotSent
+	return e
 }
 
 // ociErrors is the body of an OCI distribution error response. Docker Hub's
 // token server answers {"details": "..."} instead, so that is read too.
 type ociErrors struct {
 	Errors []struct {
-		Code    string          `json:"code"`
-		Message string          `json:"message"`
-		Detail  json.RawMessage `json:"detail"`
+		Code    string `json:"code"`
+		Message string `json:"message"`
 	} `json:"errors"`
 	Details string `json:"details"`
 }
 
-// responseError turns a non-2xx response into an *Error and closes its body.
-// notFoundCode is the code to report for a bare 404, which HEAD responses
-// always are.
-func responseError(resp *http.Response, base Error, notFoundCode string) *Error {
+// responseError classifies a non-2xx response and closes its body.
+func (c call) responseError(resp *http.Response, red redactor) *regerr.Error {
 	defer resp.Body.Close()
-	e := base
-	e.StatusCode = resp.StatusCode
+	e := c.err(kindOfStatus(resp.StatusCode), "")
+	e.Status = resp.StatusCode
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		e.RetryAfter, _ = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 	}
@@ -182,69 +84,77 @@ func responseError(resp *http.Response, base Error, notFoundCode string) *Error 
 	var doc ociErrors
 	if json.Unmarshal(body, &doc) == nil {
 		if len(doc.Errors) > 0 {
-			e.Code = doc.Errors[0].Code
-			e.Message = doc.Errors[0].Message
-		} else if doc.Details != "" {
-			e.Message = doc.Details
+			e.Code = shorten(doc.Errors[0].Code, 64)
+			e.Detail = doc.Errors[0].Message
+		} else {
+			e.Detail = doc.Details
 		}
-	} else if len(body) > 0 && utf8.Valid(body) && isPlainText(resp.Header.Get("Content-Type")) {
+	} else if utf8.Valid(body) && isPlainText(resp.Header.Get("Content-Type")) {
 		// Only plain text: an object store's XML error (a CDN after a
 		// redirect) can echo the request's signature.
-		e.Message = strings.TrimSpace(string(body))
+		e.Detail = strings.TrimSpace(string(body))
 	}
-	if e.Code == "" {
-		e.Code = statusCode(resp.StatusCode, notFoundCode)
+	e.Detail = red.text(e.Detail)
+	switch e.Code {
+	case codeTooManyRequests:
+		e.Kind = regerr.RateLimited
+	case codeManifestUnknown, codeBlobUnknown, codeNameUnknown:
+		if e.Kind != regerr.Unavailable {
+			e.Kind = regerr.NotFound
+		}
 	}
-	e.Message = shorten(e.Message)
-	return &e
+	return e
 }
 
-// statusCode is the OCI code implied by a bare status, so callers can switch
-// on Code even when the body was empty (HEAD) or not JSON (a proxy's 502).
-func statusCode(status int, notFoundCode string) string {
+// kindOfStatus classifies a bare status. Other 4xx answers mean the
+// upstream is healthy and cannot give this content as asked.
+func kindOfStatus(status int) regerr.Kind {
 	switch {
-	case status == http.StatusUnauthorized:
-		return CodeUnauthorized
-	case status == http.StatusForbidden:
-		return CodeDenied
-	case status == http.StatusNotFound:
-		return notFoundCode
+	case status == http.StatusBadRequest:
+		return regerr.Invalid
+	case status == http.StatusUnauthorized, status == http.StatusForbidden:
+		return regerr.Denied
 	case status == http.StatusTooManyRequests:
-		return CodeTooManyRequests
-	case status >= 500:
-		return CodeUnavailable
+		return regerr.RateLimited
+	case status == http.StatusRequestTimeout, status >= 500:
+		return regerr.Unavailable
 	}
-	return ""
+	return regerr.NotFound
 }
 
-// wrapError turns an error from the transport stack into an *Error. Errors
-// from go-containerregistry's ping and token exchange carry the auth server's
-// status; anything else is a network failure (StatusCode 0).
-func wrapError(err error, base Error) *Error {
-	var ue *Error
-	if errors.As(err, &ue) {
-		return ue
+// transportError classifies an error from the transport stack: ggcr's ping
+// or token exchange (which carry the auth server's status), or the network.
+func (c call) transportError(ctx context.Context, err error, red redactor) *regerr.Error {
+	var re *regerr.Error
+	if errors.As(err, &re) {
+		return re
 	}
-	e := base
 	var te *transport.Error
 	if errors.As(err, &te) {
 		// Copy the facts, not the *transport.Error: it holds the token
 		// request, whose headers carry the Basic credentials.
-		e.StatusCode = te.StatusCode
+		e := c.err(kindOfStatus(te.StatusCode), "authentication with the upstream failed")
+		e.Status = te.StatusCode
 		if len(te.Errors) > 0 {
-			e.Code = string(te.Errors[0].Code)
-			e.Message = "auth: " + te.Errors[0].Message
-		} else {
-			e.Message = "auth: token or ping request failed"
+			e.Code = shorten(string(te.Errors[0].Code), 64)
+			e.Detail = red.text(te.Errors[0].Message)
 		}
-		if e.Code == "" {
-			e.Code = statusCode(te.StatusCode, "")
+		if e.Code == codeTooManyRequests {
+			e.Kind = regerr.RateLimited
 		}
-		e.Message = shorten(e.Message)
-		return &e
+		return e
+	}
+	e := c.err(regerr.Unavailable, "")
+	if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, context.DeadlineExceeded) {
+		// A watchdog of ours gave up on the transfer; say why.
+		err = cause
+	}
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		// The caller gave up; that says nothing about the upstream.
+		e.Kind = regerr.Internal
 	}
 	e.Err = redactURLError(err)
-	return &e
+	return e
 }
 
 // redactURLError strips the query and user info from the URL that net/http
@@ -271,15 +181,57 @@ func redactURL(raw string) string {
 	return u.String()
 }
 
+// redactor removes credentials from text an upstream sent back, before it
+// is logged: a hostile or buggy upstream can echo the request's
+// Authorization header in its error message.
+type redactor struct {
+	auth authn.Authenticator // the credentials this source is sent; may be nil
+}
+
+// credentialRE matches what an Authorization header or a token response
+// carries: a scheme and its value, or a bare JWT.
+var credentialRE = regexp.MustCompile(`(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=-]+|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9._-]+|` +
+	`("?(?:password|passwd|secret|token|access_token|refresh_token|identitytoken|auth)"?\s*[:=]\s*)"?[^\s",}]+`)
+
+func (r redactor) text(s string) string {
+	if s == "" {
+		return ""
+	}
+	if r.auth != nil {
+		if cfg, err := r.auth.Authorization(); err == nil && cfg != nil {
+			secrets := []string{cfg.Password, cfg.Auth, cfg.IdentityToken, cfg.RegistryToken}
+			if cfg.Username != "" || cfg.Password != "" {
+				secrets = append(secrets, base64.StdEncoding.EncodeToString([]byte(cfg.Username+":"+cfg.Password)))
+			}
+			for _, sec := range secrets {
+				if len(sec) >= 4 {
+					s = strings.ReplaceAll(s, sec, "REDACTED")
+				}
+			}
+		}
+	}
+	s = credentialRE.ReplaceAllStringFunc(s, func(m string) string {
+		if sub := credentialRE.FindStringSubmatch(m); sub[2] != "" {
+			return sub[2] + "REDACTED"
+		}
+		if scheme, _, ok := strings.Cut(m, " "); ok && (strings.EqualFold(scheme, "basic") || strings.EqualFold(scheme, "bearer")) {
+			return scheme + " REDACTED"
+		}
+		return "REDACTED"
+	})
+	return shorten(s, maxDetail)
+}
+
 func isPlainText(ct string) bool {
 	if ct == "" {
 		return true
 	}
-	mt, _, err := mime.ParseMediaType(ct)
-	return err == nil && mt == "text/plain"
+	mt, _, _ := strings.Cut(ct, ";")
+	return strings.EqualFold(strings.TrimSpace(mt), "text/plain")
 }
 
-// parseRetryAfter reads Retry-After as delta-seconds or an HTTP-date.
+// parseRetryAfter reads Retry-After as delta-seconds or an HTTP-date. The
+// caller caps what it honours (max_retry_after).
 func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	v = strings.TrimSpace(v)
 	if v == "" {
@@ -289,30 +241,20 @@ func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 		if secs < 0 {
 			return 0, false
 		}
-		// Cap absurd values (and avoid overflow); a day is longer than
-		// any window Docker Hub uses.
-		if secs > int64(maxRetryAfter/time.Second) {
-			return maxRetryAfter, true
-		}
-		return time.Duration(secs) * time.Second, true
+		// Avoid overflow; a week is past any cap an operator sets.
+		return time.Duration(min(secs, int64(7*24*time.Hour/time.Second))) * time.Second, true
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		d := t.Sub(now)
-		if d < 0 {
-			d = 0
-		}
-		return min(d, maxRetryAfter), true
+		return max(min(t.Sub(now), 7*24*time.Hour), 0), true
 	}
 	return 0, false
 }
 
-const maxRetryAfter = 24 * time.Hour
-
-func shorten(s string) string {
-	if len(s) <= maxMessage {
+func shorten(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	s = s[:maxMessage]
+	s = s[:n]
 	for !utf8.ValidString(s) {
 		s = s[:len(s)-1]
 	}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/regcache/regcache/internal/regerr"
 )
 
 // Budget is what the origin last said about its pull rate limit. Docker Hub
@@ -24,13 +26,38 @@ type Budget struct {
 	Known     bool          // false until a response carried the headers, or after one said there is no limit
 	UpdatedAt time.Time     // when a response last changed the budget
 	// RetryUntil is when counted pulls (manifest GETs) may be sent again,
-	// after a 429 or 503 (its Retry-After, or a backoff when absent).
+	// after a pull-limit 429 (its Retry-After, or a backoff when absent).
+	// The free HEADs that resolve tags go on meanwhile.
 	RetryUntil time.Time
-	// PausedUntil is when the origin may be asked anything again. A pull-limit
-	// 429 (on a manifest GET, with ratelimit headers) leaves it alone, because
-	// Docker Hub still answers the free HEADs that resolve tags; a bare 429
-	// (the abuse limit) or a 503 with Retry-After sets it too.
-	PausedUntil time.Time
+	// Paused is when each class of request may be sent again after a bare
+	// 429 (an abuse limit) or a 503 with Retry-After on that class: a 429
+	// on a blob holds back blobs, not the manifest checks that keep tags
+	// fresh.
+	Paused [numClasses]time.Time
+}
+
+// Class is a class of origin request that a pause applies to.
+type Class uint8
+
+const (
+	ClassManifests Class = iota // manifest HEAD and GET
+	ClassBlobs                  // blob GET and HEAD
+	ClassOther                  // tags, referrers, the /v2/ ping
+	numClasses
+)
+
+var classNames = [numClasses]string{"manifests", "blobs", "other"}
+
+func (c Class) String() string { return classNames[c] }
+
+func classOf(path string) Class {
+	switch {
+	case strings.Contains(path, "/manifests/"):
+		return ClassManifests
+	case strings.Contains(path, "/blobs/"):
+		return ClassBlobs
+	}
+	return ClassOther
 }
 
 // backoff429 is how long to leave the origin alone after a 429 that did not
@@ -42,17 +69,22 @@ const (
 
 // budgetTracker keeps one registry's Budget. Methods are safe for concurrent use.
 type budgetTracker struct {
-	host string // only responses from this host:port count
-	now  func() time.Time
+	host     string // only responses from this host:port count
+	now      func() time.Time
+	maxPause time.Duration // the longest Retry-After honoured
 
-	mu           sync.Mutex
-	b            Budget
-	last429s     int // 429s in a row, for the backoff when Retry-After is missing
-	pausedStatus int // the status that set PausedUntil, reported while paused
+	mu       sync.Mutex
+	b        Budget
+	last429s int // 429s in a row, for the backoff when Retry-After is missing
+	// pausedKind is the kind to report while a class is paused.
+	pausedKind [numClasses]regerr.Kind
 }
 
-func newBudgetTracker(host string, now func() time.Time) *budgetTracker {
-	return &budgetTracker{host: host, now: now}
+func newBudgetTracker(host string, now func() time.Time, maxPause time.Duration) *budgetTracker {
+	if maxPause <= 0 {
+		maxPause = DefaultMaxRetryAfter
+	}
+	return &budgetTracker{host: host, now: now, maxPause: maxPause}
 }
 
 func (t *budgetTracker) get() Budget {
@@ -66,7 +98,7 @@ func (t *budgetTracker) observe(req *http.Request, resp *http.Response) {
 	h := resp.Header
 	limit, lw, hasLimit := parseRateLimit(h.Get("Ratelimit-Limit"))
 	remaining, rw, hasRemaining := parseRateLimit(h.Get("Ratelimit-Remaining"))
-	isManifest := strings.Contains(req.URL.Path, "/manifests/")
+	class := classOf(req.URL.Path)
 	now := t.now()
 
 	t.mu.Lock()
@@ -85,7 +117,7 @@ func (t *budgetTracker) observe(req *http.Request, resp *http.Response) {
 		t.b.Source = h.Get("Docker-Ratelimit-Source")
 		t.b.Known = true
 		t.b.UpdatedAt = now
-	case isManifest && resp.StatusCode/100 == 2:
+	case class == ClassManifests && resp.StatusCode/100 == 2:
 		// Docker Hub documents that a manifest response without the headers
 		// means no limit applies (e.g. a paid account). Other responses
 		// (blobs, /v2/, tokens) never carry them, so they say nothing.
@@ -100,21 +132,21 @@ func (t *budgetTracker) observe(req *http.Request, resp *http.Response) {
 		t.last429s++
 		d, ok := parseRetryAfter(h.Get("Retry-After"), now)
 		if !ok {
-			d = backoff429Min << min(t.last429s-1, 10)
-			d = min(d, backoff429Max)
+			d = min(backoff429Min<<min(t.last429s-1, 10), backoff429Max)
 		}
-		t.b.RetryUntil = now.Add(d)
-		pullLimit := req.Method == http.MethodGet && isManifest && (hasLimit || hasRemaining)
-		if !pullLimit {
-			t.b.PausedUntil = now.Add(d)
-			t.pausedStatus = resp.StatusCode
+		d = min(d, t.maxPause)
+		pullLimit := req.Method == http.MethodGet && class == ClassManifests && (hasLimit || hasRemaining)
+		if pullLimit {
+			t.b.RetryUntil = now.Add(d)
+		} else {
+			t.b.Paused[class] = now.Add(d)
+			t.pausedKind[class] = regerr.RateLimited
 		}
 		t.b.UpdatedAt = now
 	case http.StatusServiceUnavailable:
 		if d, ok := parseRetryAfter(h.Get("Retry-After"), now); ok {
-			t.b.RetryUntil = now.Add(d)
-			t.b.PausedUntil = now.Add(d)
-			t.pausedStatus = resp.StatusCode
+			t.b.Paused[class] = now.Add(min(d, t.maxPause))
+			t.pausedKind[class] = regerr.Unavailable
 			t.b.UpdatedAt = now
 		}
 	default:
@@ -126,18 +158,19 @@ func (t *budgetTracker) observe(req *http.Request, resp *http.Response) {
 
 // gate refuses a request the origin asked us not to send yet, without
 // sending it: after a 429, asking again before Retry-After only extends the
-// penalty. It returns the status to report (429 or 503) and how long is
-// left, or ok when the request may go.
-func (t *budgetTracker) gate(method, path string) (status int, wait time.Duration, ok bool) {
+// penalty. It returns the kind to report and how long is left, or ok when
+// the request may go.
+func (t *budgetTracker) gate(method, path string) (kind regerr.Kind, wait time.Duration, ok bool) {
 	now := t.now()
+	class := classOf(path)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if now.Before(t.b.PausedUntil) {
-		return t.pausedStatus, t.b.PausedUntil.Sub(now), false
+	if until := t.b.Paused[class]; now.Before(until) {
+		return t.pausedKind[class], until.Sub(now), false
 	}
-	counted := method == http.MethodGet && strings.Contains(path, "/manifests/")
+	counted := method == http.MethodGet && class == ClassManifests
 	if counted && now.Before(t.b.RetryUntil) {
-		return http.StatusTooManyRequests, t.b.RetryUntil.Sub(now), false
+		return regerr.RateLimited, t.b.RetryUntil.Sub(now), false
 	}
 	return 0, 0, true
 }

@@ -1,4 +1,4 @@
-package pull
+package index
 
 import lru2 "github.com/hashicorp/golang-lru/v2"
 

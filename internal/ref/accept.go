@@ -1,4 +1,4 @@
-package pull
+package ref
 
 import (
 	"strconv"
@@ -14,8 +14,9 @@ const (
 	MediaTypeDockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
 )
 
-// AcceptMask is the set of the four manifest media types a client accepts.
-// A registry may answer a tag differently per set (an index for clients that
+// AcceptMask is the set of the four manifest media types a client accepts,
+// parsed from its Accept header once, at the edge, like names. A registry
+// may answer a tag differently per set (an index for clients that
 // accept one, a single platform's manifest for those that don't), so tag
 // answers are cached per mask.
 type AcceptMask uint8

@@ -1,4 +1,4 @@
-package pull
+package ref
 
 import (
 	"reflect"
@@ -45,23 +45,3 @@ func TestAcceptValuesRoundTrip(t *testing.T) {
 		t.Errorf("AcceptAll.Values() = %v", got)
 	}
 }
-
-func TestFetchHoldsBackLastByteUntilVerified(t *testing.T) {
-	f := &fetch{notify: make(chan struct{})}
-	f.progress(10, false, nil)
-	if avail, done, _, _ := f.state(); avail != 9 || done {
-		t.Fatalf("in flight: avail %d done %v, want 9 false", avail, done)
-	}
-	f.progress(0, true, errTest)
-	if avail, done, err, _ := f.state(); avail != 9 || !done || err == nil {
-		t.Fatalf("failed: avail %d done %v err %v; the last byte must never be released", avail, done, err)
-	}
-	g := &fetch{notify: make(chan struct{})}
-	g.progress(10, false, nil)
-	g.progress(0, true, nil)
-	if avail, done, err, _ := g.state(); avail != 10 || !done || err != nil {
-		t.Fatalf("verified: avail %d done %v err %v", avail, done, err)
-	}
-}
-
-var errTest = &Error{Status: 502, Code: "DIGEST_INVALID", Message: "test"}

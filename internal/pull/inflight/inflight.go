@@ -1,0 +1,475 @@
+// Package inflight runs the cache's downloads: at most one per digest at a
+// time, each read by any number of clients as its bytes arrive.
+//
+// A download reads a verifying body (one that returns io.EOF only for
+// content that matched its digest) and keeps the latest bytes in memory,
+// in chunks that readers who keep up write straight to their clients, with
+// no copy and no disk read. The bytes also go to a sink (the store's
+// writer); readers who fall behind the memory window, or join late, read
+// them back from the sink when it can (a local file), or from a spool file
+// the download keeps when it cannot. Until the body has verified, the last
+// byte is held back (every byte, for small blobs), so no client ever
+// receives a complete-looking body of bad content; after it has, the bytes
+// are released first and the sink is committed second, so the durability
+// of the cache never delays a client.
+//
+// The Group owns its downloads: each runs on a context detached from the
+// client that started it (a client that hangs up must not abort a download
+// others share) but tied to the group's lifetime, and Close waits for them.
+package inflight
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Sink is where a download keeps its bytes: the store's writer. A sink
+// that also implements io.ReaderAt serves readers who fall behind.
+type Sink interface {
+	io.Writer
+	Commit(ctx context.Context) error
+	Close() error
+}
+
+// Source is what a download reads and where it keeps the bytes.
+type Source struct {
+	// Body must verify as it is read: io.EOF only for good content.
+	Body io.ReadCloser
+	// Size is the expected size, or -1.
+	Size int64
+	// Sink keeps the bytes; nil streams them through, uncached.
+	Sink Sink
+	// Label names where the bytes come from, for the readers.
+	Label string
+}
+
+// OpenFunc opens a download's source. It runs in the download's goroutine,
+// on the download's context.
+type OpenFunc func(ctx context.Context) (Source, error)
+
+// Outcome is how a download ended, as told to its DoneFunc.
+type Outcome struct {
+	Source Source
+	Bytes  int64
+	// Err is why the body failed (read error, bad content); nil when it
+	// verified.
+	Err error
+	// StoreErr is why the verified bytes were not kept: the sink failed
+	// (a full disk) or there was none. Clients were served regardless.
+	StoreErr error
+}
+
+// DoneFunc is told how a download ended, after its bytes were released to
+// the readers and, if it verified, committed.
+type DoneFunc func(ctx context.Context, o Outcome)
+
+// ErrFellBehind is a reader's error when it fell behind the memory window
+// of a download whose bytes cannot be read back.
+var ErrFellBehind = errors.New("fell behind a download whose bytes are no longer available")
+
+// ErrClosed is Join's error once the group is closing.
+var ErrClosed = errors.New("shutting down: no new downloads")
+
+// Options configures a Group.
+type Options struct {
+	// Window is how many of a download's latest bytes stay in memory for
+	// readers who keep up. Default 16 MiB.
+	Window int64
+	// Chunk is the size of the memory chunks, and of one read. Default 1 MiB.
+	Chunk int
+	// HoldAll is the size up to which a download releases nothing before
+	// it has verified. Default 1 MiB.
+	HoldAll int64
+	// SpoolDir holds the spool files of downloads whose sink cannot read
+	// back; empty means no spool, and readers who fall behind the window of
+	// such a download fail with ErrFellBehind.
+	SpoolDir string
+	Logger   *slog.Logger
+}
+
+// Group runs downloads. It is safe for concurrent use.
+type Group struct {
+	opt  Options
+	ctx  context.Context // every download's lifetime
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	mu     sync.Mutex
+	m      map[digest.Digest]*download
+	closed bool
+	idle   chan struct{} // closed while no download runs
+}
+
+// New returns a Group.
+func New(opt Options) *Group {
+	if opt.Window <= 0 {
+		opt.Window = 16 << 20
+	}
+	if opt.Chunk <= 0 {
+		opt.Chunk = 1 << 20
+	}
+	if opt.HoldAll < 0 {
+		opt.HoldAll = 0
+	} else if opt.HoldAll == 0 {
+		opt.HoldAll = 1 << 20
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	idle := make(chan struct{})
+	close(idle)
+	return &Group{opt: opt, ctx: ctx, stop: stop, m: map[digest.Digest]*download{}, idle: idle}
+}
+
+// Join returns a reader of the download of d in flight, starting one with
+// open when there is none (or the one there is has failed). joined reports
+// that the download was already running. Join waits until the download
+// knows its size, or failed before its first byte (that error is
+// returned).
+func (g *Group) Join(ctx context.Context, d digest.Digest, open OpenFunc, done DoneFunc) (r *Reader, joined bool, err error) {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return nil, false, ErrClosed
+	}
+	dl, ok := g.m[d]
+	if ok && dl.join() {
+		joined = true
+	} else {
+		// A failed download lingers until its goroutine unwinds; a new
+		// request must not inherit its error.
+		dl = newDownload(g, d)
+		g.m[d] = dl
+		if len(g.m) == 1 {
+			g.idle = make(chan struct{})
+		}
+		g.wg.Add(1)
+		dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		stop := context.AfterFunc(g.ctx, cancel)
+		go func() {
+			defer g.wg.Done()
+			defer stop()
+			defer cancel()
+			defer g.remove(dl)
+			dl.run(dctx, open, done)
+		}()
+	}
+	g.mu.Unlock()
+
+	select {
+	case <-dl.ready:
+	case <-ctx.Done():
+		dl.release()
+		return nil, joined, ctx.Err()
+	}
+	if err := dl.earlyErr(); err != nil {
+		dl.release()
+		return nil, joined, err
+	}
+	return &Reader{dl: dl}, joined, nil
+}
+
+func (g *Group) remove(dl *download) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.m[dl.d] == dl {
+		delete(g.m, dl.d)
+		if len(g.m) == 0 {
+			close(g.idle)
+		}
+	}
+}
+
+// InFlight is the number of downloads running.
+func (g *Group) InFlight() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.m)
+}
+
+// Drain waits until no download is in flight, so every blob a client was
+// served is committed, or ctx ends.
+func (g *Group) Drain(ctx context.Context) error {
+	for {
+		g.mu.Lock()
+		idle, n := g.idle, len(g.m)
+		g.mu.Unlock()
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return fmt.Errorf("%d downloads still in flight: %w", g.InFlight(), ctx.Err())
+		}
+	}
+}
+
+// Close refuses new downloads and waits for those in flight to finish, or
+// until ctx ends; then it cancels the rest and waits for them to unwind.
+func (g *Group) Close(ctx context.Context) error {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	err := g.Drain(ctx)
+	g.stop()
+	g.wg.Wait()
+	return err
+}
+
+// download is one download and its shared state.
+type download struct {
+	g     *Group
+	d     digest.Digest
+	ready chan struct{} // closed when the size is known or the download failed early
+
+	mu       sync.Mutex
+	notify   chan struct{} // closed and replaced on every step
+	refs     int           // readers plus the download goroutine
+	size     int64         // -1 unknown
+	label    string
+	started  bool     // the source opened: readers may read
+	chunks   [][]byte // the memory window, oldest first
+	memStart int64    // offset of chunks[0][0]
+	written  int64    // bytes read from the body
+	back     io.ReaderAt
+	backLen  int64 // bytes back holds
+	done     bool
+	err      error // why the download failed; nil after it verified
+	cleanup  func()
+}
+
+func newDownload(g *Group, d digest.Digest) *download {
+	return &download{g: g, d: d, ready: make(chan struct{}), notify: make(chan struct{}), refs: 2, size: -1}
+}
+
+// join adds a reader, unless the download has failed.
+func (dl *download) join() bool {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	if dl.done && dl.err != nil {
+		return false
+	}
+	dl.refs++
+	return true
+}
+
+func (dl *download) earlyErr() error {
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	if !dl.started {
+		return dl.err
+	}
+	return nil
+}
+
+// release drops a reference; the last one frees what readers needed.
+func (dl *download) release() {
+	dl.mu.Lock()
+	dl.refs--
+	last := dl.refs == 0
+	cleanup := dl.cleanup
+	if last {
+		dl.chunks, dl.back, dl.cleanup = nil, nil, nil
+	}
+	dl.mu.Unlock()
+	if last && cleanup != nil {
+		cleanup()
+	}
+}
+
+// broadcastLocked wakes every waiting reader.
+func (dl *download) broadcastLocked() {
+	close(dl.notify)
+	dl.notify = make(chan struct{})
+}
+
+func (dl *download) run(ctx context.Context, open OpenFunc, done DoneFunc) {
+	readyOnce := sync.OnceFunc(func() { close(dl.ready) })
+	defer readyOnce()
+	defer dl.release()
+	src, err := open(ctx)
+	if err != nil {
+		dl.finish(err)
+		return
+	}
+	defer src.Body.Close()
+	out := Outcome{Source: src}
+	if src.Sink == nil {
+		out.StoreErr = errors.New("not stored")
+	}
+	k := dl.keep(src.Sink)
+	dl.mu.Lock()
+	dl.size, dl.label, dl.back, dl.started = src.Size, src.Label, k.back, true
+	dl.cleanup = k.close
+	dl.mu.Unlock()
+	readyOnce()
+
+	var cur []byte
+	for {
+		if len(cur) == cap(cur) {
+			cur = make([]byte, 0, dl.g.opt.Chunk)
+			dl.mu.Lock()
+			dl.chunks = append(dl.chunks, cur)
+			dl.trimLocked()
+			dl.mu.Unlock()
+		}
+		n, rerr := src.Body.Read(cur[len(cur):cap(cur)])
+		if n > 0 {
+			fresh := cur[len(cur) : len(cur)+n]
+			cur = cur[:len(cur)+n]
+			backOK := k.write(fresh, &out)
+			dl.mu.Lock()
+			dl.chunks[len(dl.chunks)-1] = cur
+			dl.written += int64(n)
+			if backOK {
+				dl.backLen = dl.written
+			}
+			dl.broadcastLocked()
+			dl.mu.Unlock()
+			out.Bytes += int64(n)
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			out.Err = rerr
+			dl.finish(rerr)
+			k.abandon()
+			done(ctx, out)
+			return
+		}
+	}
+	// Verified: release the held-back bytes first, then make them durable.
+	dl.finish(nil)
+	if err := k.commit(ctx); err != nil {
+		out.StoreErr = err
+	}
+	done(ctx, out)
+}
+
+// keeper writes a download's bytes to its sink and, when the sink cannot
+// be read back, to a spool file that readers who fall behind read instead.
+type keeper struct {
+	dl       *download
+	orig     Sink // the source's sink
+	sink     Sink // nil once it failed, or when there is none
+	spool    *os.File
+	back     io.ReaderAt
+	backOK   bool // back has every byte so far
+	sinkBack bool // the sink is back: close it only when readers are done
+}
+
+func (dl *download) keep(s Sink) *keeper {
+	k := &keeper{dl: dl, orig: s, sink: s}
+	if ra, ok := s.(io.ReaderAt); ok {
+		k.back, k.backOK, k.sinkBack = ra, true, true
+		return k
+	}
+	if dir := dl.g.opt.SpoolDir; dir != "" {
+		f, err := os.CreateTemp(dir, "spool-")
+		if err == nil {
+			k.spool, k.back, k.backOK = f, f, true
+			return k
+		}
+		dl.g.opt.Logger.Warn("cannot spool a download; readers who fall behind will fail", "digest", dl.d, "err", err)
+	}
+	return k
+}
+
+// write keeps p; it reports whether back still has every byte.
+func (k *keeper) write(p []byte, out *Outcome) bool {
+	if k.sink != nil {
+		if _, err := k.sink.Write(p); err != nil {
+			out.StoreErr = err
+			if k.sinkBack {
+				k.backOK = false
+			} else {
+				k.sink.Close()
+			}
+			k.sink = nil
+		}
+	}
+	if k.spool != nil && k.backOK {
+		if _, err := k.spool.Write(p); err != nil {
+			k.backOK = false
+		}
+	}
+	return k.backOK
+}
+
+// commit publishes verified bytes.
+func (k *keeper) commit(ctx context.Context) error {
+	if k.sink == nil {
+		return nil
+	}
+	err := k.sink.Commit(ctx)
+	if !k.sinkBack {
+		k.sink.Close()
+	}
+	return err
+}
+
+// abandon drops the bytes of a download that failed.
+func (k *keeper) abandon() {
+	if k.sink != nil && !k.sinkBack {
+		k.sink.Close()
+	}
+}
+
+// close releases what readers read back from, once the last is done. A
+// sink that is also back was kept open for them; uncommitted, closing it
+// discards its bytes.
+func (k *keeper) close() {
+	if k.sinkBack {
+		k.orig.Close()
+	}
+	if k.spool != nil {
+		k.spool.Close()
+		os.Remove(k.spool.Name())
+	}
+}
+
+// trimLocked drops the oldest chunks beyond the memory window; the newest
+// chunk always stays, since it holds the held-back byte.
+func (dl *download) trimLocked() {
+	var inMem int64
+	for _, c := range dl.chunks {
+		inMem += int64(cap(c))
+	}
+	for len(dl.chunks) > 1 && inMem > dl.g.opt.Window {
+		n := int64(len(dl.chunks[0]))
+		inMem -= int64(cap(dl.chunks[0]))
+		dl.chunks[0] = nil
+		dl.chunks = dl.chunks[1:]
+		dl.memStart += n
+	}
+}
+
+func (dl *download) finish(err error) {
+	dl.mu.Lock()
+	dl.done, dl.err = true, err
+	dl.broadcastLocked()
+	dl.mu.Unlock()
+}
+
+// availLocked is how many bytes readers may have: everything once the
+// body verified; before that all but the last byte, or nothing for a
+// small blob.
+func (dl *download) availLocked() int64 {
+	if dl.done && dl.err == nil {
+		return dl.written
+	}
+	if dl.size >= 0 && dl.size <= dl.g.opt.HoldAll {
+		return 0
+	}
+	return max(dl.written-1, 0)
+}

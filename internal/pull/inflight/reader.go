@@ -1,0 +1,173 @@
+package inflight
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+// Reader reads one download from an offset, waiting for bytes as they
+// arrive. It returns an error, never a clean EOF, if the download fails or
+// its content does not verify. It is not safe for concurrent use.
+type Reader struct {
+	dl     *download
+	off    int64
+	closed bool
+}
+
+// Size is the download's expected size, or -1.
+func (r *Reader) Size() int64 { return r.dl.size }
+
+// Label names where the download's bytes come from.
+func (r *Reader) Label() string { return r.dl.label }
+
+// Seek sets the offset of the next Read, for Range requests; io.SeekEnd
+// needs a known size.
+func (r *Reader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekCurrent:
+		offset += r.off
+	case io.SeekEnd:
+		if r.dl.size < 0 {
+			return 0, errors.New("inflight: seek from the end of a download of unknown size")
+		}
+		offset += r.dl.size
+	}
+	if offset < 0 {
+		return 0, errors.New("inflight: negative offset")
+	}
+	r.off = offset
+	return offset, nil
+}
+
+// next returns the bytes at the reader's offset that may be read now, at
+// most max: a slice of a memory chunk (mem), or a length to read back from
+// the download's sink or spool (back). It waits for bytes as long as ctx
+// allows.
+func (r *Reader) next(ctx context.Context, max int) (mem []byte, back io.ReaderAt, n int, err error) {
+	dl := r.dl
+	for {
+		dl.mu.Lock()
+		avail := dl.availLocked()
+		if r.off < avail {
+			n = int(min(int64(max), avail-r.off))
+			if r.off >= dl.memStart {
+				// Find the chunk that holds r.off.
+				pos := dl.memStart
+				for _, c := range dl.chunks {
+					if r.off < pos+int64(len(c)) {
+						i := r.off - pos
+						mem = c[i:min(int64(len(c)), i+int64(n))]
+						break
+					}
+					pos += int64(len(c))
+				}
+				dl.mu.Unlock()
+				if len(mem) == 0 {
+					return nil, nil, 0, ErrFellBehind // cannot happen: the window holds avail
+				}
+				return mem, nil, len(mem), nil
+			}
+			if dl.back != nil && r.off < dl.backLen {
+				back, n = dl.back, int(min(int64(n), dl.backLen-r.off, dl.memStart-r.off))
+				dl.mu.Unlock()
+				return nil, back, n, nil
+			}
+			dl.mu.Unlock()
+			return nil, nil, 0, ErrFellBehind
+		}
+		done, derr, wait := dl.done, dl.err, dl.notify
+		dl.mu.Unlock()
+		if done {
+			if derr != nil {
+				return nil, nil, 0, derr
+			}
+			return nil, nil, 0, io.EOF
+		}
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, nil, 0, ctx.Err()
+		}
+	}
+}
+
+// Read copies the next bytes into p.
+func (r *Reader) Read(p []byte) (int, error) {
+	return r.ReadContext(context.Background(), p)
+}
+
+// ReadContext is Read that stops waiting when ctx ends.
+func (r *Reader) ReadContext(ctx context.Context, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	mem, back, n, err := r.next(ctx, len(p))
+	if err != nil {
+		return 0, err
+	}
+	if mem != nil {
+		n = copy(p, mem)
+	} else {
+		n, err = back.ReadAt(p[:n], r.off)
+		if n > 0 {
+			err = nil
+		}
+	}
+	r.off += int64(n)
+	return n, err
+}
+
+// CopyTo writes the download from the reader's offset to w until the end,
+// or limit bytes when limit >= 0. Bytes in memory go to w straight from
+// the download's chunks; only bytes read back from the sink or spool pass
+// through buf (allocated when nil and needed). It returns io.ErrUnexpectedEOF when the download ended
+// before limit bytes.
+func (r *Reader) CopyTo(ctx context.Context, w io.Writer, limit int64, buf []byte) (int64, error) {
+	var total int64
+	for limit < 0 || total < limit {
+		max := 1 << 30
+		if limit >= 0 {
+			max = int(min(int64(max), limit-total))
+		}
+		mem, back, n, err := r.next(ctx, max)
+		if err == io.EOF {
+			if limit >= 0 {
+				return total, io.ErrUnexpectedEOF
+			}
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		if mem == nil {
+			if buf == nil {
+				buf = make([]byte, 256<<10)
+			}
+			n, err = back.ReadAt(buf[:min(n, len(buf))], r.off)
+			if n == 0 {
+				if err == nil {
+					err = io.ErrNoProgress
+				}
+				return total, err
+			}
+			mem = buf[:n]
+		}
+		m, werr := w.Write(mem)
+		r.off += int64(m)
+		total += int64(m)
+		if werr != nil {
+			return total, werr
+		}
+	}
+	return total, nil
+}
+
+// Close detaches the reader; the download goes on for others and the cache.
+func (r *Reader) Close() error {
+	if !r.closed {
+		r.closed = true
+		r.dl.release()
+	}
+	return nil
+}

@@ -1,0 +1,44 @@
+package server
+
+import (
+	"bytes"
+	"net/http"
+	"time"
+
+	"github.com/regcache/regcache/internal/pull"
+	"github.com/regcache/regcache/internal/pull/index"
+	"github.com/regcache/regcache/internal/ref"
+)
+
+func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, rt Route) pull.Result {
+	var m *pull.Manifest
+	var err error
+	if d := rt.Manifest.Digest; d != "" {
+		m, err = s.cache.ManifestByDigest(r.Context(), rt.Repo, d)
+	} else {
+		k := index.TagKey{Repo: rt.Repo, Tag: rt.Manifest.Tag, Mask: ref.ParseAccept(r.Header.Values("Accept"))}
+		m, err = s.cache.ManifestByTag(r.Context(), k)
+	}
+	if err != nil {
+		return s.fail(w, r, rt, err)
+	}
+	h := w.Header()
+	h.Set("Content-Type", m.MediaType)
+	h.Set("Docker-Content-Digest", m.Digest.String())
+	h.Set("Etag", `"`+m.Digest.String()+`"`)
+	setResult(h, m.Result)
+	if m.Source != "" {
+		h.Set("X-Regcache-Source", m.Source)
+	}
+	if m.TagFromMirror {
+		// A mirror's tag can lag the origin's: say so.
+		h.Set("X-Regcache-Tag-Source", "mirror")
+		h.Add("Warning", `199 regcache "tag resolved at mirror `+m.Source+` because the origin failed"`)
+	}
+	// Conditional and Range requests, HEAD and Content-Length, done once
+	// and correctly by net/http.
+	rw := &respWriter{ResponseWriter: w}
+	http.ServeContent(rw, r, "", time.Time{}, bytes.NewReader(m.Data))
+	s.count(rt, m.Result, rw.n)
+	return m.Result
+}
