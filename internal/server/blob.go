@@ -95,7 +95,7 @@ type deadlineResponse struct {
 	sw *sendWriter
 }
 
-func (d deadlineResponse) Write(p []byte) (int, error)  { return d.sw.Write(p) }
+func (d deadlineResponse) Write(p []byte) (int, error) { return d.sw.Write(p) }
 func (d deadlineResponse) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
 // sendfilePiece is how much one sendfile call may send under one deadline.

@@ -40,7 +40,9 @@ type TagKey struct {
 	Mask ref.AcceptMask
 }
 
-func (k TagKey) hash() hkey { return hashKey(k.Repo.Registry(), k.Repo.Path(), k.Tag.String(), byte(k.Mask)) }
+func (k TagKey) hash() hkey {
+	return hashKey(k.Repo.Registry(), k.Repo.Path(), k.Tag.String(), byte(k.Mask))
+}
 func (k TagKey) meta() string {
 	return store.TagKey(k.Repo, k.Tag, uint8(k.Mask))
 }
