@@ -14,12 +14,16 @@ import (
 	"github.com/regcache/regcache/internal/testhub"
 )
 
-// The referrers API is passed through with its artifactType filter. The
-// real registry used elsewhere (distribution v3.1.2) does not implement it,
-// so this upstream is a small fake that does.
-func TestReferrersPassThrough(t *testing.T) {
+// The referrers API is fetched whole once per tags_list_ttl, and the
+// artifactType filter is applied by regcache, so distinct filters cost no
+// upstream request and no cache entry of their own. The real registry used
+// elsewhere (distribution v3.1.2) does not implement the API, so this
+// upstream is a small fake that does.
+func TestReferrersFilteredLocally(t *testing.T) {
 	const dg = "sha256:4b0bbc8bd9bf4a6a8a1f2e4f26a81f8d3c8d4f7a57b3d2bdbbe09d4d2a2c0b1e"
-	index := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","size":10,"artifactType":"application/vnd.example.sbom"}]}`
+	index := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[` +
+		`{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","size":10,"artifactType":"application/vnd.example.sbom"},` +
+		`{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","size":10,"artifactType":"application/vnd.example.signature"}]}`
 	var hits atomic.Int32
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
@@ -27,11 +31,10 @@ func TestReferrersPassThrough(t *testing.T) {
 			w.WriteHeader(200)
 		case "/v2/org/app/referrers/" + dg:
 			hits.Add(1)
-			if r.URL.Query().Get("artifactType") != "application/vnd.example.sbom" {
-				t.Errorf("artifactType not passed: %q", r.URL.RawQuery)
+			if r.URL.RawQuery != "" {
+				t.Errorf("query passed upstream: %q; the whole list should be fetched once", r.URL.RawQuery)
 			}
 			w.Header().Set("Content-Type", "application/vnd.oci.image.index.v1+json")
-			w.Header().Set("OCI-Filters-Applied", "artifactType")
 			fmt.Fprint(w, index)
 		default:
 			http.NotFound(w, r)
@@ -48,15 +51,28 @@ func TestReferrersPassThrough(t *testing.T) {
 	}
 	srv := httptest.NewServer(a.Handler)
 	defer srv.Close()
-	for i := 0; i < 3; i++ {
-		resp, err := http.Get(srv.URL + "/v2/registry.example.com/org/app/referrers/" + dg + "?artifactType=application/vnd.example.sbom")
+	tests := []struct {
+		query, filtered string
+		want, notWant   string
+	}{
+		{"?artifactType=application/vnd.example.sbom", "artifactType", "vnd.example.sbom", "vnd.example.signature"},
+		{"?artifactType=application/vnd.example.signature", "artifactType", "vnd.example.signature", "vnd.example.sbom"},
+		{"", "", "vnd.example.signature", ""},
+		{"?artifactType=application/vnd.example.sbom", "artifactType", "vnd.example.sbom", "vnd.example.signature"},
+	}
+	for _, tc := range tests {
+		resp, err := http.Get(srv.URL + "/v2/registry.example.com/org/app/referrers/" + dg + tc.query)
 		if err != nil {
 			t.Fatal(err)
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/vnd.oci.image.index.v1+json" || !strings.Contains(string(b), "vnd.example.sbom") {
-			t.Fatalf("referrers: %d %q %q", resp.StatusCode, resp.Header.Get("Content-Type"), b)
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/vnd.oci.image.index.v1+json" ||
+			!strings.Contains(string(b), tc.want) || (tc.notWant != "" && strings.Contains(string(b), tc.notWant)) {
+			t.Fatalf("referrers%s: %d %q %q", tc.query, resp.StatusCode, resp.Header.Get("Content-Type"), b)
+		}
+		if got := resp.Header.Get("OCI-Filters-Applied"); got != tc.filtered {
+			t.Errorf("referrers%s: OCI-Filters-Applied %q, want %q", tc.query, got, tc.filtered)
 		}
 	}
 	if n := hits.Load(); n != 1 {

@@ -608,7 +608,7 @@ func TestStoreSizeBound(t *testing.T) {
 		return nil
 	})
 	s.app.cfg.Storage.MaxSize = 2<<20 + 512<<10
-	s.app.collect(context.Background(), int64(s.app.cfg.Storage.MaxSize))
+	s.app.collect(context.Background())
 	if got := testutil.ToFloat64(s.app.Metrics.EvictedBytes); got < 1<<20 {
 		t.Fatalf("evicted %v bytes", got)
 	}

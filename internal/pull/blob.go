@@ -102,7 +102,11 @@ func (c *Cache) openDownload(ctx context.Context, src blobSource, repo ref.Repo,
 	if err != nil {
 		return inflight.Source{}, err
 	}
-	s := inflight.Source{Body: b, Size: b.Size, Label: b.Source}
+	s := inflight.Source{Body: b, Size: b.Size, Label: b.Source, Verified: func(ctx context.Context) {
+		// The upstream served these verified bytes for this repository:
+		// that is the link, whether or not the blob is stored.
+		c.index.Link(ctx, repo, d)
+	}}
 	w, err := c.opt.Store.Create(ctx, d, b.Size)
 	if err != nil {
 		// Decided before a byte is sent: stream through, uncached.
@@ -131,9 +135,6 @@ func (c *Cache) downloaded(ctx context.Context, repo ref.Repo, d digest.Digest, 
 		c.log.Warn("blob download failed", "repo", repo.String(), "digest", d, "source", o.Source.Label, "bytes", o.Bytes, "err", o.Err)
 		return
 	}
-	// The upstream served these verified bytes for this repository: that
-	// is the link, whether or not the blob is stored.
-	c.index.Link(ctx, repo, d)
 	if o.Source.Sink == nil {
 		return // counted and logged when it was decided
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -50,8 +51,8 @@ type ociError struct {
 
 // toOCI classifies err through the table.
 func toOCI(err error, k Kind) ociError {
-	re, ok := err.(*regerr.Error)
-	if !ok {
+	var re *regerr.Error
+	if !errors.As(err, &re) {
 		re = &regerr.Error{Kind: regerr.KindOf(err), Message: "request failed"}
 		if re.Kind == regerr.Unavailable {
 			re.Message = "the upstream did not answer in time"

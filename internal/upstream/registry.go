@@ -331,7 +331,10 @@ func (r *Registry) countManifest(m Manifest) {
 		return
 	}
 	r.m.UpstreamBytes.WithLabelValues(r.name, m.Source, "manifest").Add(float64(len(m.Data)))
-	if m.Source != SourceOrigin {
+	if m.Source == SourceOrigin {
+		// What Docker Hub counts as a pull: a manifest GET it answered.
+		r.m.CountedPulls.WithLabelValues(r.name).Inc()
+	} else {
 		r.m.MirrorHits.WithLabelValues(r.name, m.Source, "manifest").Inc()
 	}
 }

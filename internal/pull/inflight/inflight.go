@@ -48,6 +48,10 @@ type Source struct {
 	Sink Sink
 	// Label names where the bytes come from, for the readers.
 	Label string
+	// Verified, if set, runs once the body has verified and before its
+	// last bytes are released: what must be true before any client holds
+	// a complete body (the repository link) belongs here.
+	Verified func(ctx context.Context)
 }
 
 // OpenFunc opens a download's source. It runs in the download's goroutine,
@@ -349,6 +353,9 @@ func (dl *download) run(ctx context.Context, open OpenFunc, done DoneFunc) {
 		}
 	}
 	// Verified: release the held-back bytes first, then make them durable.
+	if src.Verified != nil {
+		src.Verified(ctx)
+	}
 	dl.finish(nil)
 	if err := k.commit(ctx); err != nil {
 		out.StoreErr = err
@@ -418,11 +425,17 @@ func (k *keeper) commit(ctx context.Context) error {
 	return err
 }
 
-// abandon drops the bytes of a download that failed.
+// abandon drops the bytes of a download that failed, at once: its readers
+// get its error and read nothing more, so a sink that was also their back
+// need not wait for them.
 func (k *keeper) abandon() {
-	if k.sink != nil && !k.sinkBack {
-		k.sink.Close()
+	k.dl.mu.Lock()
+	k.dl.back = nil
+	k.dl.mu.Unlock()
+	if k.orig != nil {
+		k.orig.Close()
 	}
+	k.sinkBack = false
 }
 
 // close releases what readers read back from, once the last is done. A

@@ -48,6 +48,11 @@ func (r *Reader) next(ctx context.Context, max int) (mem []byte, back io.ReaderA
 	dl := r.dl
 	for {
 		dl.mu.Lock()
+		if dl.done && dl.err != nil {
+			err := dl.err
+			dl.mu.Unlock()
+			return nil, nil, 0, err
+		}
 		avail := dl.availLocked()
 		if r.off < avail {
 			n = int(min(int64(max), avail-r.off))
