@@ -1,0 +1,475 @@
+package inflight
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// sink is a store writer in memory; readBack makes it an io.ReaderAt.
+type sink struct {
+	mu        sync.Mutex
+	buf       bytes.Buffer
+	failAfter int // fail writes once this many bytes are in; 0 = never
+	committed bool
+	closed    bool
+}
+
+func (s *sink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failAfter > 0 && s.buf.Len()+len(p) > s.failAfter {
+		return 0, errors.New("disk full")
+	}
+	return s.buf.Write(p)
+}
+
+func (s *sink) Commit(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.committed = true
+	return nil
+}
+
+func (s *sink) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	return nil
+}
+
+func (s *sink) state() (committed, closed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.committed, s.closed
+}
+
+type readBackSink struct{ *sink }
+
+func (s readBackSink) ReadAt(p []byte, off int64) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.buf.Bytes()
+	if off >= int64(len(b)) {
+		return 0, io.EOF
+	}
+	return copy(p, b[off:]), nil
+}
+
+// body is an upstream body the test feeds by hand: it ends with the
+// verdict the test gives (nil: verified, io.EOF follows).
+type body struct {
+	pr *io.PipeReader
+	pw *io.PipeWriter
+}
+
+func newBody() *body {
+	pr, pw := io.Pipe()
+	return &body{pr, pw}
+}
+
+func (b *body) Read(p []byte) (int, error) { return b.pr.Read(p) }
+func (b *body) Close() error               { return b.pr.Close() }
+func (b *body) send(t *testing.T, p []byte) {
+	t.Helper()
+	if _, err := b.pw.Write(p); err != nil {
+		t.Fatal(err)
+	}
+}
+func (b *body) end(verdict error) {
+	if verdict == nil {
+		b.pw.Close()
+	} else {
+		b.pw.CloseWithError(verdict)
+	}
+}
+
+var d1 = digest.FromString("one")
+
+func opener(b *body, size int64, s Sink, opens *atomic.Int32) OpenFunc {
+	return func(context.Context) (Source, error) {
+		if opens != nil {
+			opens.Add(1)
+		}
+		return Source{Body: b, Size: size, Sink: s, Label: "origin"}, nil
+	}
+}
+
+type outcomes struct {
+	mu   sync.Mutex
+	list []Outcome
+	done chan struct{}
+}
+
+func newOutcomes() *outcomes { return &outcomes{done: make(chan struct{}, 16)} }
+
+func (o *outcomes) record(_ context.Context, out Outcome) {
+	o.mu.Lock()
+	o.list = append(o.list, out)
+	o.mu.Unlock()
+	o.done <- struct{}{}
+}
+
+func (o *outcomes) wait(t *testing.T) Outcome {
+	t.Helper()
+	select {
+	case <-o.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("download never ended")
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.list[len(o.list)-1]
+}
+
+func readAll(t *testing.T, r *Reader) ([]byte, error) {
+	t.Helper()
+	var out bytes.Buffer
+	_, err := r.CopyTo(context.Background(), &out, -1, nil)
+	return out.Bytes(), err
+}
+
+func TestFanOut(t *testing.T) {
+	g := New(Options{Chunk: 8, Window: 32, HoldAll: -1})
+	b := newBody()
+	s := &sink{}
+	var opens atomic.Int32
+	outs := newOutcomes()
+	data := bytes.Repeat([]byte("0123456789"), 20)
+
+	const readers = 5
+	var wg sync.WaitGroup
+	results := make([][]byte, readers)
+	errs := make([]error, readers)
+	joined := make(chan bool, readers)
+	for i := range readers {
+		r, j, err := g.Join(context.Background(), d1, opener(b, int64(len(data)), readBackSink{s}, &opens), outs.record)
+		if err != nil {
+			t.Fatal(err)
+		}
+		joined <- j
+		wg.Go(func() { results[i], errs[i] = readAll(t, r); r.Close() })
+	}
+	for off := 0; off < len(data); off += 7 {
+		b.send(t, data[off:min(off+7, len(data))])
+	}
+	b.end(nil)
+	wg.Wait()
+	for i := range readers {
+		if errs[i] != nil || !bytes.Equal(results[i], data) {
+			t.Errorf("reader %d: %v, %d bytes", i, errs[i], len(results[i]))
+		}
+	}
+	if n := opens.Load(); n != 1 {
+		t.Errorf("opened %d times, want 1", n)
+	}
+	close(joined)
+	var nJoined int
+	for j := range joined {
+		if j {
+			nJoined++
+		}
+	}
+	if nJoined != readers-1 {
+		t.Errorf("%d joined, want %d", nJoined, readers-1)
+	}
+	o := outs.wait(t)
+	if o.Err != nil || o.StoreErr != nil || o.Bytes != int64(len(data)) {
+		t.Errorf("outcome %+v", o)
+	}
+	if committed, _ := s.state(); !committed {
+		t.Error("verified download not committed")
+	}
+	if err := g.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Until the body verifies, the last byte is held back; for a small blob,
+// everything is.
+func TestHoldBack(t *testing.T) {
+	tests := []struct {
+		name    string
+		holdAll int64
+		size    int64
+		avail   int64 // after 10 of 10 bytes arrived, before the verdict
+	}{
+		{"large blob: all but the last byte", -1, 10, 9},
+		{"unknown size: all but the last byte", 4, -1, 9},
+		{"small blob: nothing", 64, 10, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := New(Options{Chunk: 4, HoldAll: tc.holdAll})
+			b := newBody()
+			outs := newOutcomes()
+			r, _, err := g.Join(context.Background(), d1, opener(b, tc.size, &sink{}, nil), outs.record)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			b.send(t, []byte("0123456789"))
+			if got := availAfter(t, g, 10); got != tc.avail {
+				t.Fatalf("before the verdict readers may have %d bytes, want %d", got, tc.avail)
+			}
+			b.end(errors.New("digest mismatch"))
+			if _, err := readAll(t, r); err == nil || err.Error() != "digest mismatch" {
+				t.Fatalf("after a bad verdict: %v, want the verdict's error", err)
+			}
+			outs.wait(t)
+		})
+	}
+}
+
+// availAfter waits until the download of d1 has read n bytes and returns
+// how many its readers may have.
+func availAfter(t *testing.T, g *Group, n int64) int64 {
+	t.Helper()
+	g.mu.Lock()
+	dl := g.m[d1]
+	g.mu.Unlock()
+	for {
+		dl.mu.Lock()
+		written, wait := dl.written, dl.notify
+		avail := dl.availLocked()
+		dl.mu.Unlock()
+		if written >= n {
+			return avail
+		}
+		select {
+		case <-wait:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the download read %d of %d bytes", written, n)
+		}
+	}
+}
+
+func TestFailedDownloadNeverCommitted(t *testing.T) {
+	g := New(Options{Chunk: 4})
+	b := newBody()
+	s := &sink{}
+	outs := newOutcomes()
+	r, _, err := g.Join(context.Background(), d1, opener(b, 8, readBackSink{s}, nil), outs.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.send(t, []byte("01234567"))
+	b.end(errors.New("hashes to something else"))
+	if _, err := readAll(t, r); err == nil {
+		t.Fatal("a failed download read as complete")
+	}
+	o := outs.wait(t)
+	if o.Err == nil {
+		t.Error("outcome has no error")
+	}
+	if err := g.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// The sink is discarded when the download ends, not when its last
+	// reader goes: nothing half-written outlives the download.
+	if committed, closed := s.state(); committed || !closed {
+		t.Errorf("sink committed=%v closed=%v after a failed download, want false true", committed, closed)
+	}
+	r.Close()
+	// The next request starts afresh rather than inheriting the error.
+	b2 := newBody()
+	r2, joined, err := g.Join(context.Background(), d1, opener(b2, 8, &sink{}, nil), outs.record)
+	if err != nil || joined {
+		t.Fatalf("join after failure: joined=%v err=%v", joined, err)
+	}
+	b2.send(t, []byte("01234567"))
+	b2.end(nil)
+	if got, err := readAll(t, r2); err != nil || string(got) != "01234567" {
+		t.Fatalf("retry: %q %v", got, err)
+	}
+	r2.Close()
+	outs.wait(t)
+}
+
+func TestOpenFailureReturnedToEveryReader(t *testing.T) {
+	g := New(Options{})
+	boom := errors.New("upstream 404")
+	_, _, err := g.Join(context.Background(), d1, func(context.Context) (Source, error) { return Source{}, boom }, nil)
+	if !errors.Is(err, boom) {
+		t.Fatalf("Join = %v, want %v", err, boom)
+	}
+	if err := g.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A reader who falls behind the memory window reads the rest back from
+// the sink; without a sink that reads back or a spool, it fails.
+func TestFallingBehindTheWindow(t *testing.T) {
+	data := bytes.Repeat([]byte("abcdefgh"), 16) // 128 bytes, window 16
+	tests := []struct {
+		name    string
+		sink    func(*sink) Sink
+		spool   bool
+		wantErr error
+	}{
+		{"sink reads back", func(s *sink) Sink { return readBackSink{s} }, false, nil},
+		{"spool file", func(s *sink) Sink { return s }, true, nil},
+		{"stream-through with a spool", func(*sink) Sink { return nil }, true, nil},
+		{"nothing to read back", func(s *sink) Sink { return s }, false, ErrFellBehind},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			opt := Options{Chunk: 8, Window: 16, HoldAll: -1}
+			if tc.spool {
+				opt.SpoolDir = t.TempDir()
+			}
+			g := New(opt)
+			b := newBody()
+			outs := newOutcomes()
+			first, _, err := g.Join(context.Background(), d1, opener(b, int64(len(data)), tc.sink(&sink{}), nil), outs.record)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var firstDone sync.WaitGroup
+			firstDone.Go(func() { readAll(t, first); first.Close() })
+			b.send(t, data)
+			// A late joiner starts at 0, long out of the window.
+			late, joined, err := g.Join(context.Background(), d1, nil, outs.record)
+			if err != nil || !joined {
+				t.Fatalf("late join: %v %v", joined, err)
+			}
+			b.end(nil)
+			got, err := readAll(t, late)
+			late.Close()
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("late reader: %v, want %v", err, tc.wantErr)
+			}
+			if err == nil && !bytes.Equal(got, data) {
+				t.Fatalf("late reader got %q", got)
+			}
+			outs.wait(t)
+			firstDone.Wait()
+			if err := g.Drain(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if tc.spool {
+				if left, _ := os.ReadDir(opt.SpoolDir); len(left) != 0 {
+					t.Errorf("%d spool files left", len(left))
+				}
+			}
+		})
+	}
+}
+
+// A sink that fails (a full disk) does not fail the clients: the bytes are
+// streamed through, and the outcome says they were not kept.
+func TestSinkFailureStreamsThrough(t *testing.T) {
+	g := New(Options{Chunk: 4, HoldAll: -1})
+	b := newBody()
+	s := &sink{failAfter: 6}
+	outs := newOutcomes()
+	r, _, err := g.Join(context.Background(), d1, opener(b, 12, s, nil), outs.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan []byte)
+	go func() { got, _ := readAll(t, r); done <- got }()
+	b.send(t, []byte("0123456789ab"))
+	b.end(nil)
+	if got := <-done; string(got) != "0123456789ab" {
+		t.Fatalf("client got %q", got)
+	}
+	r.Close()
+	o := outs.wait(t)
+	if o.StoreErr == nil || o.Err != nil {
+		t.Fatalf("outcome %+v: want a store error and no body error", o)
+	}
+	if committed, _ := s.state(); committed {
+		t.Fatal("a sink that failed was committed")
+	}
+}
+
+// The client that started a download hanging up does not abort it.
+func TestClientCancelKeepsDownload(t *testing.T) {
+	g := New(Options{Chunk: 4, HoldAll: -1})
+	b := newBody()
+	s := &sink{}
+	outs := newOutcomes()
+	ctx, cancel := context.WithCancel(context.Background())
+	r, _, err := g.Join(ctx, d1, opener(b, 8, s, nil), outs.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	r.Close()
+	b.send(t, []byte("01234567"))
+	b.end(nil)
+	if o := outs.wait(t); o.Err != nil {
+		t.Fatalf("download failed after its client left: %v", o.Err)
+	}
+	if committed, _ := s.state(); !committed {
+		t.Fatal("not committed")
+	}
+}
+
+// Close waits for downloads in flight; at its deadline it cancels them.
+func TestCloseOwnsDownloads(t *testing.T) {
+	g := New(Options{Chunk: 4})
+	b := newBody()
+	outs := newOutcomes()
+	var bodyCtx context.Context
+	r, _, err := g.Join(context.Background(), d1, func(ctx context.Context) (Source, error) {
+		bodyCtx = ctx
+		go func() { <-ctx.Done(); b.end(ctx.Err()) }()
+		return Source{Body: b, Size: -1}, nil
+	}, outs.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := g.Close(ctx); err == nil {
+		t.Fatal("Close returned nil with a download that never ends")
+	}
+	if bodyCtx.Err() == nil {
+		t.Fatal("the download's context outlived Close")
+	}
+	if o := outs.wait(t); o.Err == nil {
+		t.Fatal("a cancelled download reported success")
+	}
+	if _, _, err := g.Join(context.Background(), d1, nil, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Join after Close = %v", err)
+	}
+}
+
+func TestReaderSeekAndLimit(t *testing.T) {
+	g := New(Options{Chunk: 4, HoldAll: -1})
+	b := newBody()
+	outs := newOutcomes()
+	r, _, err := g.Join(context.Background(), d1, opener(b, 10, &sink{}, nil), outs.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.Seek(3, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	b.send(t, []byte("0123456789"))
+	b.end(nil)
+	var out bytes.Buffer
+	if n, err := r.CopyTo(context.Background(), &out, 4, nil); err != nil || n != 4 || out.String() != "3456" {
+		t.Fatalf("CopyTo(limit 4) = %d, %v, %q", n, err, out.String())
+	}
+	if rest, err := io.ReadAll(r); err != nil || string(rest) != "789" {
+		t.Fatalf("Read the rest = %q, %v", rest, err)
+	}
+	if end, err := r.Seek(0, io.SeekEnd); err != nil || end != 10 {
+		t.Fatalf("Seek end = %d, %v", end, err)
+	}
+	outs.wait(t)
+}
