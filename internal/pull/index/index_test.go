@@ -52,7 +52,10 @@ func TestIndexPersists(t *testing.T) {
 		{"tag for another mask", hasTag(b, other, d, checked), false},
 		{"link", b.Linked(ctx, k.Repo, d), true},
 		{"link elsewhere", b.Linked(ctx, key(t, "acme/app", "x", 0).Repo, d), false},
-		{"media type", func() bool { mt, ok := b.MediaType(ctx, d); return ok && mt == "application/vnd.oci.image.index.v1+json" }(), true},
+		{"media type", func() bool {
+			mt, ok := b.MediaType(ctx, d)
+			return ok && mt == "application/vnd.oci.image.index.v1+json"
+		}(), true},
 	}
 	for _, tc := range tests {
 		if tc.got != tc.want {
