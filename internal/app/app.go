@@ -176,7 +176,7 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 			mirrors = append(mirrors, upstream.MirrorConfig{URL: mc.URL, RepoPrefix: mc.RepoPrefix, Repositories: mc.Repositories, Auth: mauth})
 		}
 		u, err := upstream.New(upstream.Config{Name: name, URL: rc.URL, Auth: auth, Logger: log, Metrics: m,
-			Mirrors: mirrors, Reserve: rc.Reserve, Limits: limits})
+			Mirrors: mirrors, Reserve: rc.Reserve, Limits: limits, AllowPrivateRedirects: rc.AllowPrivateRedirects})
 		if err != nil {
 			return nil, fmt.Errorf("%s.url: %w", key, err)
 		}

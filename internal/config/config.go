@@ -152,6 +152,10 @@ type Registry struct {
 	// Reserve is the number of counted pulls kept for true misses: below
 	// it, cached tags are served past tag_ttl rather than spending a pull.
 	Reserve int `yaml:"reserve"`
+	// AllowPrivateRedirects lets this registry's redirects and token
+	// realms send regcache to loopback, private and link-local addresses.
+	// Unset: allowed only when the registry's own URL is at such an address.
+	AllowPrivateRedirects *bool `yaml:"allow_private_redirects"`
 }
 
 // Mirror is an alternative source for a registry's content.

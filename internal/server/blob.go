@@ -39,6 +39,10 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, rt Route) pul
 		s.serveStored(w, sw, r, rt, b)
 	} else {
 		h.Set("X-Regcache-Source", b.Source)
+		if !b.Stream.Stored() {
+			// The store could not take it (full): served, not cached.
+			h.Set("X-Regcache-Stored", "no")
+		}
 		s.streamBlob(w, sw, r, rt, b)
 	}
 	return b.Result

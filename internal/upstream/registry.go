@@ -40,6 +40,11 @@ type Config struct {
 	Reserve int
 	// Limits bound what an upstream can make regcache read or wait for.
 	Limits Limits
+	// AllowPrivateRedirects lets redirects and token realms send regcache
+	// to loopback, private and link-local addresses. nil decides by the
+	// origin: allowed when the origin itself is at such an address (an
+	// internal registry), refused otherwise.
+	AllowPrivateRedirects *bool
 }
 
 // Limits bound what an upstream can make regcache read or wait for. Zero
@@ -155,7 +160,18 @@ func newRegistry(cfg Config, now func() time.Time) (*Registry, error) {
 
 	wire := cfg.Transport
 	if wire == nil {
-		wire = newBaseTransport()
+		allow := privateHost(base.Host)
+		if cfg.AllowPrivateRedirects != nil {
+			allow = *cfg.AllowPrivateRedirects
+		}
+		hosts := []string{canonicalHost(base.Scheme, base.Host)}
+		for _, mc := range cfg.Mirrors {
+			if u, err := url.Parse(mc.URL); err == nil {
+				hosts = append(hosts, canonicalHost(u.Scheme, u.Host))
+			}
+		}
+		hosts = append(hosts, proxyHosts()...)
+		wire = newBaseTransport(newDialGuard(regName, allow, hosts...))
 	}
 	budget := newBudgetTracker(base.Host, now, limits.MaxRetryAfter)
 	var rt http.RoundTripper = &loggingTransport{inner: wire, logger: logger, source: SourceOrigin}

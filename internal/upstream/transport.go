@@ -1,12 +1,16 @@
 package upstream
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"os"
+	"strings"
 	"time"
 )
 
@@ -14,13 +18,12 @@ import (
 // nil. Each Registry gets its own, so one slow upstream cannot use up another's
 // idle connections. There is no overall timeout: blob bodies may stream for
 // minutes, and callers bound each call with their context instead.
-func newBaseTransport() *http.Transport {
-	dialer := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+func newBaseTransport(guard *dialGuard) *http.Transport {
 	return &http.Transport{
 		// Honour HTTPS_PROXY/NO_PROXY: CI fleets often reach the internet
 		// only through a proxy.
 		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
+		DialContext:           guard.DialContext,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          256,
 		MaxIdleConnsPerHost:   64,
@@ -56,6 +59,90 @@ func (t *loggingTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 	}
 	t.logger.DebugContext(req.Context(), "upstream request", append(attrs, "status", resp.StatusCode)...)
 	return resp, nil
+}
+
+// dialGuard connects only where an upstream may send regcache: anywhere
+// public, and to a loopback, private, link-local or unspecified address
+// only when it is one of the configured hosts (the origin, its mirrors, the
+// proxy) or the registry's config allows it. A redirect (or a token realm)
+// pointing at 127.0.0.1 or the cloud metadata service is thus refused, and
+// because the check is made on the address actually dialled, a public name
+// that resolves to a private address is refused too.
+type dialGuard struct {
+	dialer       *net.Dialer
+	resolver     *net.Resolver
+	allowed      map[string]bool // host:port always dialled as they are
+	allowPrivate bool
+	registry     string // for the error: which config key to set
+}
+
+func newDialGuard(registry string, allowPrivate bool, hosts ...string) *dialGuard {
+	g := &dialGuard{
+		dialer:       &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
+		resolver:     net.DefaultResolver,
+		allowed:      map[string]bool{},
+		allowPrivate: allowPrivate,
+		registry:     registry,
+	}
+	for _, h := range hosts {
+		g.allowed[h] = true
+	}
+	return g
+}
+
+// errPrivateAddress is the cause of a refused connection.
+var errPrivateAddress = errors.New("a loopback, private or link-local address")
+
+func (g *dialGuard) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if g.allowPrivate || g.allowed[addr] {
+		return g.dialer.DialContext(ctx, network, addr)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	ips, err := g.resolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, err
+	}
+	for _, ip := range ips {
+		if !publicAddr(ip) {
+			return nil, fmt.Errorf("refusing to connect to %s (%s): %w; set registries.%s.allow_private_redirects if the upstream may send regcache there",
+				host, ip, errPrivateAddress, g.registry)
+		}
+	}
+	if len(ips) == 0 {
+		return nil, fmt.Errorf("%s: no address", host)
+	}
+	// Dial the address checked, not the name again: a second lookup could
+	// answer differently.
+	return g.dialer.DialContext(ctx, network, net.JoinHostPort(ips[0].String(), port))
+}
+
+// publicAddr reports whether ip is a routable unicast address.
+func publicAddr(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	return ip.IsGlobalUnicast() && !ip.IsPrivate() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() &&
+		!sharedAddressSpace.Contains(ip)
+}
+
+// sharedAddressSpace is RFC 6598 carrier-grade NAT space, private in all
+// but name.
+var sharedAddressSpace = netip.MustParsePrefix("100.64.0.0/10")
+
+// privateHost reports whether a configured host names a loopback or private
+// address (or localhost): an upstream there is an internal registry, whose
+// redirects may stay internal.
+func privateHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && !publicAddr(ip)
 }
 
 // maxRedirects matches net/http's default.
@@ -119,4 +206,23 @@ func (p *schemePin) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, fmt.Errorf("%s is configured as %s://; not sending %s", req.URL.Host, p.scheme, req.URL.Scheme)
 	}
 	return p.inner.RoundTrip(req)
+}
+
+// proxyHosts are the proxies named in the environment (HTTPS_PROXY,
+// HTTP_PROXY), which regcache must be able to dial wherever they are.
+func proxyHosts() []string {
+	var out []string
+	for _, k := range []string{"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"} {
+		v := os.Getenv(k)
+		if v == "" {
+			continue
+		}
+		if !strings.Contains(v, "://") {
+			v = "http://" + v
+		}
+		if u, err := url.Parse(v); err == nil && u.Host != "" {
+			out = append(out, canonicalHost(u.Scheme, u.Host))
+		}
+	}
+	return out
 }

@@ -240,6 +240,7 @@ type download struct {
 	refs     int           // readers plus the download goroutine
 	size     int64         // -1 unknown
 	label    string
+	stored   bool     // the bytes go to a sink (else they stream through)
 	started  bool     // the source opened: readers may read
 	chunks   [][]byte // the memory window, oldest first
 	memStart int64    // offset of chunks[0][0]
@@ -313,6 +314,7 @@ func (dl *download) run(ctx context.Context, open OpenFunc, done DoneFunc) {
 	k := dl.keep(src.Sink)
 	dl.mu.Lock()
 	dl.size, dl.label, dl.back, dl.started = src.Size, src.Label, k.back, true
+	dl.stored = src.Sink != nil
 	dl.cleanup = k.close
 	dl.mu.Unlock()
 	readyOnce()

@@ -21,6 +21,10 @@ func (r *Reader) Size() int64 { return r.dl.size }
 // Label names where the download's bytes come from.
 func (r *Reader) Label() string { return r.dl.label }
 
+// Stored reports whether the download's bytes are being kept (as far as
+// was known when it started), rather than streamed through uncached.
+func (r *Reader) Stored() bool { return r.dl.stored }
+
 // Seek sets the offset of the next Read, for Range requests; io.SeekEnd
 // needs a known size.
 func (r *Reader) Seek(offset int64, whence int) (int64, error) {
