@@ -64,16 +64,19 @@ build:
 			if s.caPEM != nil {
 				volumes = append(volumes, "/"+gitlabDind+"/certs.d:/etc/docker/certs.d:ro")
 			}
+			what := "the mirror"
+			if s.caPEM != nil {
+				what = "the mirror and the CA"
+			}
 			runner := fmt.Sprintf(`# /etc/gitlab-runner/config.toml of the runner that takes docker-in-docker
 # jobs. privileged is for dind; /certs/client is shared so that jobs reach
-# dind over TLS; every dind service a job starts mounts the mirror (and
-# CA) from /%s on the runner host. Jobs that start no dind start
-# nothing extra.
+# dind over TLS; every dind service a job starts mounts %s
+# from /%s on the runner host. Jobs that start no dind start nothing.
 [[runners]]
   [runners.docker]
     privileged = true
     volumes = %s
-`, gitlabDind, yamlList(volumes))
+`, what, gitlabDind, yamlList(volumes))
 			perRunner := fmt.Sprintf(`# With the runner configuration above, a job declares a plain dind.
 build:
   image: docker:29
