@@ -23,10 +23,12 @@ func newScanCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "scan [PATH...]",
 		Short: "List the container image references of a repository and what they cost in Docker Hub pulls",
-		Long: `scan finds image references in Dockerfile*/Containerfile* (FROM, COPY --from,
-ARG defaults), compose files, Kubernetes manifests, Helm values, .gitlab-ci.yml,
-.circleci/config.yml, .github/workflows/*.yml and buildspec*.yml, including
-"docker pull/run" lines of their scripts. Paths default to ".".
+		Long: `scan finds image references in Dockerfile*/Containerfile* ("# syntax=" frontend,
+FROM, COPY --from, RUN --mount=...,from=, ARG defaults), compose files (and the
+files their services extend), Kubernetes manifests, kustomization images
+entries, Helm values, .gitlab-ci.yml, .circleci/config.yml,
+.github/workflows/*.yml and buildspec*.yml, including "docker pull/run" lines of
+their scripts. Paths default to ".".
 
 ` + refscan.PullEstimateHelp,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -57,7 +59,7 @@ ARG defaults), compose files, Kubernetes manifests, Helm values, .gitlab-ci.yml,
 			if failOn == "dockerhub" {
 				n := 0
 				for _, r := range res.Refs {
-					if r.DockerHub {
+					if r.PullsFromHub() {
 						n++
 					}
 				}

@@ -129,10 +129,36 @@ func TestSetupCLI(t *testing.T) {
 	if !strings.Contains(string(first), `"data-root": "/mnt/docker"`) {
 		t.Errorf("unrelated key lost:\n%s", first)
 	}
-	if _, _, err := run(t, root, "setup", "gitlab", "--server", "http://c:5000", "--write"); err == nil {
+	if _, _, err := run(t, root, "setup", "circleci", "--server", "http://c:5000", "--write"); err == nil {
 		t.Error("--write accepted for a print-only target")
 	}
-	if _, _, err := run(t, root, "setup", "nope", "--server", "http://c:5000"); err == nil {
-		t.Error("unknown target accepted")
+	// Without a target, or with a wrong one, setup lists the targets.
+	for _, args := range [][]string{{"setup"}, {"setup", "nope", "--server", "http://c:5000"}} {
+		_, _, err := run(t, root, args...)
+		if err == nil || !strings.Contains(err.Error(), "github-actions") || !strings.Contains(err.Error(), "codebuild") {
+			t.Errorf("%v: err = %v, want the list of targets", args, err)
+		}
+	}
+	if _, _, err := run(t, root, "setup", "docker", "--server", "http://c:5000", "--buildx"); err == nil {
+		t.Error("--buildx accepted for docker")
+	}
+}
+
+// TestSetupCompletion: shell completion offers the targets, with their
+// descriptions, and no file names.
+func TestSetupCompletion(t *testing.T) {
+	out, _, err := run(t, t.TempDir(), "__complete", "setup", "gi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "github-actions\t") || !strings.HasPrefix(lines[1], "gitlab\t") || lines[2] != ":4" {
+		t.Errorf("completion of \"setup gi\":\n%s", out)
+	}
+	out, _, _ = run(t, t.TempDir(), "__complete", "setup", "")
+	for _, name := range []string{"buildkit", "codebuild", "containerd", "docker", "k3s", "kind", "podman"} {
+		if !strings.Contains(out, name+"\t") {
+			t.Errorf("completion lacks %s:\n%s", name, out)
+		}
 	}
 }

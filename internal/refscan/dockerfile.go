@@ -23,6 +23,7 @@ type token struct {
 
 var (
 	escapeDirective = regexp.MustCompile(`(?i)^#\s*escape\s*=\s*(\S)\s*$`)
+	syntaxDirective = regexp.MustCompile(`(?i)^\s*#\s*syntax\s*=\s*(\S+)\s*$`)
 	anyDirective    = regexp.MustCompile(`^#\s*[a-zA-Z][a-zA-Z0-9]*\s*=`)
 	heredocMarker   = regexp.MustCompile(`<<(-?)\s*(["']?)([A-Za-z_][A-Za-z0-9_]*)(["']?)`)
 	dfVar           = regexp.MustCompile(`\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))`)
@@ -30,8 +31,9 @@ var (
 
 // splitDockerfile turns src into logical instructions, handling parser
 // directives, comments, line continuations and heredocs (whose bodies are not
-// instructions and must not be scanned).
-func splitDockerfile(src []byte) []logicalLine {
+// instructions and must not be scanned). syntax is the value of a
+// "# syntax=" directive (the BuildKit frontend image), nil without one.
+func splitDockerfile(src []byte) (out []logicalLine, syntax *logicalLine) {
 	type physLine struct {
 		start int
 		text  string
@@ -59,13 +61,20 @@ func splitDockerfile(src []byte) []logicalLine {
 			escape = m[1][0]
 			continue
 		}
+		if m := syntaxDirective.FindStringSubmatchIndex(lines[i].text); m != nil && syntax == nil {
+			pl := lines[i]
+			syntax = &logicalLine{text: pl.text[m[2]:m[3]], line: i + 1}
+			for j := m[2]; j < m[3]; j++ {
+				syntax.off = append(syntax.off, pl.start+j)
+			}
+			continue
+		}
 		if anyDirective.MatchString(t) {
 			continue
 		}
 		break
 	}
 
-	var out []logicalLine
 	var cur *logicalLine
 	for ; i < len(lines); i++ {
 		pl := lines[i]
@@ -113,7 +122,7 @@ func splitDockerfile(src []byte) []logicalLine {
 	if cur != nil {
 		out = append(out, *cur)
 	}
-	return out
+	return out, syntax
 }
 
 func tokenize(s string) []token {
@@ -139,6 +148,9 @@ type argValue struct {
 	value   string
 	hasDflt bool
 	line    int
+	// span is the literal default in the file, nil when it is not written
+	// as one contiguous (optionally quoted) string.
+	span *Span
 }
 
 // expandArgs substitutes ARG values into s. It returns the names of
@@ -180,7 +192,38 @@ func unquote(s string) string {
 	return s
 }
 
-// scanDockerfile finds FROM and COPY --from image references.
+// wholeArg returns the name of the ARG when s is exactly "$NAME" or
+// "${NAME}", with no operator: the image is the ARG's value, unchanged.
+func wholeArg(s string) string {
+	m := dfVar.FindStringSubmatchIndex(s)
+	if m == nil || m[0] != 0 || m[1] != len(s) || m[4] >= 0 {
+		return ""
+	}
+	if m[2] >= 0 {
+		return s[m[2]:m[3]]
+	}
+	return s[m[8]:m[9]]
+}
+
+// argSpan locates the default of "NAME=value" (tok, on ll) in the file.
+func argSpan(ll logicalLine, tok token, name, raw string) *Span {
+	start := tok.start + len(name) + 1
+	v := raw
+	if u := unquote(raw); u != raw {
+		v, start = u, start+1
+	}
+	if v == "" || start+len(v) > len(ll.off) {
+		return nil
+	}
+	from, to := ll.off[start], ll.off[start+len(v)-1]+1
+	if to-from != len(v) {
+		return nil // split across a line continuation
+	}
+	return &Span{Start: from, End: to, Text: v}
+}
+
+// scanDockerfile finds the image references of a Dockerfile: the BuildKit
+// frontend of "# syntax=", FROM, COPY --from and RUN --mount=...,from=.
 func scanDockerfile(file string, src []byte, platforms int) []Ref {
 	idx := newLineIndex(src)
 	var refs []Ref
@@ -188,8 +231,16 @@ func scanDockerfile(file string, src []byte, platforms int) []Ref {
 	var stage map[string]argValue
 	stages := map[string]bool{}
 	seen := map[string]bool{}
+	// viaArg[i] is the ARG that refs[i] names whole ("FROM ${BASE}");
+	// imageUse counts, per ARG name, the places where it is used like that.
+	// Its default may be rewritten only when every use of the name in the
+	// file is such a place.
+	viaArg := map[int]argValue{}
+	imageUse := map[string]int{}
 
-	add := func(ll logicalLine, tok token, kind, platform string, args map[string]argValue, argScope string) {
+	// perPlatform: the image is resolved once per target platform (a
+	// stage's base, content copied into it); the frontend is resolved once.
+	add := func(ll logicalLine, tok token, kind, platform string, perPlatform bool, args map[string]argValue, argScope string) {
 		r := Ref{File: file, Kind: kind, Original: tok.text, Platform: platform}
 		r.Line, r.Column = idx.pos(ll.off[tok.start])
 		expanded, missing := expandArgs(tok.text, args)
@@ -221,9 +272,9 @@ func scanDockerfile(file string, src []byte, platforms int) []Ref {
 		}
 		r.Span = dockerfileSpan(ll, tok, &r)
 		if r.DockerHub {
-			n := platforms
-			if platform != "" && !strings.Contains(platform, "TARGET") {
-				n = 1 // a fixed platform or $BUILDPLATFORM is a single one
+			n := 1
+			if perPlatform && (platform == "" || strings.Contains(platform, "TARGET")) {
+				n = platforms // a fixed platform or $BUILDPLATFORM is a single one
 			}
 			key := r.Normalized
 			if key == "" {
@@ -235,10 +286,22 @@ func scanDockerfile(file string, src []byte, platforms int) []Ref {
 				r.PullsPerRun = n
 			}
 		}
+		if name := wholeArg(tok.text); name != "" {
+			imageUse[name]++
+			if a, ok := args[name]; ok && a.hasDflt && len(missing) == 0 {
+				viaArg[len(refs)] = a
+			}
+		}
 		refs = append(refs, r)
 	}
 
-	for _, ll := range splitDockerfile(src) {
+	lines, syntax := splitDockerfile(src)
+	if syntax != nil {
+		// BuildKit resolves the frontend image before it reads the rest
+		// of the file, on every build that does not have it yet.
+		add(*syntax, token{syntax.text, 0}, "dockerfile syntax", "", false, nil, "")
+	}
+	for _, ll := range lines {
 		toks := tokenize(ll.text)
 		if len(toks) == 0 {
 			continue
@@ -252,6 +315,9 @@ func scanDockerfile(file string, src []byte, platforms int) []Ref {
 			for _, t := range toks[1:] {
 				name, val, has := strings.Cut(t.text, "=")
 				a := argValue{value: unquote(val), hasDflt: has, line: ll.line}
+				if has {
+					a.span = argSpan(ll, t, name, val)
+				}
 				if !has && stage != nil {
 					// A global ARG redeclared without a value inherits it.
 					if g, ok := global[name]; ok {
@@ -279,7 +345,7 @@ func scanDockerfile(file string, src []byte, platforms int) []Ref {
 				registerStage(stages, rest)
 				continue
 			}
-			add(ll, img, "dockerfile FROM", platform, global, "before the first FROM")
+			add(ll, img, "dockerfile FROM", platform, true, global, "before the first FROM")
 			registerStage(stages, rest)
 		case "COPY":
 			for _, t := range toks[1:] {
@@ -290,16 +356,85 @@ func scanDockerfile(file string, src []byte, platforms int) []Ref {
 				if !ok {
 					continue
 				}
-				if _, err := strconv.Atoi(v); err == nil || stages[strings.ToLower(v)] {
-					continue // a stage, not an image
+				if isStage(stages, v) {
+					continue
 				}
 				t.text = v
 				t.start += len("--from=")
-				add(ll, t, "dockerfile COPY --from", "", stage, "in this stage")
+				add(ll, t, "dockerfile COPY --from", "", true, stage, "in this stage")
+			}
+		case "RUN":
+			for _, t := range toks[1:] {
+				if !strings.HasPrefix(t.text, "--") {
+					break
+				}
+				if from, ok := mountFrom(t); ok && !isStage(stages, from.text) {
+					add(ll, from, "dockerfile RUN --mount from", "", true, stage, "in this stage")
+				}
 			}
 		}
 	}
+	// An ARG default that is a complete reference, used only as a whole
+	// image name, is the reference: rewrite it there.
+	// Uses are counted in the whole text, heredocs and comments included:
+	// a use that is not an image must never be missed.
+	used := map[string]int{}
+	for _, m := range dfVar.FindAllStringSubmatch(string(src), -1) {
+		used[m[1]+m[4]]++
+	}
+	for i, a := range viaArg {
+		r := &refs[i]
+		name := wholeArg(r.Original)
+		switch {
+		case a.span == nil || strings.Contains(a.value, "$"):
+			r.Problem = "image name is the ARG " + name + ", whose default is not one literal reference; rewrite it by hand"
+		case used[name] != imageUse[name]:
+			r.Problem = "image name is the ARG " + name + ", which is also used for other things; rewrite its default by hand"
+		default:
+			r.Problem = ""
+			r.Span = a.span
+			r.Note += "; rewrite changes the ARG default (--build-arg " + name + "=... still overrides it)"
+		}
+	}
 	return refs
+}
+
+// isStage reports whether a --from value names a build stage (by name or
+// index) rather than an image.
+func isStage(stages map[string]bool, v string) bool {
+	if _, err := strconv.Atoi(v); err == nil {
+		return true
+	}
+	return stages[strings.ToLower(v)]
+}
+
+// mountFrom returns the from= value of a RUN --mount=... flag, as a token
+// of the same logical line. The flag is CSV (type=cache,from=img,...);
+// quoted fields are unquoted.
+func mountFrom(t token) (token, bool) {
+	v, ok := strings.CutPrefix(t.text, "--mount=")
+	if !ok {
+		return token{}, false
+	}
+	base := t.start + len("--mount=")
+	for off := 0; off <= len(v); {
+		end := strings.IndexByte(v[off:], ',')
+		if end < 0 {
+			end = len(v)
+		} else {
+			end += off
+		}
+		field := v[off:end]
+		if val, ok := strings.CutPrefix(field, "from="); ok && val != "" {
+			start := base + off + len("from=")
+			if u := unquote(val); u != val {
+				val, start = u, start+1
+			}
+			return token{val, start}, true
+		}
+		off = end + 1
+	}
+	return token{}, false
 }
 
 // registerStage records the AS name of a FROM, after its image was looked

@@ -2,6 +2,7 @@ package refscan
 
 import (
 	"path"
+	"path/filepath"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -20,6 +21,9 @@ const (
 	FormatCircleCI   Format = "circleci"
 	FormatGitHub     Format = "github-actions"
 	FormatCodeBuild  Format = "codebuild"
+	// FormatKustomize is a kustomization file; its images entries replace
+	// the images of the manifests it lists.
+	FormatKustomize Format = "kustomization"
 	// FormatYAML is any other YAML file; only documents that look like
 	// Kubernetes objects (apiVersion + kind) are scanned.
 	FormatYAML Format = "yaml"
@@ -33,6 +37,8 @@ func Classify(p string) Format {
 	dir := strings.ToLower(path.Dir(p))
 	isYAML := strings.HasSuffix(base, ".yml") || strings.HasSuffix(base, ".yaml")
 	switch {
+	case base == "kustomization.yaml" || base == "kustomization.yml" || base == "kustomization":
+		return FormatKustomize
 	case strings.HasPrefix(base, "dockerfile") || strings.HasSuffix(base, ".dockerfile") ||
 		strings.HasPrefix(base, "containerfile"):
 		if isYAML {
@@ -75,6 +81,8 @@ func (s *yamlScanner) scanDoc(f Format, doc *yaml.Node) {
 		s.github(doc)
 	case FormatCodeBuild:
 		s.codebuild(doc)
+	case FormatKustomize:
+		s.kustomize(doc)
 	case FormatYAML:
 		if mapGet(doc, "apiVersion") != nil && mapGet(doc, "kind") != nil {
 			s.kubernetes(doc)
@@ -83,17 +91,116 @@ func (s *yamlScanner) scanDoc(f Format, doc *yaml.Node) {
 }
 
 func (s *yamlScanner) compose(root *yaml.Node) {
-	for _, kv := range mapPairs(mapGet(root, "services")) {
-		svc := kv[1]
-		if mapGet(svc, "build") != nil {
-			// With build:, image: names the image compose builds and tags;
-			// it is not pulled.
+	services := mapGet(root, "services")
+	for _, kv := range mapPairs(services) {
+		s.composeService(services, kv[1], 0)
+	}
+}
+
+// composeService counts the image one service pulls: its own image:, or,
+// without one, the image of the service it extends, in this file or in
+// another (which is then reported where it is written).
+func (s *yamlScanner) composeService(services, svc *yaml.Node, depth int) {
+	if mapGet(svc, "build") != nil {
+		// With build:, image: names the image compose builds and tags;
+		// it is not pulled.
+		return
+	}
+	n := deref(mapGet(svc, "image"))
+	if v, ok := scalar(n); ok && strings.TrimSpace(v) != "" {
+		s.add(n, 0, v, "compose image", 1, composeDefaults(v))
+		return
+	}
+	ext := deref(mapGet(svc, "extends"))
+	if ext == nil {
+		return
+	}
+	name, ok := scalar(ext)
+	file := ""
+	if !ok {
+		name, _ = scalar(mapGet(ext, "service"))
+		file, _ = scalar(mapGet(ext, "file"))
+	}
+	if name == "" || depth > 8 {
+		return
+	}
+	target, targetServices := s, services
+	if file != "" && filepath.Clean(filepath.Join(filepath.Dir(s.file), file)) == filepath.Clean(s.file) {
+		file = "" // this same file, named
+	}
+	if file != "" {
+		ef := s.external(file)
+		if ef.err != "" {
+			s.problem(ext, "compose extends", file, ef.err)
+			return
+		}
+		target, targetServices = ef.scanner, mapGet(ef.root, "services")
+	}
+	base := mapGet(targetServices, name)
+	if base == nil {
+		where := "this file"
+		if file != "" {
+			where = file
+		}
+		s.problem(ext, "compose extends", name, "extends service "+name+", which "+where+" does not define")
+		return
+	}
+	target.composeService(targetServices, base, depth+1)
+}
+
+// kustomize reports the images entries of a kustomization. An entry names
+// the image its manifests pull, so it is rewritten there (newName), never
+// in the manifests. How many containers it applies to is counted by Scan,
+// which sees the manifests.
+func (s *yamlScanner) kustomize(root *yaml.Node) {
+	images := deref(mapGet(root, "images"))
+	if images == nil || images.Kind != yaml.SequenceNode {
+		return
+	}
+	for _, e := range images.Content {
+		e = deref(e)
+		nameNode := deref(mapGet(e, "name"))
+		name, ok := scalar(nameNode)
+		if !ok || name == "" {
 			continue
 		}
-		n := deref(mapGet(svc, "image"))
-		if v, ok := scalar(n); ok && strings.TrimSpace(v) != "" {
-			s.add(n, 0, v, "compose image", 1, composeDefaults(v))
+		newNameNode := deref(mapGet(e, "newName"))
+		newName, hasNew := scalar(newNameNode)
+		newTag, _ := scalar(mapGet(e, "newTag"))
+		digest, _ := scalar(mapGet(e, "digest"))
+		orig := "name: " + name
+		ref, target := name, nameNode
+		if hasNew {
+			orig += ", newName: " + newName
+			ref, target = newName, newNameNode
 		}
+		repo := ref
+		if newTag != "" {
+			orig += ", newTag: " + newTag
+			ref += ":" + newTag
+		}
+		if digest != "" {
+			orig += ", digest: " + digest
+			ref += "@" + digest
+		}
+		s.add(target, 0, repo, "kustomize image", 0, func(r *Ref, off int) {
+			r.Original = orig
+			r.kustomizeName = name
+			n := r.resolveLiteral(ref)
+			if newTag == "" && digest == "" && r.Problem == "" {
+				r.Note = "tag as written in the manifests"
+				r.Normalized = strings.TrimSuffix(r.Normalized, ":latest")
+			}
+			switch {
+			case r.Problem != "" || n < len(repo) || off < 0:
+			case hasNew:
+				r.Span = &Span{Start: off, End: off + len(repo), Text: repo}
+			case e.Style&yaml.FlowStyle != 0:
+				r.Problem = "flow-style images entry; add newName to it by hand"
+			default:
+				r.Span = s.insertAfterLine(nameNode.Line, keyColumn(e, "name"), "newName: %s", name)
+			}
+		})
 	}
 }
 

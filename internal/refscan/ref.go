@@ -36,17 +36,42 @@ type Ref struct {
 	Problem string `json:"problem,omitempty"`
 	// Note carries extra context (e.g. which ARG default was used).
 	Note string `json:"note,omitempty"`
+	// OverriddenBy names the place (file:line) that replaces this
+	// reference before anything pulls it, such as a kustomize images
+	// entry. The pull is counted there, and a rewrite changes it there.
+	OverriddenBy string `json:"overridden_by,omitempty"`
 
 	// Span is the byte range of the literal name[:tag][@digest] text that a
 	// rewrite may replace. Nil when the reference must not be rewritten.
 	Span *Span `json:"-"`
+
+	// kustomizeName is the image name a kustomize images entry matches.
+	kustomizeName string
 }
 
 // Span is a byte range [Start, End) in a file whose content is Text.
 type Span struct {
 	Start, End int
 	Text       string
+	// Ref is the reference a rewrite maps, when it is not Text itself
+	// (an insertion, where Text is empty). Format, if set, is what
+	// replaces the range, with %s for the mapped reference.
+	Ref    string
+	Format string
 }
+
+// Reference is the image reference a rewrite maps.
+func (s *Span) Reference() string {
+	if s.Ref != "" {
+		return s.Ref
+	}
+	return s.Text
+}
+
+// PullsFromHub reports whether pulling the reference, as the file is
+// used, goes to Docker Hub. A reference that something else replaces
+// first (OverriddenBy) is judged where it is replaced.
+func (r Ref) PullsFromHub() bool { return r.DockerHub && r.OverriddenBy == "" }
 
 // PullEstimateHelp explains how PullsPerRun is computed. It is shown in the
 // scan help text so the numbers are never mistaken for measurements.
@@ -58,11 +83,17 @@ empty image store (the usual case for hosted CI):
   - digest-pinned references count too: a fresh runner still GETs the
     manifest (through regcache they are served from cache);
   - a Dockerfile stage without a fixed --platform counts once per platform
-    built (--platforms, default 1); the same image and platform used twice in
+    built (--platforms, default 1), and so do COPY --from and
+    RUN --mount=...,from= images; the same image and platform used twice in
     one Dockerfile counts once, as BuildKit resolves it once per build;
-  - YAML anchors and GitLab "extends" count once per job that uses them;
-    hidden GitLab jobs (".name") count 0 by themselves; a GitHub matrix
-    counts once per combination; CodeBuild commands once per batch build;
+  - the BuildKit frontend of a "# syntax=" line counts once per build;
+  - YAML anchors, GitLab "extends" and compose "extends" count once per job
+    or service that uses them (a compose base in another file is reported
+    in that file); hidden GitLab jobs (".name") count 0 by themselves; a
+    GitHub matrix counts once per combination; CodeBuild commands once per
+    batch build;
+  - a kustomize images entry counts once per container of its
+    kustomization's manifests that it replaces; those containers count 0;
   - an image pulled earlier in the same job or build is not counted again;
   - a reference whose registry is unknown (a name from an ARG without
     default, a template) counts 0 and is listed with the problem; one where

@@ -165,6 +165,20 @@ func TestDockerfile(t *testing.T) {
 		{"comment inside continuation", "FROM \\\n# note\n  redis:7\n", []string{"3 redis:7 -> docker.io/library/redis:7"}},
 		{"lowercase instructions", "from alpine as a\ncopy --from=nginx / /\n",
 			[]string{"1 alpine -> docker.io/library/alpine:latest", "2 nginx -> docker.io/library/nginx:latest"}},
+		{"syntax directive", "#  syntax = docker/dockerfile:1\n# escape=`\nFROM alpine\n",
+			[]string{"1 docker/dockerfile:1 -> docker.io/docker/dockerfile:1", "3 alpine -> docker.io/library/alpine:latest"}},
+		{"syntax after a comment is only a comment", "# build me\n# syntax=docker/dockerfile:1\nFROM alpine\n",
+			[]string{"3 alpine -> docker.io/library/alpine:latest"}},
+		{"RUN --mount from images and stages", "FROM alpine AS a\nRUN --mount=type=bind,from=a,target=/a --mount=from=0,target=/b \\\n  --mount=type=cache,target=/c,from=\"busybox:1\" --network=none true\nRUN --mount=type=secret,id=x true\n",
+			[]string{"1 alpine -> docker.io/library/alpine:latest", "3 busybox:1 -> docker.io/library/busybox:1"}},
+		{"ARG default used only as an image", "ARG BASE='node:21'\nFROM ${BASE}\nFROM $BASE AS b\n",
+			[]string{"2 ${BASE} -> docker.io/library/node:21", "3 $BASE -> docker.io/library/node:21"}},
+		{"ARG also used in a RUN", "ARG BASE=node:21\nFROM ${BASE}\nARG BASE\nRUN <<EOF\necho $BASE\nEOF\n",
+			[]string{"2 ${BASE} -> image name is the ARG BASE, which is also used for other things; rewrite its default by hand"}},
+		{"ARG used with an operator", "ARG BASE=node:21\nFROM ${BASE:-node:20}\n",
+			[]string{"2 ${BASE:-node:20} -> image name is built from an ARG; rewrite the ARG default by hand"}},
+		{"ARG default with a variable", "ARG V=21\nARG BASE=node:${V}\nFROM ${BASE}\n",
+			[]string{"3 ${BASE} -> image name is the ARG BASE, whose default is not one literal reference; rewrite it by hand"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -183,14 +197,33 @@ func TestDockerfile(t *testing.T) {
 	}
 }
 
+// TestArgDefaultSpan: a reference named by a whole ARG is rewritten at the
+// ARG's default, which may be quoted; every use points at the same bytes.
+func TestArgDefaultSpan(t *testing.T) {
+	src := "ARG BASE=\"python:3.12-slim\"\nFROM ${BASE} AS a\nFROM ${BASE}\n"
+	refs := scanDockerfile("Dockerfile", []byte(src), 1)
+	if len(refs) != 2 {
+		t.Fatalf("refs = %+v", refs)
+	}
+	for _, r := range refs {
+		if r.Span == nil || src[r.Span.Start:r.Span.End] != "python:3.12-slim" || r.Problem != "" {
+			t.Errorf("line %d: span %+v, problem %q", r.Line, r.Span, r.Problem)
+		}
+	}
+	if refs[0].PullsPerRun+refs[1].PullsPerRun != 1 {
+		t.Errorf("one image twice in one build counts %d pulls, want 1", refs[0].PullsPerRun+refs[1].PullsPerRun)
+	}
+}
+
 func TestPlatformsMultiplyStagesWithoutFixedPlatform(t *testing.T) {
-	src := "FROM --platform=$BUILDPLATFORM golang:1.22 AS b\nFROM alpine:3.19\nFROM --platform=linux/arm64 redis:7\nFROM alpine:3.19\n"
+	src := "# syntax=docker/dockerfile:1\nFROM --platform=$BUILDPLATFORM golang:1.22 AS b\nFROM alpine:3.19\nFROM --platform=linux/arm64 redis:7\nFROM alpine:3.19\nRUN --mount=from=busybox,target=/b true\n"
 	var got []int
 	for _, r := range scanDockerfile("Dockerfile", []byte(src), 3) {
 		got = append(got, r.PullsPerRun)
 	}
-	if fmt.Sprint(got) != "[1 3 1 0]" {
-		t.Errorf("pulls = %v, want [1 3 1 0]", got)
+	// The frontend is resolved once per build, whatever the platforms.
+	if fmt.Sprint(got) != "[1 1 3 1 0 3]" {
+		t.Errorf("pulls = %v, want [1 1 3 1 0 3]", got)
 	}
 }
 
@@ -232,6 +265,7 @@ func TestClassify(t *testing.T) {
 		"docker-compose.override.yml": FormatCompose, "compose.yaml": FormatCompose,
 		"chart/values-prod.yaml": FormatHelm, "k8s/deploy.yaml": FormatYAML,
 		"README.md": FormatNone, "main.go": FormatNone, "dockerfile-lint.yml": FormatNone,
+		"k/kustomization.yaml": FormatKustomize, "k/Kustomization": FormatKustomize, "kustomization.yml": FormatKustomize,
 	}
 	for p, want := range tests {
 		if got := Classify(p); got != want {

@@ -20,6 +20,9 @@ func WriteTable(w io.Writer, res Result) {
 			norm = "-"
 		}
 		var notes []string
+		if r.OverriddenBy != "" {
+			notes = append(notes, "replaced by the kustomize images entry at "+r.OverriddenBy)
+		}
 		for _, n := range []string{r.Problem, r.Note} {
 			if n != "" {
 				notes = append(notes, n)
@@ -27,7 +30,7 @@ func WriteTable(w io.Writer, res Result) {
 		}
 		fmt.Fprintf(tw, "%s:%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.File, r.Line, r.Kind, r.Original, norm,
 			yesNo(r.DockerHub), yesNo(r.Pinned), r.PullsPerRun, strings.Join(notes, "; "))
-		if r.DockerHub {
+		if r.PullsFromHub() {
 			hub++
 		}
 		pulls += r.PullsPerRun

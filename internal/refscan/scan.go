@@ -87,6 +87,8 @@ func Scan(paths []string, opts Options) Result {
 			res.Errors = append(res.Errors, FileError{File: root, Msg: errMsg(err)})
 		}
 	}
+	res.Refs = mergeDuplicates(res.Refs)
+	applyKustomize(&res, opts)
 	sort.SliceStable(res.Refs, func(i, j int) bool {
 		a, b := res.Refs[i], res.Refs[j]
 		if a.File != b.File {

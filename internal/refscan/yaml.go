@@ -1,6 +1,12 @@
 package refscan
 
 import (
+	"errors"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -15,6 +21,16 @@ type yamlScanner struct {
 	idx  *lineIndex
 	refs []*Ref
 	seen map[refKey]*Ref
+	// ext holds the other files this one refers to (compose extends),
+	// by path; their references are reported in those files.
+	ext map[string]*extFile
+}
+
+// extFile is another YAML file reached from the one being scanned.
+type extFile struct {
+	scanner *yamlScanner
+	root    *yaml.Node
+	err     string
 }
 
 type refKey struct {
@@ -23,7 +39,72 @@ type refKey struct {
 }
 
 func newYAMLScanner(file string, src []byte) *yamlScanner {
-	return &yamlScanner{file: file, idx: newLineIndex(src), seen: map[refKey]*Ref{}}
+	return &yamlScanner{file: file, idx: newLineIndex(src), seen: map[refKey]*Ref{}, ext: map[string]*extFile{}}
+}
+
+// external loads the file at rel (relative to this file's directory) once.
+func (s *yamlScanner) external(rel string) *extFile {
+	p := filepath.Clean(filepath.Join(filepath.Dir(s.file), rel))
+	if filepath.IsAbs(rel) {
+		p = filepath.Clean(rel)
+	}
+	if ef, ok := s.ext[p]; ok {
+		return ef
+	}
+	ef := &extFile{}
+	s.ext[p] = ef
+	src, err := os.ReadFile(p)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		ef.err = "extends file " + rel + ": " + err.Error()
+		return ef
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(src, &doc); err != nil {
+		ef.err = "extends file " + rel + ": invalid YAML: " + err.Error()
+		return ef
+	}
+	ef.root = &doc
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) > 0 {
+		ef.root = doc.Content[0]
+	}
+	ef.scanner = newYAMLScanner(p, src)
+	ef.scanner.ext = s.ext // one set of files for the whole walk
+	return ef
+}
+
+// problem reports something the scan could not follow, at node n.
+func (s *yamlScanner) problem(n *yaml.Node, kind, original, msg string) {
+	r := &Ref{File: s.file, Line: n.Line, Column: n.Column, Kind: kind, Original: original, Problem: msg}
+	s.refs = append(s.refs, r)
+}
+
+// keyColumn returns the column of key in mapping m (0 if absent).
+func keyColumn(m *yaml.Node, key string) int {
+	for _, kv := range mapPairs(m) {
+		if kv[0].Value == key {
+			return kv[0].Column
+		}
+	}
+	return 0
+}
+
+// insertAfterLine is a span that adds "key: <mapped ref>" as a new line
+// after line, indented to column col, keeping the file's line endings.
+func (s *yamlScanner) insertAfterLine(line, col int, format, ref string) *Span {
+	text, start := s.idx.lineText(line)
+	if start < 0 || col < 1 {
+		return nil
+	}
+	eol := start + len(text)
+	nl := "\n"
+	if eol < len(s.idx.src) && s.idx.src[eol] == '\r' {
+		nl = "\r\n"
+	}
+	return &Span{Start: eol, End: eol, Ref: ref, Format: nl + strings.Repeat(" ", col-1) + format}
 }
 
 // deref follows aliases.
@@ -239,6 +320,13 @@ func (s *yamlScanner) result() []Ref {
 	out := make([]Ref, 0, len(s.refs))
 	for _, r := range s.refs {
 		out = append(out, *r)
+	}
+	for _, p := range slices.Sorted(maps.Keys(s.ext)) {
+		if ef := s.ext[p]; ef.scanner != nil && ef.scanner != s {
+			for _, r := range ef.scanner.refs {
+				out = append(out, *r)
+			}
+		}
 	}
 	return out
 }

@@ -43,7 +43,13 @@ func Plan(file string, src []byte, refs []refscan.Ref, t Target) FileResult {
 		text       string
 	}
 	var edits []edit
+	// Several references can be one place in the file (every FROM ${BASE}
+	// is the default of ARG BASE): that place is changed once.
+	done := map[[2]int]bool{}
 	for _, r := range refs {
+		if r.OverriddenBy != "" {
+			continue // changed where it is overridden (kustomize newName)
+		}
 		if r.Span == nil {
 			switch {
 			case r.Problem != "" && (r.Registry == "" || t.relevant(r.Registry)):
@@ -58,13 +64,19 @@ func Plan(file string, src []byte, refs []refscan.Ref, t Target) FileResult {
 			fr.Skips = append(fr.Skips, Skip{r, "file content does not match the scan; rescan"})
 			continue
 		}
-		newText, out, reason := t.Map(sp.Text)
-		switch out {
-		case Refused:
+		old := sp.Reference()
+		mapped, out, reason := t.Map(old)
+		switch {
+		case out == Refused:
 			fr.Skips = append(fr.Skips, Skip{r, reason})
-		case Changed:
-			edits = append(edits, edit{sp.Start, sp.End, newText})
-			fr.Changes = append(fr.Changes, Change{Ref: r, Old: sp.Text, New: newText})
+		case out == Changed && !done[[2]int{sp.Start, sp.End}]:
+			done[[2]int{sp.Start, sp.End}] = true
+			text := mapped
+			if sp.Format != "" {
+				text = fmt.Sprintf(sp.Format, mapped)
+			}
+			edits = append(edits, edit{sp.Start, sp.End, text})
+			fr.Changes = append(fr.Changes, Change{Ref: r, Old: old, New: mapped})
 		}
 	}
 	// Apply from the end so earlier offsets stay valid.

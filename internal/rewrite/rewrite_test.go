@@ -171,7 +171,7 @@ func TestRoundTripServer(t *testing.T) {
 	}
 	skipped := skipKeys(skips)
 	for _, r := range refscan.Scan([]string{"."}, refscan.Options{}).Refs {
-		if r.DockerHub && !skipped[fmt.Sprintf("%s:%d", r.File, r.Line)] {
+		if r.PullsFromHub() && !skipped[fmt.Sprintf("%s:%d", r.File, r.Line)] {
 			t.Errorf("%s:%d: %s still pulls from Docker Hub and was not reported", r.File, r.Line, r.Original)
 		}
 	}
@@ -202,7 +202,7 @@ func TestRoundTripECRPublic(t *testing.T) {
 	}
 	skipped := skipKeys(skips)
 	for _, r := range refscan.Scan([]string{"."}, refscan.Options{}).Refs {
-		if r.DockerHub && !skipped[fmt.Sprintf("%s:%d", r.File, r.Line)] {
+		if r.PullsFromHub() && !skipped[fmt.Sprintf("%s:%d", r.File, r.Line)] {
 			t.Errorf("%s:%d: %s still pulls from Docker Hub and was not reported", r.File, r.Line, r.Original)
 		}
 	}
@@ -291,5 +291,71 @@ func TestWriteAtomicFollowsSymlink(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(real); string(b) != "b\n" {
 		t.Errorf("target = %q", b)
+	}
+}
+
+// TestRewriteInPlace covers the references that are rewritten somewhere
+// other than where they are used: every case is rewritten once, keeps its
+// formatting, and a second rewrite changes nothing.
+func TestRewriteInPlace(t *testing.T) {
+	tg := Target{Server: "cache.internal:5000"}
+	tests := []struct {
+		name  string
+		files map[string]string
+		want  map[string]string // files after the rewrite; others unchanged
+		skips int
+	}{
+		{"kustomize entry without newName, CRLF", map[string]string{
+			"k/kustomization.yaml": "resources:\r\n- app.yaml\r\nimages:\r\n- name: nginx   # web\r\n  newTag: \"1.25\"\r\n",
+			"k/app.yaml":           "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n    - image: nginx:1.24\n",
+		}, map[string]string{
+			"k/kustomization.yaml": "resources:\r\n- app.yaml\r\nimages:\r\n- name: nginx   # web\r\n  newName: cache.internal:5000/docker.io/library/nginx\r\n  newTag: \"1.25\"\r\n",
+		}, 0},
+		{"kustomize flow-style entry is reported", map[string]string{
+			"kustomization.yaml": "resources: [app.yaml]\nimages: [{name: nginx, newTag: \"1.25\"}]\n",
+			"app.yaml":           "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n    - image: nginx:1.24\n",
+		}, nil, 1},
+		{"ARG default shared by two stages", map[string]string{
+			"Dockerfile": "ARG BASE=alpine:3.19\nFROM ${BASE} AS a\nFROM ${BASE}\nCOPY --from=a / /\n",
+		}, map[string]string{
+			"Dockerfile": "ARG BASE=cache.internal:5000/docker.io/library/alpine:3.19\nFROM ${BASE} AS a\nFROM ${BASE}\nCOPY --from=a / /\n",
+		}, 0},
+		{"compose services that extend each other", map[string]string{
+			"compose.yaml": "services:\n  a:\n    extends: b\n  b:\n    extends: {service: a}\n  c:\n    extends: {file: base.yml, service: web}\n",
+			"base.yml":     "services:\n  web:\n    image: 'nginx:1'  # quoted\n",
+		}, map[string]string{
+			"base.yml": "services:\n  web:\n    image: 'cache.internal:5000/docker.io/library/nginx:1'  # quoted\n",
+		}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for name, content := range tt.files {
+				p := filepath.Join(dir, name)
+				os.MkdirAll(filepath.Dir(p), 0o755)
+				if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			wd := mustGetwd(t)
+			t.Cleanup(func() { os.Chdir(wd) })
+			os.Chdir(dir)
+			_, _, skips := rewriteAll(t, tg)
+			if len(skips) != tt.skips {
+				t.Errorf("skips = %v, want %d", skips, tt.skips)
+			}
+			for name, content := range tt.files {
+				want, ok := tt.want[name]
+				if !ok {
+					want = content
+				}
+				if got, _ := os.ReadFile(name); string(got) != want {
+					t.Errorf("%s after rewrite:\n%q\nwant\n%q", name, got, want)
+				}
+			}
+			if diff, _, _ := rewriteAll(t, tg); diff != "" {
+				t.Errorf("second rewrite is not a no-op:\n%s", diff)
+			}
+		})
 	}
 }

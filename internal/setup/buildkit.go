@@ -2,6 +2,7 @@ package setup
 
 import (
 	"fmt"
+	"path/filepath"
 
 	"github.com/pelletier/go-toml/v2/unstable"
 )
@@ -9,20 +10,44 @@ import (
 func buildkitTarget() Target {
 	return Target{
 		Name:     "buildkit",
-		Short:    "buildkitd.toml [registry.\"<registry>\"] mirrors (docker buildx, buildkitd)",
+		Short:    "buildkitd.toml [registry.\"<registry>\"] mirrors (buildkitd; --buildx: buildx's default for new builders)",
 		Writable: true,
 		Build: func(o Options) (Plan, error) {
-			p, _, err := o.filePlan("etc/buildkit/buildkitd.toml", func(b []byte, s server) ([]byte, error) {
+			std, caPath := "etc/buildkit/buildkitd.toml", func(s server) string {
+				return filepath.Join("etc/buildkit/certs", s.host, "regcache-ca.crt")
+			}
+			if o.BuildxDir != "" {
+				// buildx reads buildkitd.default.toml for every builder it
+				// creates without --buildkitd-config; it is the user's file.
+				o.Root = "/"
+				std = filepath.Join(o.BuildxDir, "buildkitd.default.toml")
+				caPath = func(s server) string { return filepath.Join(o.BuildxDir, "certs", s.host, "regcache-ca.crt") }
+			} else if o.Path != "" {
+				caPath = func(s server) string { return filepath.Join(filepath.Dir(o.Path), "certs", s.host, "regcache-ca.crt") }
+			}
+			p, s, err := o.filePlan(std, caPath, func(b []byte, s server) ([]byte, error) {
 				return mergeBuildkitd(b, o.registries(), s)
 			})
 			if err != nil {
 				return Plan{}, err
 			}
 			p.Notes = append(p.Notes,
-				"BuildKit sends ?ns=<registry> to the mirror, so one regcache serves every registry listed.",
-				"http/insecure is set on the mirror's own [registry.\"<mirror>\"] table: BuildKit reads it from there (on the docker.io table it would downgrade the fallback to Docker Hub instead).",
-				"buildx: docker buildx create --use --driver docker-container --buildkitd-config "+o.path("etc/buildkit/buildkitd.toml"),
-				"buildkitd: restart it to re-read the file.")
+				"BuildKit sends ?ns=<registry> to the mirror, so one regcache serves every registry listed; when regcache fails it pulls from the registry itself, without an error.",
+				"http/insecure/ca are set on the mirror's own [registry.\"<mirror>\"] table: BuildKit reads them from there (on the docker.io table they would apply to Docker Hub instead).")
+			if o.BuildxDir != "" {
+				p.Notes = append(p.Notes,
+					"buildx reads this file only when it creates a builder: re-create existing ones (docker buildx rm <name>; docker buildx create --use --driver docker-container). It copies the CA named in it into the builder's container.",
+					"The default builder (docker driver) uses dockerd's own settings, not this file: regcache setup docker.")
+			} else {
+				p.Notes = append(p.Notes,
+					"buildx: docker buildx create --use --driver docker-container --buildkitd-config "+p.Files[0].Path+" (re-create a builder to change its configuration; buildx copies the CA into the builder's container). --buildx installs it as buildx's default instead.",
+					"buildkitd: restart it to re-read the file.")
+			}
+			p.Notes = append(p.Notes, "A buildx builder (docker-container driver) runs in a container with its own network: "+s.host+" must be reachable from containers, not only from the host.")
+			p.Notes = append(p.Notes, loopbackWarning(s, "a buildx builder's container")...)
+			if s.login.user != "" {
+				p.Notes = append(p.Notes, fmt.Sprintf("client_auth: BuildKit asks the client (buildx) for a login for every host it contacts, the mirror included: printf '%%s' \"$%s\" | docker login --username %s --password-stdin %s on the machine that runs the build.", s.login.env, s.login.user, s.host))
+			}
 			return p, nil
 		},
 	}

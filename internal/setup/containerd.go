@@ -18,25 +18,44 @@ func containerdTarget() Target {
 				return Plan{}, err
 			}
 			dir := o.path("etc/containerd/certs.d")
+			named := "/etc/containerd/certs.d"
+			caDir := "etc/containerd/certs.d"
+			if o.Path != "" {
+				named, caDir = dir, dir
+			}
 			var p Plan
-			for _, r := range o.registries() {
-				r := r
-				p.Files = append(p.Files, File{
-					Path:  filepath.Join(dir, r, "hosts.toml"),
-					Merge: func(b []byte) ([]byte, error) { return mergeHostsTOML(b, r, s) },
-				})
+			s = o.installCA(&p, s, certsDCA(caDir, s))
+			p.Files = append(hostsTOMLFiles(dir, o.registries(), s), p.Files...)
+			p.Notes = append(p.Notes,
+				"containerd asks regcache first and sends ?ns=<registry> so regcache knows the upstream; when regcache fails it pulls from the server above, without an error: watch regcache's metrics.")
+			if o.Path == "" {
+				p.Notes = append(p.Notes,
+					"containerd 2.2 and later (CRI, Kubernetes) read /etc/containerd/certs.d (and /etc/docker/certs.d) by default: nothing to change, and changes apply on the next pull.")
 			}
 			p.Notes = append(p.Notes,
-				"containerd asks regcache first and sends ?ns=<registry> so regcache knows the upstream; when regcache fails it falls back to the server above.",
-				"Point containerd at this directory in /etc/containerd/config.toml, then restart containerd:",
-				"  containerd 2.x:  [plugins.\"io.containerd.cri.v1.images\".registry]",
-				"                     config_path = \""+dir+"\"",
-				"  containerd 1.x:  [plugins.\"io.containerd.grpc.v1.cri\".registry]",
-				"                     config_path = \""+dir+"\"",
-				"ctr reads it with: ctr image pull --hosts-dir "+dir+" docker.io/library/alpine:3.19")
+				"Older containerd (CRI, Kubernetes) reads the directory once config_path points at it in /etc/containerd/config.toml; restart containerd after adding it:",
+				"  containerd 2.0, 2.1:  [plugins.\"io.containerd.cri.v1.images\".registry]",
+				"                          config_path = \""+named+"\"",
+				"  containerd 1.x:       [plugins.\"io.containerd.grpc.v1.cri\".registry]",
+				"                          config_path = \""+named+"\"",
+				"ctr reads it with: ctr image pull --hosts-dir "+named+" docker.io/library/alpine:3.19")
+			p.Notes = append(p.Notes, mirrorLoginNotes(s, "containerd", fmt.Sprintf("ctr image pull --user %s (it asks for the password); Kubernetes: an imagePullSecret for %s.", s.login.user, s.host))...)
 			return p, nil
 		},
 	}
+}
+
+// hostsTOMLFiles are <dir>/<registry>/hosts.toml for each registry.
+func hostsTOMLFiles(dir string, registries []string, s server) []File {
+	var files []File
+	for _, r := range registries {
+		r := r
+		files = append(files, File{
+			Path:  filepath.Join(dir, r, "hosts.toml"),
+			Merge: func(b []byte) ([]byte, error) { return mergeHostsTOML(b, r, s) },
+		})
+	}
+	return files
 }
 
 // mergeHostsTOML ensures hosts.toml for registry lists regcache as a
@@ -44,7 +63,7 @@ func containerdTarget() Target {
 // as server when the file does not already.
 func mergeHostsTOML(src []byte, registry string, s server) ([]byte, error) {
 	if len(src) == 0 {
-		src = []byte(fmt.Sprintf("# Pulls of %s go through regcache (regcache setup containerd).\n", registry))
+		src = []byte(fmt.Sprintf("# Pulls of %s go through regcache (written by regcache setup).\n", registry))
 	}
 	d, err := parseTOML(src)
 	if err != nil {

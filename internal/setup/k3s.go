@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 
 	"gopkg.in/yaml.v3"
 )
@@ -15,15 +16,22 @@ func k3sTarget() Target {
 		Short:    "k3s/RKE2 registries.yaml mirrors",
 		Writable: true,
 		Build: func(o Options) (Plan, error) {
-			p, _, err := o.filePlan("etc/rancher/k3s/registries.yaml", func(b []byte, s server) ([]byte, error) {
+			caPath := func(server) string { return "etc/rancher/k3s/regcache-ca.crt" }
+			if o.Path != "" {
+				caPath = func(server) string { return filepath.Join(filepath.Dir(o.Path), "regcache-ca.crt") }
+			}
+			p, s, err := o.filePlan("etc/rancher/k3s/registries.yaml", caPath, func(b []byte, s server) ([]byte, error) {
 				return mergeK3s(b, o.registries(), s)
 			})
 			if err != nil {
 				return Plan{}, err
 			}
 			p.Notes = append(p.Notes,
-				"k3s writes these mirrors into containerd's hosts.toml, so regcache receives ?ns=<registry>.",
-				"Restart to apply: sudo systemctl restart k3s (agents: k3s-agent)")
+				"k3s writes these mirrors into containerd's hosts.toml, so regcache receives ?ns=<registry>; when regcache fails, containerd pulls from the registry itself.",
+				"Restart to apply, on every node: sudo systemctl restart k3s (agents: k3s-agent)")
+			if s.login.user != "" {
+				p.Notes = append(p.Notes, fmt.Sprintf("client_auth: k3s takes the login from this file, for the mirror too: add configs: %q: auth: {username: %s, password: ...} by hand (setup never writes passwords; keep the file mode 0600), or list the registries in anonymous_registries.", s.host, s.login.user))
+			}
 			return p, nil
 		},
 	}

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -32,6 +34,62 @@ type Options struct {
 	// CAFile is the PEM certificate of the CA that signed regcache's TLS
 	// certificate, for clients that do not trust it already.
 	CAFile string
+	// Username is the login that hosts and CI jobs use when regcache has
+	// client_auth; empty for a cache without logins.
+	Username string
+	// PasswordEnv names the environment variable (or CI secret) that
+	// holds Username's password when a job runs. setup never sees the
+	// password itself, so no output can leak it. Default REGCACHE_PASSWORD.
+	PasswordEnv string
+	// HostsTOML makes the docker target write Docker Engine 29's
+	// /etc/docker/certs.d/<registry>/hosts.toml instead of daemon.json.
+	HostsTOML bool
+	// BuildxDir, when set, makes the buildkit target install buildx's
+	// default configuration, <BuildxDir>/buildkitd.default.toml.
+	BuildxDir string
+}
+
+// DefaultPasswordEnv is the variable a job reads the regcache password from.
+const DefaultPasswordEnv = "REGCACHE_PASSWORD"
+
+// login is how a job logs in to regcache; the zero value means no login.
+type login struct {
+	user string
+	env  string // name of the variable that holds the password
+}
+
+func (o Options) login() (login, error) {
+	if o.Username == "" {
+		if o.PasswordEnv != "" {
+			return login{}, errors.New("--password-env without --username: give the login that the password belongs to")
+		}
+		return login{}, nil
+	}
+	if strings.ContainsAny(o.Username, ":\"' \t\n$`") {
+		return login{}, fmt.Errorf("--username %q: a login name has no spaces, quotes, colons or $", o.Username)
+	}
+	env := o.PasswordEnv
+	if env == "" {
+		env = DefaultPasswordEnv
+	}
+	if !envName.MatchString(env) {
+		return login{}, fmt.Errorf("--password-env %q: want a variable name such as %s", env, DefaultPasswordEnv)
+	}
+	return login{o.Username, env}, nil
+}
+
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// BuildxConfigDir is where buildx looks for buildkitd.default.toml:
+// $BUILDX_CONFIG, else $DOCKER_CONFIG/buildx, else ~/.docker/buildx.
+func BuildxConfigDir(getenv func(string) string) string {
+	if d := getenv("BUILDX_CONFIG"); d != "" {
+		return d
+	}
+	if d := getenv("DOCKER_CONFIG"); d != "" {
+		return filepath.Join(d, "buildx")
+	}
+	return filepath.Join(getenv("HOME"), ".docker", "buildx")
 }
 
 // server is the parsed Server option.
@@ -40,13 +98,45 @@ type server struct {
 	host   string // host[:port]
 	// insecure: clients must allow http or skip TLS verification.
 	insecure bool
-	// ca is the absolute path of the CA certificate clients should trust,
-	// caPEM its content; empty without --ca-file.
+	// caPEM is the CA certificate clients should trust (--ca-file), ca the
+	// path a client's configuration names once installCA has put it there.
 	ca    string
 	caPEM []byte
+	// login is the client_auth login, if regcache has one.
+	login login
 }
 
 func (s server) url() string { return s.scheme + "://" + s.host }
+
+// hostname is host without the port.
+func (s server) hostname() string {
+	if h, _, err := net.SplitHostPort(s.host); err == nil {
+		return strings.Trim(h, "[]")
+	}
+	return strings.Trim(s.host, "[]")
+}
+
+// loopbackWarning is a note for outputs used where the server address
+// would reach the wrong machine (who): a loopback address there is who
+// itself.
+func loopbackWarning(s server, who string) []string {
+	if !s.loopback() {
+		return nil
+	}
+	return []string{fmt.Sprintf("WARNING: %s is a loopback address: for %s it is %s itself, not the machine running regcache, so pulls would fail there and fall back to the registry. Give --server the DNS name or IP address that %s reaches regcache at.", s.host, who, who, who)}
+}
+
+// loopback reports whether the address only reaches the machine it is
+// used on: a job container, a dind service or a remote engine that is
+// given it reaches itself, not regcache.
+func (s server) loopback() bool {
+	h := s.hostname()
+	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
 
 func (o Options) server() (server, error) {
 	raw := o.Server
@@ -65,6 +155,9 @@ func (o Options) server() (server, error) {
 		return server{}, fmt.Errorf("--server %q: want http://host:port, https://host or host:port", o.Server)
 	}
 	s := server{scheme: u.Scheme, host: u.Host, insecure: u.Scheme == "http" || o.Insecure}
+	if s.login, err = o.login(); err != nil {
+		return server{}, err
+	}
 	if o.CAFile != "" {
 		if s.scheme != "https" {
 			return server{}, fmt.Errorf("--ca-file: the server %s is plain http; a CA is only for https", s.url())
@@ -72,7 +165,7 @@ func (o Options) server() (server, error) {
 		if o.Insecure {
 			return server{}, errors.New("--ca-file and --insecure: give one, not both (with the CA, clients can verify the server)")
 		}
-		if s.ca, s.caPEM, err = readCA(o.CAFile); err != nil {
+		if s.caPEM, err = readCA(o.CAFile); err != nil {
 			return server{}, fmt.Errorf("--ca-file %s: %w", o.CAFile, err)
 		}
 	}
@@ -80,15 +173,11 @@ func (o Options) server() (server, error) {
 }
 
 // readCA reads a PEM file that must hold at least one certificate and
-// nothing else, and returns its absolute path and content.
-func readCA(path string) (string, []byte, error) {
-	abs, err := filepath.Abs(path)
+// nothing else.
+func readCA(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", nil, err
-	}
-	data, err := os.ReadFile(abs)
-	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	rest, n := data, 0
 	for {
@@ -98,43 +187,59 @@ func readCA(path string) (string, []byte, error) {
 			break
 		}
 		if b.Type != "CERTIFICATE" {
-			return "", nil, fmt.Errorf("holds a %s block; want only certificates (never a private key)", b.Type)
+			return nil, fmt.Errorf("holds a %s block; want only certificates (never a private key)", b.Type)
 		}
 		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
-			return "", nil, fmt.Errorf("certificate %d: %w", n+1, err)
+			return nil, fmt.Errorf("certificate %d: %w", n+1, err)
 		}
 		n++
 	}
 	if n == 0 {
-		return "", nil, errors.New("no PEM certificate in it")
+		return nil, errors.New("no PEM certificate in it")
 	}
-	return abs, data, nil
+	return data, nil
 }
 
 // filePlan is the plan of a target that edits one file, at std (or
-// --path), with merge for the server the options name.
-func (o Options) filePlan(std string, merge func(existing []byte, s server) ([]byte, error)) (Plan, server, error) {
+// --path), with merge for the server the options name. With --ca-file the
+// CA is installed at caPath(s) (see installCA) and the merge names it there.
+func (o Options) filePlan(std string, caPath func(server) string, merge func(existing []byte, s server) ([]byte, error)) (Plan, server, error) {
 	s, err := o.server()
 	if err != nil {
 		return Plan{}, s, err
 	}
-	return Plan{Files: []File{{
+	var ca Plan
+	s = o.installCA(&ca, s, caPath(s))
+	p := Plan{Files: append([]File{{
 		Path:  o.path(std),
 		Merge: func(b []byte) ([]byte, error) { return merge(b, s) },
-	}}}, s, nil
+	}}, ca.Files...)}
+	return p, s, nil
 }
 
-// caFile is the file that makes docker or podman trust regcache's CA: they
-// read <dir>/<host:port>/*.crt (dir is /etc/docker/certs.d or
-// /etc/containers/certs.d).
-func (o Options) caFile(s server, dir string) []File {
-	if s.ca == "" {
-		return nil
+// installCA adds a copy of regcache's CA to p and returns the server with
+// ca set to the path the client's configuration must name. A relative p
+// is a standard path: installed under --root, named as /p (the path when
+// the client runs). An absolute p is used as it is. Clients never depend
+// on where the CA was when setup ran. Without --ca-file nothing changes.
+func (o Options) installCA(p *Plan, s server, path string) server {
+	if s.caPEM == nil {
+		return s
 	}
-	return []File{{
-		Path:  filepath.Join(o.root(), dir, s.host, "regcache-ca.crt"),
-		Merge: func([]byte) ([]byte, error) { return s.caPEM, nil },
-	}}
+	install, named := path, path
+	if !filepath.IsAbs(path) {
+		install, named = filepath.Join(o.root(), path), "/"+filepath.ToSlash(path)
+	}
+	pem := s.caPEM
+	p.Files = append(p.Files, File{Path: install, Merge: func([]byte) ([]byte, error) { return pem, nil }})
+	s.ca = named
+	return s
+}
+
+// certsDCA is where docker, podman and containerd look for a registry's
+// CA without being told: <certs.d>/<host:port>/*.crt.
+func certsDCA(certsD string, s server) string {
+	return filepath.Join(certsD, s.host, "regcache-ca.crt")
 }
 
 func (o Options) registries() []string {

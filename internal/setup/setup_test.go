@@ -17,45 +17,90 @@ func golden(t *testing.T, name string, got []byte) {
 	gold.Check(t, filepath.Join("testdata", name), got, *update)
 }
 
-// TestRenderGolden pins the printed output of every target; the
-// docs/ci-integration.md sections are written from these files.
-func TestRenderGolden(t *testing.T) {
-	variants := []struct {
+// renderVariants are the servers every target's output is pinned for:
+// plain http, https with a certificate clients cannot verify, https with a
+// private CA (--ca-file), each with and without client_auth (--username).
+func renderVariants() []struct {
+	name string
+	opts Options
+} {
+	ca := filepath.Join("testdata", "ca.crt")
+	return []struct {
 		name string
 		opts Options
 	}{
 		{"http", Options{Server: "http://cache.internal:5000", Registries: []string{"docker.io", "ghcr.io"}}},
-		{"https-insecure", Options{Server: "regcache.example.com", Insecure: false, Registries: []string{"docker.io"}}},
+		{"http-login", Options{Server: "http://cache.internal:5000", Registries: []string{"docker.io", "ghcr.io"}, Username: "ci"}},
+		{"https-insecure", Options{Server: "https://regcache.example.com", Insecure: true, Registries: []string{"docker.io"}}},
+		{"https-ca", Options{Server: "https://regcache.example.com", CAFile: ca}},
+		{"https-ca-login", Options{Server: "https://regcache.example.com", CAFile: ca, Username: "ci", PasswordEnv: "REGCACHE_CI_PASSWORD"}},
+		{"https-login", Options{Server: "https://regcache.example.com", Username: "ci"}},
 	}
-	variants[1].opts.Server = "https://regcache.example.com"
-	variants[1].opts.Insecure = true
-	variants = append(variants, struct {
-		name string
-		opts Options
-	}{"https-ca", Options{Server: "https://regcache.example.com", CAFile: filepath.Join("testdata", "ca.crt")}})
-	// The CA's absolute path depends on the checkout; the golden files
-	// show it as the path an operator would typically use.
-	absCA, err := filepath.Abs(filepath.Join("testdata", "ca.crt"))
+}
+
+// renderTargets are the targets plus the options that change a target's
+// output (docker --hosts-toml, buildkit --buildx), each under its own name.
+func renderTargets() []struct {
+	name  string
+	tg    Target
+	tweak func(*Options)
+} {
+	var out []struct {
+		name  string
+		tg    Target
+		tweak func(*Options)
+	}
+	for _, tg := range Targets() {
+		tweak := func(*Options) {}
+		if tg.Name == "kind" {
+			tweak = func(o *Options) { o.Path = "/srv/kind/regcache-certs.d" } // stable across machines
+		}
+		out = append(out, struct {
+			name  string
+			tg    Target
+			tweak func(*Options)
+		}{tg.Name, tg, tweak})
+	}
+	docker, _ := Lookup("docker")
+	buildkit, _ := Lookup("buildkit")
+	return append(out, struct {
+		name  string
+		tg    Target
+		tweak func(*Options)
+	}{"docker-hosts-toml", docker, func(o *Options) { o.HostsTOML = true }}, struct {
+		name  string
+		tg    Target
+		tweak func(*Options)
+	}{"buildkit-buildx", buildkit, func(o *Options) { o.BuildxDir = "/home/ci/.docker/buildx" }})
+}
+
+// render builds and prints one target for one variant.
+func render(t *testing.T, tg Target, opts Options) (Plan, []byte) {
+	t.Helper()
+	p, err := tg.Build(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range variants {
-		for _, tg := range Targets() {
-			t.Run(v.name+"/"+tg.Name, func(t *testing.T) {
+	var buf bytes.Buffer
+	if err := Render(&buf, p); err != nil {
+		t.Fatal(err)
+	}
+	return p, buf.Bytes()
+}
+
+// TestRenderGolden pins the printed output of every target, for every
+// variant; the docs/ci-integration.md sections are written from these.
+func TestRenderGolden(t *testing.T) {
+	for _, v := range renderVariants() {
+		for _, rt := range renderTargets() {
+			t.Run(v.name+"/"+rt.name, func(t *testing.T) {
 				opts := v.opts
-				if tg.Name == "kind" {
-					opts.Path = "/srv/kind/regcache-certs.d" // stable across machines
+				rt.tweak(&opts)
+				_, out := render(t, rt.tg, opts)
+				golden(t, filepath.Join("render", v.name, rt.name+".golden"), out)
+				if opts.Username == "" && bytes.Contains(out, []byte("PASSWORD")) {
+					t.Error("output for a cache without logins mentions a password")
 				}
-				p, err := tg.Build(opts)
-				if err != nil {
-					t.Fatal(err)
-				}
-				var buf bytes.Buffer
-				if err := Render(&buf, p); err != nil {
-					t.Fatal(err)
-				}
-				out := bytes.ReplaceAll(buf.Bytes(), []byte(absCA), []byte("/etc/regcache/ca.crt"))
-				golden(t, filepath.Join("render", v.name, tg.Name+".golden"), out)
 			})
 		}
 	}
@@ -149,6 +194,7 @@ func installTwice(t *testing.T, tg Target, server string) {
 	// allows a comment, to see it survive.
 	seed := map[string]string{
 		"docker":   `{"log-driver": "journald"}`,
+		"gitlab":   `{"log-driver": "journald"}`,
 		"buildkit": "# ops comment\ndebug = true\n",
 		"podman":   "# ops comment\nunqualified-search-registries = [\"docker.io\"]\n",
 		"k3s":      "# ops comment\nconfigs: {}\n",
@@ -200,33 +246,41 @@ func installTwice(t *testing.T, tg Target, server string) {
 	}
 }
 
-// checkCAInstalled: docker and podman get a copy of the CA under their
-// certs.d; containerd, BuildKit and k3s name its path.
+// checkCAInstalled: every target installs a copy of the CA, and the
+// configuration that names a CA path names that copy as the client sees it
+// (the install path without --root); docker, podman and dind find theirs
+// in certs.d/<host:port>/ without being told.
 func checkCAInstalled(t *testing.T, target, root string, files map[string]string) {
 	t.Helper()
 	ca, err := os.ReadFile(filepath.Join("testdata", "ca.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	abs, _ := filepath.Abs(filepath.Join("testdata", "ca.crt"))
-	want := map[string]string{
-		"docker": filepath.Join(root, "etc/docker/certs.d/cache.internal:5000/regcache-ca.crt"),
-		"podman": filepath.Join(root, "etc/containers/certs.d/cache.internal:5000/regcache-ca.crt"),
-		"kind":   filepath.Join(root, "certs.d/regcache-ca.crt"), // mounted at /etc/containerd/certs.d
-	}[target]
-	if want != "" {
-		if got, ok := files[want]; !ok || !strings.HasSuffix(got, string(ca)) {
-			t.Errorf("%s: the CA was not installed as %s", target, want)
+	var copies []string
+	for p, content := range files {
+		if strings.HasSuffix(content, "\n"+string(ca)) {
+			copies = append(copies, p)
+		}
+	}
+	if len(copies) != 1 {
+		t.Fatalf("%s: %d copies of the CA installed: %v", target, len(copies), copies)
+	}
+	named := strings.TrimPrefix(copies[0], root)
+	switch target {
+	case "docker", "podman", "gitlab":
+		if !strings.HasSuffix(named, "/certs.d/cache.internal:5000/regcache-ca.crt") {
+			t.Errorf("%s: CA at %s, not in certs.d/<host:port>/", target, named)
 		}
 		return
+	case "kind":
+		named = "/etc/containerd/certs.d/regcache-ca.crt" // inside the node
 	}
-	named := false
-	for _, content := range files {
-		named = named || strings.Contains(content, abs)
+	for p, content := range files {
+		if p != copies[0] && strings.Contains(content, named) {
+			return
+		}
 	}
-	if !named {
-		t.Errorf("%s: no installed file names the CA %s", target, abs)
-	}
+	t.Errorf("%s: no installed file names the CA copy %s", target, named)
 }
 
 func snapshot(t *testing.T, root string) map[string]string {
@@ -333,43 +387,28 @@ func TestServerOption(t *testing.T) {
 			t.Errorf("%+v: err %v, want --ca-file and %q", tc.opts, err, tc.want)
 		}
 	}
-	if s, err := (Options{Server: "https://cache:5000", CAFile: ca}).server(); err != nil || !filepath.IsAbs(s.ca) || len(s.caPEM) == 0 {
+	if s, err := (Options{Server: "https://cache:5000", CAFile: ca}).server(); err != nil || len(s.caPEM) == 0 {
 		t.Errorf("a good CA: %+v, %v", s, err)
 	}
-}
-
-// TestDocsMatchGenerator keeps docs/ci-integration.md written from the
-// generated output: every snippet and file it shows must be exactly what
-// the commands print for --server http://cache.internal:5000.
-func TestDocsMatchGenerator(t *testing.T) {
-	doc, err := os.ReadFile("../../docs/ci-integration.md")
-	if err != nil {
-		t.Skip("docs not present:", err)
+	for _, tc := range []struct {
+		opts Options
+		want string
+	}{
+		{Options{Server: "https://cache", Username: "c i"}, "--username"},
+		{Options{Server: "https://cache", Username: "ci:x"}, "--username"},
+		{Options{Server: "https://cache", Username: "ci", PasswordEnv: "A-B"}, "--password-env"},
+		{Options{Server: "https://cache", PasswordEnv: "PW"}, "without --username"},
+	} {
+		if _, err := tc.opts.server(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: err %v, want %q", tc.opts, err, tc.want)
+		}
 	}
-	for _, tg := range Targets() {
-		opts := Options{Server: "http://cache.internal:5000"}
-		if tg.Name == "kind" {
-			opts.Path = "/srv/kind/regcache-certs.d"
-		}
-		p, err := tg.Build(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var bodies []string
-		for _, s := range p.Snippets {
-			bodies = append(bodies, s.Body)
-		}
-		for _, f := range p.Files {
-			b, err := f.Merge(nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			bodies = append(bodies, string(b))
-		}
-		for _, b := range bodies {
-			if !strings.Contains(string(doc), "\n"+strings.TrimRight(b, "\n")+"\n```") {
-				t.Errorf("docs/ci-integration.md is missing the current %s output:\n%s", tg.Name, b)
-			}
+	if s, err := (Options{Server: "https://cache", Username: "ci"}).server(); err != nil || s.login != (login{"ci", DefaultPasswordEnv}) {
+		t.Errorf("login: %+v, %v", s.login, err)
+	}
+	for host, want := range map[string]bool{"http://localhost:5000": true, "http://127.0.0.2:5000": true, "http://[::1]:5000": true, "https://cache.localhost": true, "http://10.0.0.5:5000": false, "https://regcache.example.com": false} {
+		if s, err := (Options{Server: host}).server(); err != nil || s.loopback() != want {
+			t.Errorf("%s: loopback = %v, want %v (%v)", host, s.loopback(), want, err)
 		}
 	}
 }

@@ -22,16 +22,21 @@ import (
 func setupEngines() []realClient {
 	return []realClient{
 		{"docker", routeBare, setupDockerFromSetup},
+		{"docker-hosts-toml", routeNSQuery, setupDockerHostsTOMLFromSetup},
 		{"containerd", routeNSQuery, setupCtrFromSetup},
 		{"podman", routeHostInPath, setupPodmanFromSetup},
 	}
 }
 
-// TestSetupConfigsPullThroughRegcache is acceptance item 3 of the CI tools
-// issue: the files `regcache setup docker|containerd|podman --write`
-// installs make the real dockerd, ctr and podman pull Docker Hub names
-// through a running regcache, with nothing else telling them where it is.
-// Each writes twice, and the second run must change no byte (acceptance 4).
+// TestSetupConfigsPullThroughRegcache: the files `regcache setup
+// docker|containerd|podman --write` installs make the real dockerd
+// (registry-mirrors), ctr (hosts.toml) and podman (a registries.conf.d
+// drop-in) pull Docker Hub names through a running regcache, with nothing
+// else telling them where it is. docker --hosts-toml writes Docker Engine
+// 29's /etc/docker/certs.d/<registry>/hosts.toml; the dockerd here (20.10)
+// has no containerd image store and ignores it, so ctr, which reads the
+// same format, proves those files. Each writes twice, and the second run
+// must change no byte.
 func TestSetupConfigsPullThroughRegcache(t *testing.T) {
 	w := newWorld(t)
 	images, _, rc := startHubAndRegcache(t, w, testhub.Options{}, "")
@@ -85,16 +90,29 @@ func setupCtrFromSetup(t *testing.T, w *world, mirror string) pullFunc {
 	return ctrPuller(t, w, startContainerd(t, w, "containerd"), certsD)
 }
 
-// setupPodmanFromSetup installs registries.conf under a root prefix and
-// points podman at it, in place of the harness's registries.conf.
+// setupDockerHostsTOMLFromSetup installs Docker Engine 29's certs.d tree
+// and gives it to ctr as its hosts dir.
+func setupDockerHostsTOMLFromSetup(t *testing.T, w *world, mirror string) pullFunc {
+	dir := w.mkdir("setup-docker-hosts-toml", "certs.d")
+	writeSetupTwice(t, w, dir, "docker", "--hosts-toml", "--server", "http://"+mirror, "--path", dir)
+	return ctrPuller(t, w, startContainerd(t, w, "containerd-docker-hosts"), dir)
+}
+
+// setupPodmanFromSetup installs the registries.conf.d drop-in next to the
+// harness's own registries.conf, which stays as it is. podman 4.3 has no
+// CONTAINERS_REGISTRIES_CONF_DIR, so the drop-in goes to the other
+// directory podman reads drop-ins from, $HOME/.config/containers/
+// registries.conf.d, rather than /etc/containers/registries.conf.d.
 func setupPodmanFromSetup(t *testing.T, w *world, mirror string) pullFunc {
-	root := w.mkdir("setup-podman")
-	writeSetupTwice(t, w, root, "podman", "--server", "http://"+mirror, "--root", root)
-	conf := filepath.Join(root, "etc", "containers", "registries.conf")
 	policy, env := writeContainersConfig(t, w, "podman", "")
-	// The last value of a duplicated variable wins (os/exec).
-	env = append(env, "CONTAINERS_REGISTRIES_CONF="+conf)
+	dir := podmanDropInDir(w)
+	writeSetupTwice(t, w, dir, "podman", "--server", "http://"+mirror, "--path", filepath.Join(dir, "50-regcache.conf"))
 	return podmanPuller(t, w, policy, env)
+}
+
+// podmanDropInDir is the per-user registries.conf.d of the world's HOME.
+func podmanDropInDir(w *world) string {
+	return w.mkdir("home", ".config", "containers", "registries.conf.d")
 }
 
 // writeSetupTwice runs `regcache setup <target> --write args...` twice and
@@ -148,47 +166,4 @@ func readTree(t *testing.T, dir string) map[string]string {
 		t.Fatal(err)
 	}
 	return files
-}
-
-// TestSetupCAFileConfigsPullOverTLS: for a regcache that serves HTTPS with
-// a private CA, the files `regcache setup containerd|podman --ca-file
-// --write` installs are all that ctr and podman need to verify it and pull
-// through it.
-func TestSetupCAFileConfigsPullOverTLS(t *testing.T) {
-	w := newWorld(t)
-	cert := testhub.SelfSignedCert(t, w.mkdir("tls"))
-	images, _, rc := startHubAndRegcacheWith(t, w, testhub.Options{}, regcacheConfig{cert: &cert})
-	server := "https://" + rc.host()
-
-	engines := []struct {
-		name  string
-		setup func(t *testing.T) pullFunc
-	}{
-		{"containerd", func(t *testing.T) pullFunc {
-			root := w.mkdir("setup-ca-containerd")
-			writeSetupTwice(t, w, root, "containerd", "--server", server, "--ca-file", cert.CertFile, "--root", root)
-			return ctrPuller(t, w, startContainerd(t, w, "containerd-ca"), filepath.Join(root, "etc", "containerd", "certs.d"))
-		}},
-		{"podman", func(t *testing.T) pullFunc {
-			root := w.mkdir("setup-ca-podman")
-			writeSetupTwice(t, w, root, "podman", "--server", server, "--ca-file", cert.CertFile, "--root", root)
-			policy, env := writeContainersConfig(t, w, "podman-ca", "")
-			env = append(env, "CONTAINERS_REGISTRIES_CONF="+filepath.Join(root, "etc", "containers", "registries.conf"))
-			// podman as root reads /etc/containers/certs.d; the installed
-			// tree is under root, so it is named explicitly.
-			certDir := filepath.Join(root, "etc", "containers", "certs.d", rc.host())
-			return podmanPuller(t, w, policy, env, "--cert-dir", certDir)
-		}},
-	}
-	for _, e := range engines {
-		t.Run(e.name, func(t *testing.T) {
-			t.Parallel()
-			pull := e.setup(t)
-			for _, img := range images {
-				if got := pull(t, img); got != img.want {
-					t.Errorf("%s pulled docker.io/%s:%s with digest %q, upstream has %s", e.name, img.repo, img.tag, got, img.want)
-				}
-			}
-		})
-	}
 }
