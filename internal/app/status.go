@@ -22,7 +22,31 @@ type RegistryStatus struct {
 	Name         string           `json:"name"`
 	Budget       ratelimit.Report `json:"budget"`
 	BelowReserve bool             `json:"below_reserve"`
-	Sources      []SourceStatus   `json:"sources"`
+	// Pauses are the classes of request the origin asked regcache to hold
+	// back (Retry-After), and when each pause ends.
+	Pauses  []Pause        `json:"pauses"`
+	Sources []SourceStatus `json:"sources"`
+}
+
+// Pause is one class of origin request held back until a time.
+type Pause struct {
+	// Class is "counted_pulls" (manifest GETs, after a pull-limit 429),
+	// "manifests", "blobs" or "other".
+	Class string    `json:"class"`
+	Until time.Time `json:"until"`
+}
+
+func pauses(b upstream.Budget, now time.Time) []Pause {
+	out := []Pause{}
+	if b.RetryUntil.After(now) {
+		out = append(out, Pause{Class: "counted_pulls", Until: b.RetryUntil})
+	}
+	for c, until := range b.Paused {
+		if until.After(now) {
+			out = append(out, Pause{Class: upstream.Class(c).String(), Until: until})
+		}
+	}
+	return out
 }
 
 // SourceStatus is one mirror or the origin.
@@ -47,7 +71,8 @@ func (a *App) status(now time.Time) Status {
 		if a.identities[name] != "" {
 			identity = a.identities[name]
 		}
-		rs := RegistryStatus{Name: name, Budget: ratelimit.FromBudget(name, identity, u.Budget(), now), BelowReserve: u.BelowReserve()}
+		b := u.Budget()
+		rs := RegistryStatus{Name: name, Budget: ratelimit.FromBudget(name, identity, b, now), BelowReserve: u.BelowReserve(), Pauses: pauses(b, now)}
 		for _, s := range u.Sources() {
 			ss := SourceStatus{Name: s.Name, URL: s.URL, State: string(s.State), Failures: s.Failures, BadDigests: s.BadDigests}
 			if !s.OpenUntil.IsZero() {
@@ -79,6 +104,7 @@ type upstreamCollector struct {
 	ups                        map[string]*upstream.Registry
 	limit, remaining, belowRes *prometheus.Desc
 	sourceUp, sourceFailures   *prometheus.Desc
+	sourceState, pausedUntil   *prometheus.Desc
 }
 
 func newUpstreamCollector(ups map[string]*upstream.Registry) *upstreamCollector {
@@ -87,13 +113,15 @@ func newUpstreamCollector(ups map[string]*upstream.Registry) *upstreamCollector 
 		limit:          prometheus.NewDesc("regcache_upstream_ratelimit_limit", "Pull limit per window, from the origin's ratelimit-limit header.", []string{"registry"}, nil),
 		remaining:      prometheus.NewDesc("regcache_upstream_ratelimit_remaining", "Pulls left in the window, from the origin's ratelimit-remaining header.", []string{"registry"}, nil),
 		belowRes:       prometheus.NewDesc("regcache_upstream_below_reserve", "1 while the origin's remaining pulls are at or below the configured reserve.", []string{"registry"}, nil),
-		sourceUp:       prometheus.NewDesc("regcache_source_available", "1 when a source's circuit breaker is closed, 0.5 half-open, 0 open.", []string{"registry", "source"}, nil),
+		sourceUp:       prometheus.NewDesc("regcache_source_available", "1 when a source's circuit breaker lets requests through (closed or half-open), 0 when it is open.", []string{"registry", "source"}, nil),
+		sourceState:    prometheus.NewDesc("regcache_source_breaker_state", "1 for the state a source's circuit breaker is in (closed, open, half-open), 0 for the others.", []string{"registry", "source", "state"}, nil),
+		pausedUntil:    prometheus.NewDesc("regcache_upstream_paused_until_seconds", "Unix time until which the origin asked regcache to hold back a class of requests (Retry-After); absent when not paused.", []string{"registry", "class"}, nil),
 		sourceFailures: prometheus.NewDesc("regcache_source_consecutive_failures", "Consecutive failures of a source (mirror or origin).", []string{"registry", "source"}, nil),
 	}
 }
 
 func (c *upstreamCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.limit, c.remaining, c.belowRes, c.sourceUp, c.sourceFailures} {
+	for _, d := range []*prometheus.Desc{c.limit, c.remaining, c.belowRes, c.sourceUp, c.sourceFailures, c.sourceState, c.pausedUntil} {
 		ch <- d
 	}
 }
@@ -110,16 +138,23 @@ func (c *upstreamCollector) Collect(ch chan<- prometheus.Metric) {
 			below = 1
 		}
 		ch <- prometheus.MustNewConstMetric(c.belowRes, prometheus.GaugeValue, below, name)
+		for _, p := range pauses(b, time.Now()) {
+			ch <- prometheus.MustNewConstMetric(c.pausedUntil, prometheus.GaugeValue, float64(p.Until.Unix()), name, p.Class)
+		}
 		for _, s := range u.Sources() {
 			up := 1.0
-			switch s.State {
-			case upstream.BreakerOpen:
+			if s.State == upstream.BreakerOpen {
 				up = 0
-			case upstream.BreakerHalfOpen:
-				up = 0.5
 			}
 			ch <- prometheus.MustNewConstMetric(c.sourceUp, prometheus.GaugeValue, up, name, s.Name)
 			ch <- prometheus.MustNewConstMetric(c.sourceFailures, prometheus.GaugeValue, float64(s.Failures), name, s.Name)
+			for _, st := range []upstream.BreakerState{upstream.BreakerClosed, upstream.BreakerOpen, upstream.BreakerHalfOpen} {
+				v := 0.0
+				if s.State == st {
+					v = 1
+				}
+				ch <- prometheus.MustNewConstMetric(c.sourceState, prometheus.GaugeValue, v, name, s.Name, string(st))
+			}
 		}
 	}
 }
