@@ -51,7 +51,7 @@ func TestParseRetryAfter(t *testing.T) {
 		{"0", 0, true},
 		{"Mon, 23 Nov 2026 13:05:00 GMT", 5 * time.Minute, true},
 		{"Mon, 23 Nov 2026 12:00:00 GMT", 0, true}, // in the past
-		{"9999999999", maxRetryAfter, true},
+		{"9999999999", 7 * 24 * time.Hour, true},   // cut to a week; the caller caps it further
 		{"", 0, false},
 		{"soon", 0, false},
 		{"-5", 0, false},
@@ -67,13 +67,25 @@ func TestParseRetryAfter(t *testing.T) {
 func TestBudgetObserve(t *testing.T) {
 	now := time.Date(2026, 11, 23, 13, 0, 0, 0, time.UTC)
 	const host = "registry-1.docker.io"
+	const maxPause = time.Hour
 	type resp struct {
 		method, path string
 		status       int
 		header       map[string]string
 	}
-	manifestHead := func(h map[string]string) resp {
-		return resp{http.MethodHead, "/v2/library/alpine/manifests/3.19", 200, h}
+	const manifest, blob = "/v2/library/alpine/manifests/3.19", "/v2/library/alpine/blobs/sha256:abc"
+	manifestHead := func(h map[string]string) resp { return resp{http.MethodHead, manifest, 200, h} }
+	pullLimit := map[string]string{"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "0;w=21600"}
+	with := func(h map[string]string, k, v string) map[string]string {
+		out := map[string]string{k: v}
+		for hk, hv := range h {
+			out[hk] = hv
+		}
+		return out
+	}
+	paused := func(c Class, until time.Time) (p [numClasses]time.Time) {
+		p[c] = until
+		return p
 	}
 	tests := []struct {
 		name  string
@@ -110,43 +122,74 @@ func TestBudgetObserve(t *testing.T) {
 			name: "blob and ping responses say nothing",
 			resps: []resp{
 				manifestHead(map[string]string{"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "5;w=21600"}),
-				{http.MethodGet, "/v2/library/alpine/blobs/sha256:abc", 200, nil},
+				{http.MethodGet, blob, 200, nil},
 				{http.MethodGet, "/v2/", 200, nil},
 			},
 			want: Budget{Limit: 100, Remaining: 5, Window: 6 * time.Hour, Known: true, UpdatedAt: now},
 		},
 		{
 			// The pull limit: HEADs still work, so only GETs wait.
-			name: "pull-limit 429 with Retry-After",
-			resps: []resp{{http.MethodGet, "/v2/library/alpine/manifests/3.19", 429, map[string]string{
-				"ratelimit-limit":     "100;w=21600",
-				"ratelimit-remaining": "0;w=21600",
-				"retry-after":         "3600",
-			}}},
-			want: Budget{Limit: 100, Remaining: 0, Window: 6 * time.Hour, Known: true, UpdatedAt: now, RetryUntil: now.Add(time.Hour)},
+			name:  "pull-limit 429 with Retry-After",
+			resps: []resp{{http.MethodGet, manifest, 429, with(pullLimit, "retry-after", "3600")}},
+			want:  Budget{Limit: 100, Remaining: 0, Window: 6 * time.Hour, Known: true, UpdatedAt: now, RetryUntil: now.Add(time.Hour)},
 		},
 		{
-			name:  "bare 429 backs off",
-			resps: []resp{{http.MethodHead, "/v2/library/alpine/manifests/3.19", 429, nil}},
-			want:  Budget{UpdatedAt: now, RetryUntil: now.Add(backoff429Min), PausedUntil: now.Add(backoff429Min)},
+			name:  "pull-limit 429 with a day's Retry-After is capped",
+			resps: []resp{{http.MethodGet, manifest, 429, with(pullLimit, "retry-after", "86400")}},
+			want:  Budget{Limit: 100, Remaining: 0, Window: 6 * time.Hour, Known: true, UpdatedAt: now, RetryUntil: now.Add(maxPause)},
+		},
+		{
+			// A HEAD is never counted, so its 429 is not the pull limit.
+			name:  "429 with limit headers on a HEAD pauses manifests",
+			resps: []resp{{http.MethodHead, manifest, 429, with(pullLimit, "retry-after", "60")}},
+			want:  Budget{Limit: 100, Remaining: 0, Window: 6 * time.Hour, Known: true, UpdatedAt: now, Paused: paused(ClassManifests, now.Add(time.Minute))},
+		},
+		{
+			name:  "bare 429 backs off its class",
+			resps: []resp{{http.MethodHead, manifest, 429, nil}},
+			want:  Budget{UpdatedAt: now, Paused: paused(ClassManifests, now.Add(backoff429Min))},
 		},
 		{
 			name: "second bare 429 backs off longer",
 			resps: []resp{
-				{http.MethodHead, "/v2/library/alpine/manifests/3.19", 429, nil},
-				{http.MethodHead, "/v2/library/alpine/manifests/3.19", 429, nil},
+				{http.MethodHead, manifest, 429, nil},
+				{http.MethodHead, manifest, 429, nil},
 			},
-			want: Budget{UpdatedAt: now, RetryUntil: now.Add(2 * backoff429Min), PausedUntil: now.Add(2 * backoff429Min)},
+			want: Budget{UpdatedAt: now, Paused: paused(ClassManifests, now.Add(2*backoff429Min))},
+		},
+		{
+			name: "a success resets the backoff",
+			resps: []resp{
+				{http.MethodHead, manifest, 429, nil},
+				{http.MethodHead, manifest, 200, nil},
+				{http.MethodHead, manifest, 429, nil},
+			},
+			want: Budget{UpdatedAt: now, Paused: paused(ClassManifests, now.Add(backoff429Min))},
+		},
+		{
+			name:  "bare 429 on a blob pauses blobs only",
+			resps: []resp{{http.MethodGet, blob, 429, nil}},
+			want:  Budget{UpdatedAt: now, Paused: paused(ClassBlobs, now.Add(backoff429Min))},
+		},
+		{
+			name:  "a day's Retry-After on a blob is capped",
+			resps: []resp{{http.MethodGet, blob, 429, map[string]string{"Retry-After": "86400"}}},
+			want:  Budget{UpdatedAt: now, Paused: paused(ClassBlobs, now.Add(maxPause))},
 		},
 		{
 			name:  "503 with Retry-After",
 			resps: []resp{{http.MethodGet, "/v2/", 503, map[string]string{"Retry-After": "30"}}},
-			want:  Budget{UpdatedAt: now, RetryUntil: now.Add(30 * time.Second), PausedUntil: now.Add(30 * time.Second)},
+			want:  Budget{UpdatedAt: now, Paused: paused(ClassOther, now.Add(30*time.Second))},
+		},
+		{
+			name:  "503 without Retry-After pauses nothing",
+			resps: []resp{{http.MethodGet, manifest, 503, nil}},
+			want:  Budget{},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			bt := newBudgetTracker(host, func() time.Time { return now })
+			bt := newBudgetTracker(host, func() time.Time { return now }, maxPause)
 			for _, r := range tt.resps {
 				req := &http.Request{Method: r.method, URL: &url.URL{Scheme: "https", Host: host, Path: r.path}}
 				res := &http.Response{StatusCode: r.status, Header: http.Header{}}
@@ -170,7 +213,7 @@ func TestRateLimitTransportOnlyOrigin(t *testing.T) {
 		w.WriteHeader(http.StatusTooManyRequests)
 	}))
 	defer other.Close()
-	bt := newBudgetTracker("origin.example:443", time.Now)
+	bt := newBudgetTracker("origin.example:443", time.Now, 0)
 	rt := &rateLimitTransport{inner: http.DefaultTransport, tracker: bt}
 	req, _ := http.NewRequest(http.MethodGet, other.URL+"/v2/x/manifests/y", nil)
 	resp, err := rt.RoundTrip(req)
@@ -195,7 +238,7 @@ func TestRegistryBudget(t *testing.T) {
 	if b := r.Budget(); b.Known {
 		t.Fatalf("budget known before any request: %+v", b)
 	}
-	if _, err := r.HeadManifest(context.Background(), "library/alpine", "3.19", nil); err != nil {
+	if _, err := r.HeadManifest(context.Background(), repo(t, "library/alpine"), byTag(t, "3.19"), nil); err != nil {
 		t.Fatal(err)
 	}
 	b := r.Budget()
