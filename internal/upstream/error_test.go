@@ -1,17 +1,22 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/regcache/regcache/internal/regerr"
 )
@@ -282,5 +287,157 @@ func TestRetryAfterThroughClient(t *testing.T) {
 		t.Errorf("blob during a manifests pause: %v", err)
 	} else {
 		b.Close()
+	}
+}
+
+// TestUpstreamTextRedacted: an upstream (the origin, or a mirror with its
+// own credentials) that echoes the credentials it was sent (the
+// Authorization header, or the password) in its error message, code or a
+// text/plain body must not put them in errors or logs, and nothing it
+// wrote in free text may reach a client.
+func TestUpstreamTextRedacted(t *testing.T) {
+	const marker = "UPSTREAM-SAYS"
+	for _, where := range []string{"origin", "mirror"} {
+		for _, mode := range []string{"basic", "bearer"} {
+			for _, tc := range []struct {
+				name  string
+				write func(w http.ResponseWriter, authz, password string)
+			}{
+				{"json message", func(w http.ResponseWriter, authz, password string) {
+					ociError(w, http.StatusForbidden, "DENIED", marker+" you sent Authorization: "+authz+" and password "+password)
+				}},
+				{"json message as key=value", func(w http.ResponseWriter, authz, password string) {
+					ociError(w, http.StatusBadRequest, "UNSUPPORTED", marker+" auth="+authz+" password="+password)
+				}},
+				{"json code", func(w http.ResponseWriter, authz, password string) {
+					ociError(w, http.StatusForbidden, authz+" "+password, marker)
+				}},
+				{"text/plain body", func(w http.ResponseWriter, authz, password string) {
+					w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+					w.WriteHeader(http.StatusInternalServerError)
+					fmt.Fprintf(w, "%s\nAuthorization: %s\npassword: %s\n", marker, authz, password)
+				}},
+			} {
+				t.Run(where+"/"+mode+"/"+tc.name, func(t *testing.T) {
+					f := newFakeRegistry(t, mode)
+					var mu sync.Mutex
+					var sent []string
+					f.hook = func(w http.ResponseWriter, r *http.Request) bool {
+						authz := r.Header.Get("Authorization")
+						if !strings.Contains(r.URL.Path, "/manifests/") || authz == "" {
+							return false // let the fake challenge and hand out a token
+						}
+						mu.Lock()
+						sent = append(sent, authz)
+						mu.Unlock()
+						tc.write(w, authz, f.pass)
+						return true
+					}
+					var logs bytes.Buffer
+					cfg := Config{Name: "test.io", Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+					if where == "origin" {
+						cfg.URL, cfg.Auth = f.srv.URL, credsFor(f)
+					} else {
+						cfg.URL = newFakeRegistry(t, "anon").srv.URL
+						cfg.Mirrors = []MirrorConfig{{Name: "m", URL: f.srv.URL, Auth: credsFor(f)}}
+					}
+					r, err := New(cfg)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if where == "origin" {
+						_, err = r.ManifestByTag(context.Background(), repo(t, "library/alpine"), tag(t, "3.19"), nil)
+					} else {
+						_, err = r.TagAtMirror(context.Background(), repo(t, "library/alpine"), tag(t, "3.19"), nil)
+					}
+					e := asError(t, err)
+					mu.Lock()
+					defer mu.Unlock()
+					if len(sent) == 0 {
+						t.Fatal("the upstream never saw credentials; the test proves nothing")
+					}
+					secrets := []string{f.pass, base64.StdEncoding.EncodeToString([]byte(f.user + ":" + f.pass))}
+					for _, a := range sent {
+						_, cred, _ := strings.Cut(a, " ")
+						secrets = append(secrets, cred) // the bearer token, or the Basic value
+					}
+					for what, s := range map[string]string{"Error()": e.Error(), "ClientMessage()": e.ClientMessage(), "logs": logs.String()} {
+						for _, sec := range secrets {
+							if strings.Contains(s, sec) {
+								t.Errorf("%s leaks %q: %s", what, sec, s)
+							}
+						}
+					}
+					if strings.Contains(e.ClientMessage(), marker) {
+						t.Errorf("ClientMessage holds the upstream's text: %s", e.ClientMessage())
+					}
+					if tc.name != "json code" && !strings.Contains(e.Error(), marker) {
+						t.Errorf("Error() lost the upstream's (redacted) message: %s", e.Error())
+					}
+					if where == "mirror" && !strings.Contains(logs.String(), marker) {
+						t.Error("the mirror's failure was not logged; the log check proves nothing")
+					}
+				})
+			}
+		}
+	}
+}
+
+func TestRedactorText(t *testing.T) {
+	red := redactor{auth: credsForUser("alice", "s3cret-Pa55")}
+	tests := []struct{ in, want string }{
+		{"no secrets here", "no secrets here"},
+		{"Authorization: Basic YWxpY2U6czNjcmV0LVBhNTU=", "Authorization: Basic REDACTED"},
+		{"got bearer abc.def-ghi", "got bearer REDACTED"},
+		{"password s3cret-Pa55 wrong", "password REDACTED wrong"},
+		{`{"token":"abc123"}`, `{"token":"REDACTED"}`},
+		{"auth=Bearer tok-1 rest", "auth=REDACTED rest"},
+		{"jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", "jwt REDACTED"},
+		{strings.Repeat("a", maxDetail+10), strings.Repeat("a", maxDetail) + "…"},
+	}
+	for _, tt := range tests {
+		if got := red.text(tt.in); got != tt.want {
+			t.Errorf("text(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestManifestMediaTypeServed: a manifest is served only as a manifest
+// type; an answer typed as a web page is refused, and a generic type is
+// replaced by the type the document names.
+func TestManifestMediaTypeServed(t *testing.T) {
+	docker := `{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{},"layers":[]}`
+	tests := []struct {
+		name, ct, body string
+		wantType       string // "" = refused as BadContent
+	}{
+		{"html with a script", "text/html", `<html><script>alert(document.cookie)</script></html>`, ""},
+		{"html naming itself a manifest", "text/html; charset=utf-8", `{"schemaVersion":2,"mediaType":"text/html"}`, ""},
+		{"octet-stream naming its type", "application/octet-stream", docker, "application/vnd.docker.distribution.manifest.v2+json"},
+		{"its own type", ocispec.MediaTypeImageManifest, testManifest, ocispec.MediaTypeImageManifest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeRegistry(t, "anon")
+			d := f.putManifest("library/x", "t", tt.ct, []byte(tt.body))
+			r := newTestRegistry(t, f, nil)
+			ctx := context.Background()
+			mTag, errTag := r.ManifestByTag(ctx, repo(t, "library/x"), tag(t, "t"), nil)
+			mDigest, errDigest := r.Manifest(ctx, repo(t, "library/x"), d, AnySource)
+			for _, got := range []struct {
+				m   Manifest
+				err error
+			}{{mTag, errTag}, {mDigest, errDigest}} {
+				if tt.wantType == "" {
+					if !regerr.Is(got.err, regerr.BadContent) || got.m.Data != nil {
+						t.Errorf("got %q, %v; want BadContent and no bytes", got.m.MediaType, got.err)
+					}
+					continue
+				}
+				if got.err != nil || got.m.MediaType != tt.wantType || !bytes.Equal(got.m.Data, []byte(tt.body)) {
+					t.Errorf("got %q, %v; want %q and the bytes as sent", got.m.MediaType, got.err, tt.wantType)
+				}
+			}
+		})
 	}
 }
