@@ -5,10 +5,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/regcache/regcache/internal/regerr"
 )
 
 func TestParseRateLimit(t *testing.T) {
@@ -200,6 +204,129 @@ func TestBudgetObserve(t *testing.T) {
 			}
 			if got := bt.get(); got != tt.want {
 				t.Errorf("budget = %+v\nwant      %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestBudgetGate: which requests a pause holds back, and what it reports.
+func TestBudgetGate(t *testing.T) {
+	const manifest, blob, tags = "/v2/library/alpine/manifests/3.19", "/v2/library/alpine/blobs/sha256:abc", "/v2/library/alpine/tags/list"
+	type req struct{ method, path string }
+	all := []req{{http.MethodHead, manifest}, {http.MethodGet, manifest}, {http.MethodHead, blob}, {http.MethodGet, blob}, {http.MethodGet, tags}}
+	tests := []struct {
+		name    string
+		status  int
+		method  string
+		path    string
+		header  map[string]string
+		refused map[req]regerr.Kind
+	}{
+		{"pull limit: counted GETs only", 429, http.MethodGet, manifest,
+			map[string]string{"ratelimit-remaining": "0;w=21600", "retry-after": "60"},
+			map[req]regerr.Kind{{http.MethodGet, manifest}: regerr.RateLimited}},
+		{"bare 429 on a blob: blobs only", 429, http.MethodGet, blob, nil,
+			map[req]regerr.Kind{{http.MethodHead, blob}: regerr.RateLimited, {http.MethodGet, blob}: regerr.RateLimited}},
+		{"bare 429 on a HEAD: manifests only", 429, http.MethodHead, manifest, nil,
+			map[req]regerr.Kind{{http.MethodHead, manifest}: regerr.RateLimited, {http.MethodGet, manifest}: regerr.RateLimited}},
+		{"503 with Retry-After on tags: the rest", 503, http.MethodGet, tags, map[string]string{"retry-after": "60"},
+			map[req]regerr.Kind{{http.MethodGet, tags}: regerr.Unavailable}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := newFakeClock()
+			bt := newBudgetTracker("h", clock.Now, time.Hour)
+			res := &http.Response{StatusCode: tt.status, Header: http.Header{}}
+			for k, v := range tt.header {
+				res.Header.Set(k, v)
+			}
+			bt.observe(&http.Request{Method: tt.method, URL: &url.URL{Scheme: "https", Host: "h", Path: tt.path}}, res)
+			for _, r := range all {
+				kind, wait, ok := bt.gate(r.method, r.path)
+				want, refused := tt.refused[r]
+				if ok == refused || (refused && (kind != want || wait <= 0)) {
+					t.Errorf("%s %s: kind %s, wait %s, sent %v; want refused %v (%s)", r.method, r.path, kind, wait, ok, refused, want)
+				}
+			}
+			clock.Advance(time.Hour)
+			for _, r := range all {
+				if _, _, ok := bt.gate(r.method, r.path); !ok {
+					t.Errorf("%s %s still refused after the pause", r.method, r.path)
+				}
+			}
+		})
+	}
+}
+
+// TestBlob429PausesBlobsOnly: an abuse limit on blobs holds back blobs,
+// not the manifest HEADs that keep tags fresh; and a Retry-After longer
+// than Limits.MaxRetryAfter is cut to it.
+func TestBlob429PausesBlobsOnly(t *testing.T) {
+	const maxPause = 10 * time.Minute
+	for _, tc := range []struct {
+		name       string
+		retryAfter string
+		pause      time.Duration
+	}{
+		{"bare", "", backoff429Min},
+		{"a day", "86400", maxPause},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeRegistry(t, "anon")
+			f.putManifest("library/node", "22", ocispec.MediaTypeImageManifest, []byte(testManifest))
+			d := f.putBlob([]byte("layer"))
+			var blobGETs atomic.Int64
+			f.hook = func(w http.ResponseWriter, r *http.Request) bool {
+				if strings.Contains(r.URL.Path, "/blobs/") && blobGETs.Add(1) == 1 {
+					if tc.retryAfter != "" {
+						w.Header().Set("Retry-After", tc.retryAfter)
+					}
+					w.WriteHeader(http.StatusTooManyRequests)
+					return true
+				}
+				return false
+			}
+			clock := newFakeClock()
+			r := newRegistryT(t, Config{URL: f.srv.URL, Limits: Limits{MaxRetryAfter: maxPause}}, clock)
+			ctx := context.Background()
+			node := repo(t, "library/node")
+
+			_, err := r.Blob(ctx, node, d, -1)
+			if e := asError(t, err); e.Kind != regerr.RateLimited || e.Status != 429 || e.RetryAfter > maxPause {
+				t.Fatalf("first blob GET: %v; want a 429 asking for at most %s", err, maxPause)
+			}
+			if got, want := r.Budget().Paused[ClassBlobs], clock.Now().Add(tc.pause); !got.Equal(want) {
+				t.Errorf("blobs paused until %s, want %s", got, want)
+			}
+			b := r.Budget()
+			if !b.Paused[ClassManifests].IsZero() || !b.Paused[ClassOther].IsZero() || !b.RetryUntil.IsZero() {
+				t.Errorf("a blob 429 paused more than blobs: %+v", b)
+			}
+			// Blobs wait, without a request.
+			_, err = r.Blob(ctx, node, d, -1)
+			if e := asError(t, err); e.Kind != regerr.RateLimited || e.RetryAfter != tc.pause || !isNotSent(err) {
+				t.Errorf("blob during the pause: %v; want a refusal asking for %s", err, tc.pause)
+			}
+			if _, err := r.StatBlob(ctx, node, d); !regerr.Is(err, regerr.RateLimited) {
+				t.Errorf("blob HEAD during the pause: %v", err)
+			}
+			if n := blobGETs.Load(); n != 1 {
+				t.Errorf("%d blob requests reached the origin, want 1", n)
+			}
+			// Manifest HEADs still go out.
+			if _, err := r.HeadManifest(ctx, node, byTag(t, "22"), nil); err != nil {
+				t.Errorf("HEAD manifest during a blob pause: %v", err)
+			}
+			if n := f.count("HEAD /v2/library/node/manifests/22"); n != 1 {
+				t.Errorf("manifest HEADs at the origin = %d, want 1", n)
+			}
+			clock.Advance(tc.pause)
+			b2, err := r.Blob(ctx, node, d, -1)
+			if err != nil {
+				t.Fatalf("after the pause: %v", err)
+			}
+			if _, err := readBlob(b2); err != nil {
+				t.Error(err)
 			}
 		})
 	}
