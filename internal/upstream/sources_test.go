@@ -570,6 +570,26 @@ func TestTagByHeadThenDigestSpendsNoCountedPull(t *testing.T) {
 	}
 }
 
+// TestMirrorsOnlyNeverAsksTheOrigin: when the budget must be kept, a
+// manifest no mirror has is an error, not a counted pull.
+func TestMirrorsOnlyNeverAsksTheOrigin(t *testing.T) {
+	man := []byte(testManifest)
+	origin := newFakeRegistry(t, "anon")
+	d := origin.putManifest("library/node", "", ocispec.MediaTypeImageManifest, man)
+	mirror := newFakeRegistry(t, "anon")
+	r := newRegistryT(t, Config{URL: origin.srv.URL, Mirrors: []MirrorConfig{{URL: mirror.srv.URL, Repositories: []string{"library/*"}}}}, newFakeClock())
+	ctx := context.Background()
+	if _, err := r.Manifest(ctx, repo(t, "library/node"), d, MirrorsOnly); !regerr.Is(err, regerr.NotFound) {
+		t.Errorf("mirror's 404: %v, want NotFound", err)
+	}
+	if _, err := r.Manifest(ctx, repo(t, "bitnami/redis"), d, MirrorsOnly); !regerr.Is(err, regerr.NotFound) || !isNotSent(err) {
+		t.Errorf("no mirror carries the repository: %v, want NotFound, not sent", err)
+	}
+	if got := origin.requests(); len(got) != 0 {
+		t.Errorf("the origin was asked: %v", got)
+	}
+}
+
 func TestTagAtMirror(t *testing.T) {
 	man := []byte(testManifest)
 	closed := httptest.NewServer(http.NotFoundHandler())

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -507,6 +508,86 @@ func TestList(t *testing.T) {
 	if !regerr.Is(err, regerr.NotFound) {
 		t.Errorf("want NotFound for a 404, got %v", err)
 	}
+}
+
+// TestListTooLarge: a list over MaxListSize is refused whole, never cut
+// into invalid JSON, whether or not the upstream said its length.
+func TestListTooLarge(t *testing.T) {
+	for _, announced := range []bool{false, true} {
+		t.Run(fmt.Sprintf("Content-Length sent: %v", announced), func(t *testing.T) {
+			f := newFakeRegistry(t, "anon")
+			chunk := bytes.Repeat([]byte(" "), 64<<10)
+			f.hook = func(w http.ResponseWriter, r *http.Request) bool {
+				if !strings.HasSuffix(r.URL.Path, "/tags/list") {
+					return false
+				}
+				w.Header().Set("Content-Type", "application/json")
+				if announced {
+					w.Header().Set("Content-Length", fmt.Sprint(MaxListSize+1))
+				}
+				for n := MaxListSize + 1; n > 0; n -= len(chunk) {
+					if _, err := w.Write(chunk[:min(n, len(chunk))]); err != nil {
+						return true
+					}
+				}
+				return true
+			}
+			r := newTestRegistry(t, f, nil)
+			l, err := r.List(context.Background(), repo(t, "library/alpine"), ListRequest{Kind: Tags})
+			if !regerr.Is(err, regerr.TooLarge) || l.Body != nil {
+				t.Errorf("got %d bytes, err %v; want TooLarge and no body", len(l.Body), err)
+			}
+		})
+	}
+}
+
+// TestReadLimited: the limit that bounds manifests and lists is exact,
+// with or without a Content-Length, and an announced excess is refused
+// before the body is read.
+func TestReadLimited(t *testing.T) {
+	const limit = 10
+	tests := []struct {
+		name          string
+		body          string
+		contentLength int64
+		ok            bool
+	}{
+		{"at the limit", "0123456789", -1, true},
+		{"at the limit, announced", "0123456789", 10, true},
+		{"one over", "0123456789A", -1, false},
+		{"announced over, body not read", "", 11, false},
+		{"empty", "", 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			body := &countingReader{r: strings.NewReader(tt.body)}
+			resp := &http.Response{ContentLength: tt.contentLength, Body: io.NopCloser(body)}
+			data, err := readLimited(context.Background(), call{}, resp, limit, redactor{})
+			if tt.ok {
+				if err != nil || string(data) != tt.body {
+					t.Errorf("got %q, %v; want the whole body", data, err)
+				}
+				return
+			}
+			if !regerr.Is(err, regerr.TooLarge) || data != nil {
+				t.Errorf("got %q, %v; want TooLarge and nothing", data, err)
+			}
+			if body.n > limit+1 {
+				t.Errorf("read %d bytes; want at most one past the limit", body.n)
+			}
+		})
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
 }
 
 // TestDigestAlgorithmChecked: names are typed (ref.Repo and ref.Tag cannot
