@@ -115,6 +115,7 @@ type verifier struct {
 	fetched    prometheus.Counter
 
 	n        int64
+	err      error      // the body's end, once known: io.EOF or the failure
 	mu       sync.Mutex // guards progress and the watchdog against Close
 	progress int64
 	timer    *time.Timer
@@ -127,6 +128,8 @@ func (v *verifier) watch(minRate int64, window time.Duration) {
 	if minRate <= 0 || window <= 0 {
 		return
 	}
+	// In float: a window under a second must not round the floor to 0.
+	floor := int64(float64(minRate) * window.Seconds())
 	var last int64
 	var check func()
 	check = func() {
@@ -135,7 +138,7 @@ func (v *verifier) watch(minRate int64, window time.Duration) {
 		if v.done {
 			return
 		}
-		if v.progress-last < minRate*int64(window/time.Second) {
+		if v.progress-last < floor {
 			v.cancel(fmt.Errorf("%w: %d bytes in %s", errTooSlow, v.progress-last, window))
 			return
 		}
@@ -148,6 +151,11 @@ func (v *verifier) watch(minRate int64, window time.Duration) {
 }
 
 func (v *verifier) Read(p []byte) (int, error) {
+	if v.err != nil {
+		// The end is decided once: a Read after a failure must not reach
+		// the body's EOF again and pass, nor count the mismatch twice.
+		return 0, v.err
+	}
 	if rest := v.limit - v.n + 1; int64(len(p)) > rest {
 		// Read one byte past the limit at most, to tell "exactly the
 		// size" from "more".
@@ -180,6 +188,7 @@ func (v *verifier) Read(p []byte) (int, error) {
 			return n, v.fail(outcomeFailure, v.c.err(regerr.BadContent, fmt.Sprintf("the blob hashes to %s; discarded", got)))
 		}
 		v.settle(outcomeSuccess)
+		v.err = io.EOF
 		return n, io.EOF
 	default:
 		e := v.c.transportError(v.ctx, err, v.red)
@@ -193,6 +202,7 @@ func (v *verifier) Read(p []byte) (int, error) {
 
 func (v *verifier) fail(oc outcome, err error) error {
 	v.settle(oc)
+	v.err = err
 	return err
 }
 

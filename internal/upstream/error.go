@@ -84,7 +84,7 @@ func (c call) responseError(resp *http.Response, red redactor) *regerr.Error {
 	var doc ociErrors
 	if json.Unmarshal(body, &doc) == nil {
 		if len(doc.Errors) > 0 {
-			e.Code = shorten(doc.Errors[0].Code, 64)
+			e.Code = errorCode(doc.Errors[0].Code)
 			e.Detail = doc.Errors[0].Message
 		} else {
 			e.Detail = doc.Details
@@ -104,6 +104,22 @@ func (c call) responseError(resp *http.Response, red redactor) *regerr.Error {
 		}
 	}
 	return e
+}
+
+// errorCode keeps an upstream's error code only when it is one: upper-case
+// letters, digits and underscores, as the distribution spec's codes are.
+// Clients are shown the code, so anything else (free text, which can echo
+// the request's credentials) is dropped.
+func errorCode(s string) string {
+	if len(s) > 64 {
+		return ""
+	}
+	for _, c := range s {
+		if (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' {
+			return ""
+		}
+	}
+	return s
 }
 
 // kindOfStatus classifies a bare status. Other 4xx answers mean the
@@ -136,7 +152,7 @@ func (c call) transportError(ctx context.Context, err error, red redactor) *rege
 		e := c.err(kindOfStatus(te.StatusCode), "authentication with the upstream failed")
 		e.Status = te.StatusCode
 		if len(te.Errors) > 0 {
-			e.Code = shorten(string(te.Errors[0].Code), 64)
+			e.Code = errorCode(string(te.Errors[0].Code))
 			e.Detail = red.text(te.Errors[0].Message)
 		}
 		if e.Code == codeTooManyRequests {
@@ -189,9 +205,10 @@ type redactor struct {
 }
 
 // credentialRE matches what an Authorization header or a token response
-// carries: a scheme and its value, or a bare JWT.
+// carries: a scheme and its value, or a bare JWT, or a key such as
+// password= or "token": and its value (with the scheme, if it has one).
 var credentialRE = regexp.MustCompile(`(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=-]+|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9._-]+|` +
-	`("?(?:password|passwd|secret|token|access_token|refresh_token|identitytoken|auth)"?\s*[:=]\s*)"?[^\s",}]+`)
+	`("?(?:password|passwd|secret|token|access_token|refresh_token|identitytoken|auth)"?\s*[:=]\s*"?)(?:(?:basic|bearer)\s+)?[^\s",}]+`)
 
 func (r redactor) text(s string) string {
 	if s == "" {

@@ -3,6 +3,7 @@ package upstream
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -88,6 +89,13 @@ func (f *fakeRegistry) count(key string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.counts[key]
+}
+
+// requests is a copy of the counts of authorised requests by "METHOD path".
+func (f *fakeRegistry) requests() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.counts)
 }
 
 func (f *fakeRegistry) stats() (pings, tokens int) {
@@ -264,13 +272,14 @@ func splitV2(p string) (repo, kind, ref string) {
 	return "", "", ""
 }
 
-// listenOn starts handler on addr (e.g. "127.0.0.2:0"), skipping the test if
-// the address is not available here.
+// listenOn starts handler on addr (e.g. "127.0.0.2:0"): another loopback
+// address, so a redirect there changes the host, not only the port. Linux
+// routes all of 127.0.0.0/8 to lo.
 func listenOn(t *testing.T, addr string, h http.Handler) *httptest.Server {
 	t.Helper()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		t.Skipf("cannot listen on %s: %v", addr, err)
+		t.Fatalf("cannot listen on %s: %v", addr, err)
 	}
 	srv := httptest.NewUnstartedServer(h)
 	srv.Listener.Close()

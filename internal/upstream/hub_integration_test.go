@@ -2,13 +2,13 @@ package upstream
 
 import (
 	"context"
-	"io"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regcache/regcache/internal/regerr"
 	"github.com/regcache/regcache/internal/testhub"
 )
 
@@ -23,9 +23,6 @@ type hubPair struct {
 
 func startHubs(t *testing.T, originOpts testhub.Options) hubPair {
 	t.Helper()
-	if _, err := testhub.FindRegistryBinary(); err != nil {
-		t.Skip(err)
-	}
 	backend := testhub.StartRegistry(t)
 	img := backend.PushImage(t, "library/node", "22", testhub.ImageOptions{Layers: 2})
 	return hubPair{
@@ -60,14 +57,15 @@ func (h hubPair) registry(t *testing.T, auth authn.Authenticator) *Registry {
 	return r
 }
 
-func readBlob(t *testing.T, b Blob, want digest.Digest) {
+// readHubBlob reads b to its end, which Blob verifies, and checks the
+// bytes once more here.
+func readHubBlob(t *testing.T, b *Blob, want digest.Digest) {
 	t.Helper()
-	defer b.Body.Close()
-	v := want.Verifier()
-	if _, err := io.Copy(v, b.Body); err != nil {
+	data, err := readBlob(b)
+	if err != nil {
 		t.Fatalf("blob %s from %s: %v", want, b.Source, err)
 	}
-	if !v.Verified() {
+	if digest.FromBytes(data) != want {
 		t.Fatalf("blob %s from %s does not verify", want, b.Source)
 	}
 }
@@ -77,7 +75,14 @@ func TestHubPullThroughMirrorCostsNoPull(t *testing.T) {
 	r := h.registry(t, nil)
 	ctx := context.Background()
 
-	m, err := r.FetchManifest(ctx, "library/node", "22", nil)
+	node := repo(t, "library/node")
+	// The cache's path for a tag: the origin's free HEAD, then the digest
+	// from wherever is cheapest.
+	desc, err := r.HeadManifest(ctx, node, byTag(t, "22"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := r.Manifest(ctx, node, desc.Digest, AnySource)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,14 +90,14 @@ func TestHubPullThroughMirrorCostsNoPull(t *testing.T) {
 		t.Errorf("got %s (%s) from %q; want %s (%s) from the mirror", m.Digest, m.MediaType, m.Source, h.image.Digest, h.image.MediaType)
 	}
 	for _, d := range append([]digest.Digest{h.image.Config}, h.image.Layers...) {
-		b, err := r.GetBlob(ctx, "library/node", d)
+		b, err := r.Blob(ctx, node, d, -1)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if b.Source != "ecr" {
 			t.Errorf("blob %s from %q, want the mirror", d, b.Source)
 		}
-		readBlob(t, b, d)
+		readHubBlob(t, b, d)
 	}
 	oc := h.origin.Counts()
 	if oc.ManifestGETs != 0 || oc.ManifestHEADs != 1 || len(oc.BlobGETs) != 0 {
@@ -122,7 +127,7 @@ func TestHubMirrorFailuresFallBackToOrigin(t *testing.T) {
 			h := startHubs(t, testhub.Options{AnonymousLimit: 10})
 			h.mirror.SetFaultFor(tt.fault, testhub.ScopeManifests)
 			r := h.registry(t, nil)
-			m, err := r.GetManifest(context.Background(), "library/node", h.image.Digest.String(), nil)
+			m, err := r.Manifest(context.Background(), repo(t, "library/node"), h.image.Digest, AnySource)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -150,18 +155,19 @@ func TestHubAuthAndCDN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := r.GetManifest(ctx, "library/node", "22", nil)
+	node := repo(t, "library/node")
+	m, err := r.ManifestByTag(ctx, node, tag(t, "22"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if m.Digest != h.image.Digest {
 		t.Errorf("digest %s, want %s", m.Digest, h.image.Digest)
 	}
-	b, err := r.GetBlob(ctx, "library/node", h.image.Layers[0])
+	b, err := r.Blob(ctx, node, h.image.Layers[0], -1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	readBlob(t, b, h.image.Layers[0])
+	readHubBlob(t, b, h.image.Layers[0])
 	c := h.origin.Counts()
 	if c.CDNRequests == 0 || c.CDNAuthHeaders != 0 {
 		t.Errorf("CDN requests %d, Authorization headers seen by the CDN %d; want >0 and 0", c.CDNRequests, c.CDNAuthHeaders)
@@ -174,8 +180,8 @@ func TestHubAuthAndCDN(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = wrong.HeadManifest(ctx, "library/node", "22", nil)
-	if err == nil || strings.Contains(err.Error(), password) {
+	_, err = wrong.HeadManifest(ctx, node, byTag(t, "22"), nil)
+	if e := asError(t, err); e.Kind != regerr.Denied || strings.Contains(e.Error(), password) || strings.Contains(e.ClientMessage(), password) {
 		t.Errorf("wrong password: err %v", err)
 	}
 }
@@ -189,32 +195,36 @@ func TestHubOriginPullLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if _, err := r.GetManifest(ctx, "library/node", "22", nil); err != nil {
+	node, redis := repo(t, "library/node"), repo(t, "library/redis")
+	if _, err := r.ManifestByTag(ctx, node, tag(t, "22"), nil); err != nil {
 		t.Fatal(err)
 	}
 	if !r.BelowReserve() {
 		t.Errorf("BelowReserve false with %+v", r.Budget())
 	}
-	_, err = r.GetManifest(ctx, "library/redis", "7", nil)
-	if !IsRateLimited(err) || !IsUnavailable(err) {
+	_, err = r.ManifestByTag(ctx, redis, tag(t, "7"), nil)
+	if e := asError(t, err); e.Kind != regerr.RateLimited || e.Status != 429 || !regerr.Transient(err) {
 		t.Fatalf("want 429, got %v", err)
 	}
 	// Asked again within Retry-After: refused here, the hub sees nothing.
 	before := h.origin.Counts().Requests
-	_, err = r.GetManifest(ctx, "library/redis", "7", nil)
-	if !IsRateLimited(err) {
-		t.Fatalf("want an immediate 429, got %v", err)
+	_, err = r.ManifestByTag(ctx, redis, tag(t, "7"), nil)
+	if !regerr.Is(err, regerr.RateLimited) || !isNotSent(err) {
+		t.Fatalf("want an immediate refusal, got %v", err)
 	}
 	if after := h.origin.Counts().Requests; after != before {
 		t.Errorf("a GET was sent during Retry-After (%d requests)", after-before)
 	}
 	// Resolving tags with HEAD still works: it is not counted.
-	desc, err := r.HeadManifest(ctx, "library/redis", "7", nil)
+	desc, err := r.HeadManifest(ctx, redis, byTag(t, "7"), nil)
 	if err != nil || desc.Digest != other.Digest {
 		t.Errorf("HEAD during the pull limit: %+v, %v", desc, err)
 	}
-	b, err := r.ProbeBudget(ctx, "library/node", "22")
-	if err != nil || !b.Known || b.Remaining != 0 || b.RetryUntil.IsZero() {
-		t.Errorf("ProbeBudget = %+v, %v", b, err)
+	// What ratelimit.Check reports: a HEAD, then the budget it read.
+	if _, err := r.HeadManifest(ctx, node, byTag(t, "22"), nil); err != nil {
+		t.Errorf("budget probe: %v", err)
+	}
+	if b := r.Budget(); !b.Known || b.Remaining != 0 || b.RetryUntil.IsZero() {
+		t.Errorf("Budget() after the probe = %+v", b)
 	}
 }

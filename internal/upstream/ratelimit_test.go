@@ -5,10 +5,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/regcache/regcache/internal/regerr"
 )
 
 func TestParseRateLimit(t *testing.T) {
@@ -51,7 +55,7 @@ func TestParseRetryAfter(t *testing.T) {
 		{"0", 0, true},
 		{"Mon, 23 Nov 2026 13:05:00 GMT", 5 * time.Minute, true},
 		{"Mon, 23 Nov 2026 12:00:00 GMT", 0, true}, // in the past
-		{"9999999999", maxRetryAfter, true},
+		{"9999999999", 7 * 24 * time.Hour, true},   // cut to a week; the caller caps it further
 		{"", 0, false},
 		{"soon", 0, false},
 		{"-5", 0, false},
@@ -67,13 +71,25 @@ func TestParseRetryAfter(t *testing.T) {
 func TestBudgetObserve(t *testing.T) {
 	now := time.Date(2026, 11, 23, 13, 0, 0, 0, time.UTC)
 	const host = "registry-1.docker.io"
+	const maxPause = time.Hour
 	type resp struct {
 		method, path string
 		status       int
 		header       map[string]string
 	}
-	manifestHead := func(h map[string]string) resp {
-		return resp{http.MethodHead, "/v2/library/alpine/manifests/3.19", 200, h}
+	const manifest, blob = "/v2/library/alpine/manifests/3.19", "/v2/library/alpine/blobs/sha256:abc"
+	manifestHead := func(h map[string]string) resp { return resp{http.MethodHead, manifest, 200, h} }
+	pullLimit := map[string]string{"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "0;w=21600"}
+	with := func(h map[string]string, k, v string) map[string]string {
+		out := map[string]string{k: v}
+		for hk, hv := range h {
+			out[hk] = hv
+		}
+		return out
+	}
+	paused := func(c Class, until time.Time) (p [numClasses]time.Time) {
+		p[c] = until
+		return p
 	}
 	tests := []struct {
 		name  string
@@ -110,43 +126,74 @@ func TestBudgetObserve(t *testing.T) {
 			name: "blob and ping responses say nothing",
 			resps: []resp{
 				manifestHead(map[string]string{"ratelimit-limit": "100;w=21600", "ratelimit-remaining": "5;w=21600"}),
-				{http.MethodGet, "/v2/library/alpine/blobs/sha256:abc", 200, nil},
+				{http.MethodGet, blob, 200, nil},
 				{http.MethodGet, "/v2/", 200, nil},
 			},
 			want: Budget{Limit: 100, Remaining: 5, Window: 6 * time.Hour, Known: true, UpdatedAt: now},
 		},
 		{
 			// The pull limit: HEADs still work, so only GETs wait.
-			name: "pull-limit 429 with Retry-After",
-			resps: []resp{{http.MethodGet, "/v2/library/alpine/manifests/3.19", 429, map[string]string{
-				"ratelimit-limit":     "100;w=21600",
-				"ratelimit-remaining": "0;w=21600",
-				"retry-after":         "3600",
-			}}},
-			want: Budget{Limit: 100, Remaining: 0, Window: 6 * time.Hour, Known: true, UpdatedAt: now, RetryUntil: now.Add(time.Hour)},
+			name:  "pull-limit 429 with Retry-After",
+			resps: []resp{{http.MethodGet, manifest, 429, with(pullLimit, "retry-after", "3600")}},
+			want:  Budget{Limit: 100, Remaining: 0, Window: 6 * time.Hour, Known: true, UpdatedAt: now, RetryUntil: now.Add(time.Hour)},
 		},
 		{
-			name:  "bare 429 backs off",
-			resps: []resp{{http.MethodHead, "/v2/library/alpine/manifests/3.19", 429, nil}},
-			want:  Budget{UpdatedAt: now, RetryUntil: now.Add(backoff429Min), PausedUntil: now.Add(backoff429Min)},
+			name:  "pull-limit 429 with a day's Retry-After is capped",
+			resps: []resp{{http.MethodGet, manifest, 429, with(pullLimit, "retry-after", "86400")}},
+			want:  Budget{Limit: 100, Remaining: 0, Window: 6 * time.Hour, Known: true, UpdatedAt: now, RetryUntil: now.Add(maxPause)},
+		},
+		{
+			// A HEAD is never counted, so its 429 is not the pull limit.
+			name:  "429 with limit headers on a HEAD pauses manifests",
+			resps: []resp{{http.MethodHead, manifest, 429, with(pullLimit, "retry-after", "60")}},
+			want:  Budget{Limit: 100, Remaining: 0, Window: 6 * time.Hour, Known: true, UpdatedAt: now, Paused: paused(ClassManifests, now.Add(time.Minute))},
+		},
+		{
+			name:  "bare 429 backs off its class",
+			resps: []resp{{http.MethodHead, manifest, 429, nil}},
+			want:  Budget{UpdatedAt: now, Paused: paused(ClassManifests, now.Add(backoff429Min))},
 		},
 		{
 			name: "second bare 429 backs off longer",
 			resps: []resp{
-				{http.MethodHead, "/v2/library/alpine/manifests/3.19", 429, nil},
-				{http.MethodHead, "/v2/library/alpine/manifests/3.19", 429, nil},
+				{http.MethodHead, manifest, 429, nil},
+				{http.MethodHead, manifest, 429, nil},
 			},
-			want: Budget{UpdatedAt: now, RetryUntil: now.Add(2 * backoff429Min), PausedUntil: now.Add(2 * backoff429Min)},
+			want: Budget{UpdatedAt: now, Paused: paused(ClassManifests, now.Add(2*backoff429Min))},
+		},
+		{
+			name: "a success resets the backoff",
+			resps: []resp{
+				{http.MethodHead, manifest, 429, nil},
+				{http.MethodHead, manifest, 200, nil},
+				{http.MethodHead, manifest, 429, nil},
+			},
+			want: Budget{UpdatedAt: now, Paused: paused(ClassManifests, now.Add(backoff429Min))},
+		},
+		{
+			name:  "bare 429 on a blob pauses blobs only",
+			resps: []resp{{http.MethodGet, blob, 429, nil}},
+			want:  Budget{UpdatedAt: now, Paused: paused(ClassBlobs, now.Add(backoff429Min))},
+		},
+		{
+			name:  "a day's Retry-After on a blob is capped",
+			resps: []resp{{http.MethodGet, blob, 429, map[string]string{"Retry-After": "86400"}}},
+			want:  Budget{UpdatedAt: now, Paused: paused(ClassBlobs, now.Add(maxPause))},
 		},
 		{
 			name:  "503 with Retry-After",
 			resps: []resp{{http.MethodGet, "/v2/", 503, map[string]string{"Retry-After": "30"}}},
-			want:  Budget{UpdatedAt: now, RetryUntil: now.Add(30 * time.Second), PausedUntil: now.Add(30 * time.Second)},
+			want:  Budget{UpdatedAt: now, Paused: paused(ClassOther, now.Add(30*time.Second))},
+		},
+		{
+			name:  "503 without Retry-After pauses nothing",
+			resps: []resp{{http.MethodGet, manifest, 503, nil}},
+			want:  Budget{},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			bt := newBudgetTracker(host, func() time.Time { return now })
+			bt := newBudgetTracker(host, func() time.Time { return now }, maxPause)
 			for _, r := range tt.resps {
 				req := &http.Request{Method: r.method, URL: &url.URL{Scheme: "https", Host: host, Path: r.path}}
 				res := &http.Response{StatusCode: r.status, Header: http.Header{}}
@@ -162,6 +209,129 @@ func TestBudgetObserve(t *testing.T) {
 	}
 }
 
+// TestBudgetGate: which requests a pause holds back, and what it reports.
+func TestBudgetGate(t *testing.T) {
+	const manifest, blob, tags = "/v2/library/alpine/manifests/3.19", "/v2/library/alpine/blobs/sha256:abc", "/v2/library/alpine/tags/list"
+	type req struct{ method, path string }
+	all := []req{{http.MethodHead, manifest}, {http.MethodGet, manifest}, {http.MethodHead, blob}, {http.MethodGet, blob}, {http.MethodGet, tags}}
+	tests := []struct {
+		name    string
+		status  int
+		method  string
+		path    string
+		header  map[string]string
+		refused map[req]regerr.Kind
+	}{
+		{"pull limit: counted GETs only", 429, http.MethodGet, manifest,
+			map[string]string{"ratelimit-remaining": "0;w=21600", "retry-after": "60"},
+			map[req]regerr.Kind{{http.MethodGet, manifest}: regerr.RateLimited}},
+		{"bare 429 on a blob: blobs only", 429, http.MethodGet, blob, nil,
+			map[req]regerr.Kind{{http.MethodHead, blob}: regerr.RateLimited, {http.MethodGet, blob}: regerr.RateLimited}},
+		{"bare 429 on a HEAD: manifests only", 429, http.MethodHead, manifest, nil,
+			map[req]regerr.Kind{{http.MethodHead, manifest}: regerr.RateLimited, {http.MethodGet, manifest}: regerr.RateLimited}},
+		{"503 with Retry-After on tags: the rest", 503, http.MethodGet, tags, map[string]string{"retry-after": "60"},
+			map[req]regerr.Kind{{http.MethodGet, tags}: regerr.Unavailable}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := newFakeClock()
+			bt := newBudgetTracker("h", clock.Now, time.Hour)
+			res := &http.Response{StatusCode: tt.status, Header: http.Header{}}
+			for k, v := range tt.header {
+				res.Header.Set(k, v)
+			}
+			bt.observe(&http.Request{Method: tt.method, URL: &url.URL{Scheme: "https", Host: "h", Path: tt.path}}, res)
+			for _, r := range all {
+				kind, wait, ok := bt.gate(r.method, r.path)
+				want, refused := tt.refused[r]
+				if ok == refused || (refused && (kind != want || wait <= 0)) {
+					t.Errorf("%s %s: kind %s, wait %s, sent %v; want refused %v (%s)", r.method, r.path, kind, wait, ok, refused, want)
+				}
+			}
+			clock.Advance(time.Hour)
+			for _, r := range all {
+				if _, _, ok := bt.gate(r.method, r.path); !ok {
+					t.Errorf("%s %s still refused after the pause", r.method, r.path)
+				}
+			}
+		})
+	}
+}
+
+// TestBlob429PausesBlobsOnly: an abuse limit on blobs holds back blobs,
+// not the manifest HEADs that keep tags fresh; and a Retry-After longer
+// than Limits.MaxRetryAfter is cut to it.
+func TestBlob429PausesBlobsOnly(t *testing.T) {
+	const maxPause = 10 * time.Minute
+	for _, tc := range []struct {
+		name       string
+		retryAfter string
+		pause      time.Duration
+	}{
+		{"bare", "", backoff429Min},
+		{"a day", "86400", maxPause},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeRegistry(t, "anon")
+			f.putManifest("library/node", "22", ocispec.MediaTypeImageManifest, []byte(testManifest))
+			d := f.putBlob([]byte("layer"))
+			var blobGETs atomic.Int64
+			f.hook = func(w http.ResponseWriter, r *http.Request) bool {
+				if strings.Contains(r.URL.Path, "/blobs/") && blobGETs.Add(1) == 1 {
+					if tc.retryAfter != "" {
+						w.Header().Set("Retry-After", tc.retryAfter)
+					}
+					w.WriteHeader(http.StatusTooManyRequests)
+					return true
+				}
+				return false
+			}
+			clock := newFakeClock()
+			r := newRegistryT(t, Config{URL: f.srv.URL, Limits: Limits{MaxRetryAfter: maxPause}}, clock)
+			ctx := context.Background()
+			node := repo(t, "library/node")
+
+			_, err := r.Blob(ctx, node, d, -1)
+			if e := asError(t, err); e.Kind != regerr.RateLimited || e.Status != 429 || e.RetryAfter > maxPause {
+				t.Fatalf("first blob GET: %v; want a 429 asking for at most %s", err, maxPause)
+			}
+			if got, want := r.Budget().Paused[ClassBlobs], clock.Now().Add(tc.pause); !got.Equal(want) {
+				t.Errorf("blobs paused until %s, want %s", got, want)
+			}
+			b := r.Budget()
+			if !b.Paused[ClassManifests].IsZero() || !b.Paused[ClassOther].IsZero() || !b.RetryUntil.IsZero() {
+				t.Errorf("a blob 429 paused more than blobs: %+v", b)
+			}
+			// Blobs wait, without a request.
+			_, err = r.Blob(ctx, node, d, -1)
+			if e := asError(t, err); e.Kind != regerr.RateLimited || e.RetryAfter != tc.pause || !isNotSent(err) {
+				t.Errorf("blob during the pause: %v; want a refusal asking for %s", err, tc.pause)
+			}
+			if _, err := r.StatBlob(ctx, node, d); !regerr.Is(err, regerr.RateLimited) {
+				t.Errorf("blob HEAD during the pause: %v", err)
+			}
+			if n := blobGETs.Load(); n != 1 {
+				t.Errorf("%d blob requests reached the origin, want 1", n)
+			}
+			// Manifest HEADs still go out.
+			if _, err := r.HeadManifest(ctx, node, byTag(t, "22"), nil); err != nil {
+				t.Errorf("HEAD manifest during a blob pause: %v", err)
+			}
+			if n := f.count("HEAD /v2/library/node/manifests/22"); n != 1 {
+				t.Errorf("manifest HEADs at the origin = %d, want 1", n)
+			}
+			clock.Advance(tc.pause)
+			b2, err := r.Blob(ctx, node, d, -1)
+			if err != nil {
+				t.Fatalf("after the pause: %v", err)
+			}
+			if _, err := readBlob(b2); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
 func TestRateLimitTransportOnlyOrigin(t *testing.T) {
 	// A CDN or token server on another host must not move the origin's budget.
 	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -170,7 +340,7 @@ func TestRateLimitTransportOnlyOrigin(t *testing.T) {
 		w.WriteHeader(http.StatusTooManyRequests)
 	}))
 	defer other.Close()
-	bt := newBudgetTracker("origin.example:443", time.Now)
+	bt := newBudgetTracker("origin.example:443", time.Now, 0)
 	rt := &rateLimitTransport{inner: http.DefaultTransport, tracker: bt}
 	req, _ := http.NewRequest(http.MethodGet, other.URL+"/v2/x/manifests/y", nil)
 	resp, err := rt.RoundTrip(req)
@@ -195,7 +365,7 @@ func TestRegistryBudget(t *testing.T) {
 	if b := r.Budget(); b.Known {
 		t.Fatalf("budget known before any request: %+v", b)
 	}
-	if _, err := r.HeadManifest(context.Background(), "library/alpine", "3.19", nil); err != nil {
+	if _, err := r.HeadManifest(context.Background(), repo(t, "library/alpine"), byTag(t, "3.19"), nil); err != nil {
 		t.Fatal(err)
 	}
 	b := r.Budget()

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -111,7 +112,13 @@ func (e *endpoint) run(ctx context.Context, c call, op func(t *ticket) error) er
 		// counting them here too would shut out the free HEADs.
 		oc = outcomeNeutral
 	}
-	t.finish(oc, min(regerr.RetryAfter(err), e.maxPause))
+	var re *regerr.Error
+	if errors.As(err, &re) && re.RetryAfter > e.maxPause {
+		// The caller passes RetryAfter on to clients: it must say when
+		// regcache will ask again, not the upstream's longer wish.
+		re.RetryAfter = e.maxPause
+	}
+	t.finish(oc, regerr.RetryAfter(err))
 	return err
 }
 

@@ -3,8 +3,6 @@ package upstream
 import (
 	"bytes"
 	"context"
-	"errors"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -16,40 +14,26 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/regcache/regcache/internal/metrics"
+	"github.com/regcache/regcache/internal/ref"
+	"github.com/regcache/regcache/internal/regerr"
 )
 
-// fakeClock drives breakers and Retry-After without sleeping.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{t: time.Date(2026, 11, 23, 13, 0, 0, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func newRegistryT(t *testing.T, cfg Config, clock *fakeClock) *Registry {
-	t.Helper()
-	if cfg.Name == "" {
-		cfg.Name = "docker.io"
+// codeFor is the OCI error code a registry sends with status.
+func codeFor(status int) string {
+	switch {
+	case status == http.StatusUnauthorized:
+		return "UNAUTHORIZED"
+	case status == http.StatusForbidden:
+		return "DENIED"
+	case status == http.StatusTooManyRequests:
+		return "TOOMANYREQUESTS"
+	case status >= 500:
+		return "UNAVAILABLE"
 	}
-	r, err := newRegistry(cfg, clock.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return "UNKNOWN"
 }
 
 // failWith makes f answer every /v2/<repo>/... request with status, and
@@ -66,7 +50,7 @@ func failWith(f *fakeRegistry, status int) *atomic.Int64 {
 		if status == http.StatusTooManyRequests {
 			w.Header().Set("Retry-After", "1")
 		}
-		ociError(w, status, statusCode(status, "UNKNOWN"), "injected")
+		ociError(w, status, codeFor(status), "injected")
 		return true
 	}
 	return &n
@@ -118,12 +102,11 @@ func TestMirrorOrderAndSkipping(t *testing.T) {
 				{Name: "second", URL: second.srv.URL},
 			}}, newFakeClock())
 
-			b, err := r.GetBlob(context.Background(), "library/node", d)
+			b, err := r.Blob(context.Background(), repo(t, "library/node"), d, int64(len(blob)))
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := io.ReadAll(b.Body)
-			b.Body.Close()
+			got, err := readBlob(b)
 			if err != nil || !bytes.Equal(got, blob) {
 				t.Fatalf("body %q, err %v", got, err)
 			}
@@ -133,13 +116,13 @@ func TestMirrorOrderAndSkipping(t *testing.T) {
 			if n := origin.count("GET /v2/library/node/blobs/" + d.String()); n != 0 {
 				t.Errorf("origin asked %d times though a mirror had the blob", n)
 			}
-			if pings, _ := other.stats(); pings != 0 || len(other.counts) != 0 {
+			if pings, _ := other.stats(); pings != 0 || len(other.requests()) != 0 {
 				t.Errorf("mirror for bitnami/* was asked about library/node")
 			}
 
-			desc, err := r.HeadBlob(context.Background(), "library/node", d)
+			desc, err := r.StatBlob(context.Background(), repo(t, "library/node"), d)
 			if err != nil || desc.Size != int64(len(blob)) {
-				t.Errorf("HeadBlob = %+v, %v", desc, err)
+				t.Errorf("StatBlob = %+v, %v", desc, err)
 			}
 		})
 	}
@@ -152,18 +135,17 @@ func TestMirrorFallsBackToOrigin(t *testing.T) {
 	origin := newFakeRegistry(t, "anon")
 	origin.putBlob(blob)
 	r := newRegistryT(t, Config{URL: origin.srv.URL, Mirrors: []MirrorConfig{{URL: mirror.srv.URL}}}, newFakeClock())
-	b, err := r.GetBlob(context.Background(), "library/node", d)
+	b, err := r.Blob(context.Background(), repo(t, "library/node"), d, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.Body.Close()
+	b.Close()
 	if b.Source != SourceOrigin {
 		t.Errorf("Source = %q, want origin", b.Source)
 	}
 	// Nowhere at all: the origin's 404 is what the caller sees.
-	_, err = r.GetBlob(context.Background(), "library/node", digest.FromString("nowhere"))
-	var ue *Error
-	if !IsNotFound(err) || !errors.As(err, &ue) || ue.Registry != "docker.io" {
+	_, err = r.Blob(context.Background(), repo(t, "library/node"), digest.FromString("nowhere"), -1)
+	if e := asError(t, err); e.Kind != regerr.NotFound || e.Registry != "docker.io" {
 		t.Errorf("want the origin's not-found, got %v", err)
 	}
 }
@@ -181,7 +163,7 @@ func TestMirrorRepoMapping(t *testing.T) {
 	}}, newFakeClock())
 	ctx := context.Background()
 
-	m, err := r.GetManifest(ctx, "library/node", md.String(), nil)
+	m, err := r.Manifest(ctx, repo(t, "library/node"), md, AnySource)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,18 +171,20 @@ func TestMirrorRepoMapping(t *testing.T) {
 	if m.Source != wantSource || m.Digest != md {
 		t.Errorf("manifest from %q digest %s; want %q %s", m.Source, m.Digest, wantSource, md)
 	}
-	b, err := r.GetBlob(ctx, "library/node", bd)
+	b, err := r.Blob(ctx, repo(t, "library/node"), bd, int64(len(blob)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.Body.Close()
+	if _, err := readBlob(b); err != nil {
+		t.Fatal(err)
+	}
 	for _, p := range []string{"GET /v2/docker/library/node/manifests/" + md.String(), "GET /v2/docker/library/node/blobs/" + bd.String()} {
 		if mirror.count(p) != 1 {
-			t.Errorf("mirror did not see %s: %v", p, mirror.counts)
+			t.Errorf("mirror did not see %s: %v", p, mirror.requests())
 		}
 	}
-	if len(origin.counts) != 0 {
-		t.Errorf("origin was asked: %v", origin.counts)
+	if got := origin.requests(); len(got) != 0 {
+		t.Errorf("origin was asked: %v", got)
 	}
 }
 
@@ -221,7 +205,7 @@ func TestWrongDigestMirrorRejected(t *testing.T) {
 	r := newRegistryT(t, Config{URL: origin.srv.URL, Mirrors: []MirrorConfig{{Name: "liar", URL: liar.srv.URL}}}, newFakeClock())
 	ctx := context.Background()
 
-	m, err := r.GetManifest(ctx, "library/node", d.String(), nil)
+	m, err := r.Manifest(ctx, repo(t, "library/node"), d, AnySource)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,15 +220,12 @@ func TestWrongDigestMirrorRejected(t *testing.T) {
 	}
 
 	// A blob is streamed, so the mismatch shows at the end of the body.
-	b, err := r.GetBlob(ctx, "library/node", liarBlob)
+	b, err := r.Blob(ctx, repo(t, "library/node"), liarBlob, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = io.ReadAll(b.Body)
-	b.Body.Close()
-	var ue *Error
-	if !errors.As(err, &ue) || ue.Code != CodeDigestInvalid {
-		t.Errorf("corrupt mirror blob: read error %v, want DIGEST_INVALID", err)
+	if _, err = readBlob(b); !regerr.Is(err, regerr.BadContent) {
+		t.Errorf("corrupt mirror blob: read error %v, want BadContent", err)
 	}
 	if st := r.Sources()[0]; st.Failures != 2 {
 		t.Errorf("corrupt blob did not count against the mirror: %+v", st)
@@ -329,13 +310,12 @@ func TestMirrorBreakerOpensAndHalfOpens(t *testing.T) {
 	ctx := context.Background()
 	get := func() string {
 		t.Helper()
-		b, err := r.GetBlob(ctx, "library/node", d)
+		b, err := r.Blob(ctx, repo(t, "library/node"), d, int64(len(blob)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer b.Body.Close()
-		// Read to the end: a mirror's blob is judged on its whole body.
-		if _, err := io.ReadAll(b.Body); err != nil {
+		// Read to the end: a blob is judged on its whole body.
+		if _, err := readBlob(b); err != nil {
 			t.Fatal(err)
 		}
 		return b.Source
@@ -386,11 +366,11 @@ func TestMirror404DoesNotOpenBreaker(t *testing.T) {
 	d := origin.putBlob(blob)
 	r := newRegistryT(t, Config{URL: origin.srv.URL, Mirrors: []MirrorConfig{{URL: mirror.srv.URL}}}, newFakeClock())
 	for range breakerThreshold * 2 {
-		b, err := r.GetBlob(context.Background(), "library/node", d)
+		b, err := r.Blob(context.Background(), repo(t, "library/node"), d, -1)
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.Body.Close()
+		b.Close()
 	}
 	if got := mirror.count("GET /v2/library/node/blobs/" + d.String()); got != breakerThreshold*2 {
 		t.Errorf("mirror asked %d times, want every time", got)
@@ -406,18 +386,17 @@ func TestOriginBreaker(t *testing.T) {
 	clock := newFakeClock()
 	r := newRegistryT(t, Config{URL: origin.srv.URL}, clock)
 	for range breakerThreshold + 3 {
-		_, err := r.HeadManifest(context.Background(), "library/node", "22", nil)
-		if !IsUnavailable(err) {
+		_, err := r.HeadManifest(context.Background(), repo(t, "library/node"), byTag(t, "22"), nil)
+		if !regerr.Is(err, regerr.Unavailable) {
 			t.Fatalf("want unavailable, got %v", err)
 		}
 	}
 	if got := hits.Load(); got != breakerThreshold {
 		t.Errorf("origin hit %d times, want %d before the breaker opened", got, breakerThreshold)
 	}
-	_, err := r.GetManifest(context.Background(), "library/node", "22", nil)
-	var ue *Error
-	if !errors.As(err, &ue) || ue.Op != "GET manifest" || ue.Repository != "library/node" || ue.Code != CodeUnavailable || ue.RetryAfter <= 0 {
-		t.Errorf("circuit-open error = %#v", err)
+	_, err := r.ManifestByTag(context.Background(), repo(t, "library/node"), tag(t, "22"), nil)
+	if e := asError(t, err); e.Op != "GET manifest" || e.Repo != "library/node" || e.Kind != regerr.Unavailable || e.RetryAfter <= 0 || !isNotSent(err) {
+		t.Errorf("circuit-open error = %#v", e)
 	}
 }
 
@@ -444,25 +423,26 @@ func TestRetryAfterHonoured(t *testing.T) {
 	clock := newFakeClock()
 	r := newRegistryT(t, Config{URL: origin.srv.URL, Reserve: 5}, clock)
 	ctx := context.Background()
+	node, tg := repo(t, "library/node"), tag(t, "22")
 
-	_, err := r.GetManifest(ctx, "library/node", "22", nil)
-	if !IsRateLimited(err) {
-		t.Fatalf("want 429, got %v", err)
+	_, err := r.ManifestByTag(ctx, node, tg, nil)
+	if e := asError(t, err); e.Kind != regerr.RateLimited || e.Status != http.StatusTooManyRequests || e.RetryAfter != time.Minute {
+		t.Fatalf("want the 429, got %v", err)
 	}
 	if !r.BelowReserve() {
 		t.Error("BelowReserve false with 0 remaining")
 	}
 	limited.Store(false)
-	_, err = r.GetManifest(ctx, "library/node", "22", nil)
-	var ue *Error
-	if !errors.As(err, &ue) || ue.StatusCode != http.StatusTooManyRequests || ue.RetryAfter != time.Minute {
-		t.Fatalf("second GET within Retry-After: %#v", err)
+	// Asked again within Retry-After: refused here, with the time left.
+	_, err = r.ManifestByTag(ctx, node, tg, nil)
+	if e := asError(t, err); e.Kind != regerr.RateLimited || e.RetryAfter != time.Minute || !isNotSent(err) {
+		t.Fatalf("second GET within Retry-After: %#v", e)
 	}
 	if got := gets.Load(); got != 1 {
 		t.Errorf("origin got %d manifest GETs; the second must not be sent", got)
 	}
 	// The pull limit does not stop the free HEAD that resolves tags.
-	if _, err := r.HeadManifest(ctx, "library/node", "22", nil); err != nil {
+	if _, err := r.HeadManifest(ctx, node, byTag(t, "22"), nil); err != nil {
 		t.Errorf("HEAD during a pull-limit pause: %v", err)
 	}
 	// Nor does it open the origin's breaker.
@@ -470,7 +450,7 @@ func TestRetryAfterHonoured(t *testing.T) {
 		t.Errorf("429 opened the origin breaker: %+v", st)
 	}
 	clock.Advance(61 * time.Second)
-	if _, err := r.GetManifest(ctx, "library/node", "22", nil); err != nil {
+	if _, err := r.ManifestByTag(ctx, node, tg, nil); err != nil {
 		t.Fatalf("after Retry-After: %v", err)
 	}
 	if got := gets.Load(); got != 2 {
@@ -478,12 +458,16 @@ func TestRetryAfterHonoured(t *testing.T) {
 	}
 }
 
-func TestBare429PausesEverything(t *testing.T) {
+// TestBare429PausesItsClass: an abuse limit (a bare 429 on a HEAD) holds
+// back manifest requests until its backoff has passed; nothing is sent
+// meanwhile.
+func TestBare429PausesItsClass(t *testing.T) {
 	origin := newFakeRegistry(t, "anon")
 	origin.putManifest("library/node", "22", ocispec.MediaTypeImageManifest, []byte(testManifest))
+	d := origin.putBlob([]byte("layer"))
 	var heads atomic.Int64
 	origin.hook = func(w http.ResponseWriter, r *http.Request) bool {
-		if r.Method == http.MethodHead {
+		if r.Method == http.MethodHead && strings.Contains(r.URL.Path, "/manifests/") {
 			if heads.Add(1) == 1 {
 				w.WriteHeader(http.StatusTooManyRequests) // abuse limit: no body, no Retry-After
 				return true
@@ -494,19 +478,28 @@ func TestBare429PausesEverything(t *testing.T) {
 	clock := newFakeClock()
 	r := newRegistryT(t, Config{URL: origin.srv.URL}, clock)
 	ctx := context.Background()
-	if _, err := r.HeadManifest(ctx, "library/node", "22", nil); !IsRateLimited(err) {
+	node := repo(t, "library/node")
+	if _, err := r.HeadManifest(ctx, node, byTag(t, "22"), nil); !regerr.Is(err, regerr.RateLimited) {
 		t.Fatalf("want 429, got %v", err)
 	}
-	_, err := r.HeadManifest(ctx, "library/node", "22", nil)
-	var ue *Error
-	if !errors.As(err, &ue) || ue.StatusCode != http.StatusTooManyRequests || ue.RetryAfter != backoff429Min {
-		t.Fatalf("want an immediate 429 with the backoff, got %#v", err)
+	_, err := r.HeadManifest(ctx, node, byTag(t, "22"), nil)
+	if e := asError(t, err); e.Kind != regerr.RateLimited || e.RetryAfter != backoff429Min || !isNotSent(err) {
+		t.Fatalf("want an immediate refusal with the backoff, got %#v", e)
 	}
-	if heads.Load() != 1 {
-		t.Errorf("HEADs sent = %d, want 1", heads.Load())
+	if _, err := r.ManifestByTag(ctx, node, tag(t, "22"), nil); !regerr.Is(err, regerr.RateLimited) || !isNotSent(err) {
+		t.Errorf("manifest GET during a manifests pause: %v", err)
+	}
+	if heads.Load() != 1 || origin.count("GET /v2/library/node/manifests/22") != 0 {
+		t.Errorf("HEADs sent = %d, GETs %d; want 1 and 0", heads.Load(), origin.count("GET /v2/library/node/manifests/22"))
+	}
+	// Blobs are another class.
+	if b, err := r.Blob(ctx, node, d, -1); err != nil {
+		t.Errorf("blob during a manifests pause: %v", err)
+	} else if _, err := readBlob(b); err != nil {
+		t.Error(err)
 	}
 	clock.Advance(backoff429Min)
-	if _, err := r.HeadManifest(ctx, "library/node", "22", nil); err != nil {
+	if _, err := r.HeadManifest(ctx, node, byTag(t, "22"), nil); err != nil {
 		t.Errorf("after backoff: %v", err)
 	}
 }
@@ -529,7 +522,7 @@ func TestBelowReserve(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			bt := newBudgetTracker("h", func() time.Time { return now.Add(tt.age) })
+			bt := newBudgetTracker("h", func() time.Time { return now.Add(tt.age) }, 0)
 			tt.budget.UpdatedAt = now
 			bt.b = tt.budget
 			if got := bt.belowReserve(tt.reserve); got != tt.want {
@@ -539,7 +532,10 @@ func TestBelowReserve(t *testing.T) {
 	}
 }
 
-func TestFetchManifestSpendsNoCountedPull(t *testing.T) {
+// TestTagByHeadThenDigestSpendsNoCountedPull: the cache resolves a tag
+// with the origin's free HEAD and fetches the manifest by digest, which a
+// mirror can serve; the origin sees no counted GET.
+func TestTagByHeadThenDigestSpendsNoCountedPull(t *testing.T) {
 	man := []byte(testManifest)
 	origin := newFakeRegistry(t, "bearer")
 	d := origin.putManifest("library/node", "22", ocispec.MediaTypeImageManifest, man)
@@ -548,55 +544,96 @@ func TestFetchManifestSpendsNoCountedPull(t *testing.T) {
 	r := newRegistryT(t, Config{URL: origin.srv.URL, Auth: credsFor(origin), Mirrors: []MirrorConfig{
 		{URL: mirror.srv.URL, RepoPrefix: "docker", Repositories: []string{"library/*"}},
 	}}, newFakeClock())
+	ctx := context.Background()
+	node := repo(t, "library/node")
 
-	m, err := r.FetchManifest(context.Background(), "library/node", "22", nil)
-	if err != nil {
-		t.Fatal(err)
+	desc, err := r.HeadManifest(ctx, node, byTag(t, "22"), nil)
+	if err != nil || desc.Digest != d {
+		t.Fatalf("HeadManifest = %+v, %v", desc, err)
 	}
-	if m.Digest != d || m.Source == SourceOrigin || !bytes.Equal(m.Data, man) {
-		t.Errorf("got %s from %q", m.Digest, m.Source)
+	for _, from := range []From{AnySource, MirrorsOnly} {
+		m, err := r.Manifest(ctx, node, desc.Digest, from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Digest != d || m.Source == SourceOrigin || !bytes.Equal(m.Data, man) {
+			t.Errorf("got %s from %q", m.Digest, m.Source)
+		}
 	}
 	if n := origin.count("HEAD /v2/library/node/manifests/22"); n != 1 {
 		t.Errorf("origin HEADs = %d, want 1", n)
 	}
-	for k, n := range origin.counts {
+	for k, n := range origin.requests() {
 		if strings.HasPrefix(k, "GET ") && strings.Contains(k, "/manifests/") {
 			t.Errorf("counted pull at the origin: %s ×%d", k, n)
 		}
 	}
 }
 
-func TestResolveTagAtMirror(t *testing.T) {
+// TestMirrorsOnlyNeverAsksTheOrigin: when the budget must be kept, a
+// manifest no mirror has is an error, not a counted pull.
+func TestMirrorsOnlyNeverAsksTheOrigin(t *testing.T) {
+	man := []byte(testManifest)
+	origin := newFakeRegistry(t, "anon")
+	d := origin.putManifest("library/node", "", ocispec.MediaTypeImageManifest, man)
+	mirror := newFakeRegistry(t, "anon")
+	r := newRegistryT(t, Config{URL: origin.srv.URL, Mirrors: []MirrorConfig{{URL: mirror.srv.URL, Repositories: []string{"library/*"}}}}, newFakeClock())
+	ctx := context.Background()
+	if _, err := r.Manifest(ctx, repo(t, "library/node"), d, MirrorsOnly); !regerr.Is(err, regerr.NotFound) {
+		t.Errorf("mirror's 404: %v, want NotFound", err)
+	}
+	if _, err := r.Manifest(ctx, repo(t, "bitnami/redis"), d, MirrorsOnly); !regerr.Is(err, regerr.NotFound) || !isNotSent(err) {
+		t.Errorf("no mirror carries the repository: %v, want NotFound, not sent", err)
+	}
+	if got := origin.requests(); len(got) != 0 {
+		t.Errorf("the origin was asked: %v", got)
+	}
+}
+
+func TestTagAtMirror(t *testing.T) {
 	man := []byte(testManifest)
 	closed := httptest.NewServer(http.NotFoundHandler())
 	closed.Close()
 	empty := newFakeRegistry(t, "anon")
 	mirror := newFakeRegistry(t, "anon")
 	d := mirror.putManifest("docker/library/node", "22", ocispec.MediaTypeImageManifest, man)
+	other := newFakeRegistry(t, "anon")
 	r := newRegistryT(t, Config{URL: closed.URL, Mirrors: []MirrorConfig{
 		{Name: "empty", URL: empty.srv.URL, Repositories: []string{"library/*"}},
 		{Name: "ecr", URL: mirror.srv.URL, RepoPrefix: "docker/", Repositories: []string{"library/*"}},
+		{Name: "other", URL: other.srv.URL, Repositories: []string{"library/*"}},
 	}}, newFakeClock())
 	ctx := context.Background()
+	node := repo(t, "library/node")
 
-	if _, err := r.HeadManifest(ctx, "library/node", "22", nil); !IsUnavailable(err) {
+	if _, err := r.HeadManifest(ctx, node, byTag(t, "22"), nil); !regerr.Is(err, regerr.Unavailable) {
 		t.Fatalf("origin should be down: %v", err)
 	}
-	m, err := r.ResolveTagAtMirror(ctx, "library/node", "22", nil)
+	m, err := r.TagAtMirror(ctx, node, tag(t, "22"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if m.Source != "ecr" || m.Digest != d {
 		t.Errorf("got %s from %q", m.Digest, m.Source)
 	}
-	// No mirror carries it: a plain error, neither not-found nor unavailable,
-	// and nothing is sent.
-	_, err = r.ResolveTagAtMirror(ctx, "bitnami/redis", "7", nil)
-	if err == nil || IsNotFound(err) || IsUnavailable(err) {
+	if n := other.count("GET /v2/library/node/manifests/22"); n != 0 {
+		t.Errorf("a mirror after the one that answered was asked %d times", n)
+	}
+	// No mirror carries it: refused without a request. (It used to be
+	// neither not-found nor unavailable; it is now a NotFound that was
+	// never sent, which the cache answers with the origin's own error.)
+	_, err = r.TagAtMirror(ctx, repo(t, "bitnami/redis"), tag(t, "7"), nil)
+	if !regerr.Is(err, regerr.NotFound) || !isNotSent(err) || regerr.Transient(err) {
 		t.Errorf("no mirror: got %v", err)
 	}
-	if _, err := r.ResolveTagAtMirror(ctx, "library/node", d.String(), nil); err == nil {
-		t.Error("a digest is not a tag")
+	for _, f := range []*fakeRegistry{empty, mirror, other} {
+		if n := f.count("GET /v2/bitnami/redis/manifests/7"); n != 0 {
+			t.Errorf("a mirror not configured for bitnami/* was asked")
+		}
+	}
+	// A digest is not a tag: the type cannot hold one.
+	if _, err := ref.NewTag(d.String()); err == nil {
+		t.Error("a digest made a tag")
 	}
 }
 
@@ -613,16 +650,28 @@ func TestMirrorsNeverSeeOriginCredentials(t *testing.T) {
 	origin := newFakeRegistry(t, "basic")
 	blob := []byte("x")
 	d := origin.putBlob(blob)
+	md := origin.putManifest("library/node", "22", ocispec.MediaTypeImageManifest, []byte(testManifest))
 	r := newRegistryT(t, Config{URL: origin.srv.URL, Auth: credsFor(origin), Mirrors: []MirrorConfig{{URL: mirror.srv.URL}}}, newFakeClock())
-	b, err := r.GetBlob(context.Background(), "library/node", d)
+	ctx := context.Background()
+	node := repo(t, "library/node")
+	b, err := r.Blob(ctx, node, d, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.Body.Close()
+	if _, err := readBlob(b); err != nil || b.Source != SourceOrigin {
+		t.Fatalf("blob from %q: %v", b.Source, err)
+	}
+	if _, err := r.StatBlob(ctx, node, d); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Manifest(ctx, node, md, AnySource); err != nil {
+		t.Fatal(err)
+	}
+	r.TagAtMirror(ctx, node, tag(t, "22"), nil)
 	mu.Lock()
 	defer mu.Unlock()
-	if len(seen) == 0 {
-		t.Fatal("mirror not asked")
+	if len(seen) < 4 {
+		t.Fatalf("mirror asked %d times, want every call to try it", len(seen))
 	}
 	for _, a := range seen {
 		if a != "" {
@@ -657,36 +706,46 @@ func TestMirrorConfigErrors(t *testing.T) {
 // TestMirrorBadDigestRemembered: once a mirror has served wrong bytes for a
 // digest, the next request for that digest skips it and goes to the next
 // source at once, though the mirror's breaker is still closed; an hour
-// later the mirror is asked again.
+// later the mirror is asked again. Every mismatch is counted in metrics.
 func TestMirrorBadDigestRemembered(t *testing.T) {
 	good := []byte(testManifest)
 	md := digest.FromBytes(good)
 	layer := []byte("real layer")
 	bd := digest.FromBytes(layer)
+	sized := []byte("another real layer")
+	sd := digest.FromBytes(sized)
 
 	liar := newFakeRegistry(t, "anon")
 	liar.mu.Lock()
 	liar.manifests["library/node@"+md.String()] = fakeManifest{mediaType: ocispec.MediaTypeImageManifest, data: []byte(`{"schemaVersion":2,"evil":true}`), header: md.String()}
-	liar.blobs[bd] = []byte("corrupted layer")
+	liar.blobs[bd] = []byte("fake layer") // the right length, the wrong bytes
+	liar.blobs[sd] = []byte("a layer of another length")
 	liar.mu.Unlock()
+	// The liar serves other content right, so its breaker stays closed:
+	// what keeps it from being asked again is its memory of bad content.
+	healthy := liar.putBlob([]byte("served right"))
 	origin := newFakeRegistry(t, "anon")
 	origin.putManifest("library/node", "", ocispec.MediaTypeImageManifest, good)
 	origin.putBlob(layer)
+	origin.putBlob(sized)
 	clock := newFakeClock()
-	r := newRegistryT(t, Config{URL: origin.srv.URL, Mirrors: []MirrorConfig{{Name: "liar", URL: liar.srv.URL}}}, clock)
+	m := metrics.New()
+	r := newRegistryT(t, Config{URL: origin.srv.URL, Metrics: m, Mirrors: []MirrorConfig{{Name: "liar", URL: liar.srv.URL}}}, clock)
 	ctx := context.Background()
+	node := repo(t, "library/node")
 
-	getBlob := func() ([]byte, string, error) {
-		b, err := r.GetBlob(ctx, "library/node", bd)
-		if err != nil {
-			return nil, "", err
+	getBlob := func(d digest.Digest, size int64) func() ([]byte, string, error) {
+		return func() ([]byte, string, error) {
+			b, err := r.Blob(ctx, node, d, size)
+			if err != nil {
+				return nil, "", err
+			}
+			data, err := readBlob(b)
+			return data, b.Source, err
 		}
-		defer b.Body.Close()
-		data, err := io.ReadAll(b.Body)
-		return data, b.Source, err
 	}
 	getManifest := func() ([]byte, string, error) {
-		m, err := r.GetManifest(ctx, "library/node", md.String(), nil)
+		m, err := r.Manifest(ctx, node, md, AnySource)
 		return m.Data, m.Source, err
 	}
 	for _, tc := range []struct {
@@ -696,17 +755,23 @@ func TestMirrorBadDigestRemembered(t *testing.T) {
 		liarKey string
 		// The first fetch of a blob is already streaming from the mirror
 		// when the mismatch shows; a manifest is checked before it is
-		// returned, so even the first fetch falls back to the origin.
+		// returned, and a blob whose Content-Length is not its size is
+		// refused before its body, so those fall back to the origin at
+		// once.
 		firstFails bool
 	}{
 		{"manifest", getManifest, good, "GET /v2/library/node/manifests/" + md.String(), false},
-		{"blob", getBlob, layer, "GET /v2/library/node/blobs/" + bd.String(), true},
+		{"blob", getBlob(bd, int64(len(layer))), layer, "GET /v2/library/node/blobs/" + bd.String(), true},
+		{"blob of the wrong length", getBlob(sd, int64(len(sized))), sized, "GET /v2/library/node/blobs/" + sd.String(), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if data, src, err := getBlob(healthy, -1)(); err != nil || src != "liar" {
+				t.Fatalf("content the mirror has right: %q from %q, %v", data, src, err)
+			}
 			data, src, err := tc.get()
 			if tc.firstFails {
-				if !isDigestInvalid(err) {
-					t.Fatalf("first fetch: err %v, want DIGEST_INVALID", err)
+				if !regerr.Is(err, regerr.BadContent) {
+					t.Fatalf("first fetch: err %v, want BadContent", err)
 				}
 			} else if err != nil || src != SourceOrigin || !bytes.Equal(data, tc.want) {
 				t.Fatalf("first fetch: %q from %q, err %v; want the origin's bytes", data, src, err)
@@ -720,11 +785,19 @@ func TestMirrorBadDigestRemembered(t *testing.T) {
 			if n := liar.count(tc.liarKey); n != 1 {
 				t.Errorf("the mirror was asked %d times for a digest it had served wrong, want 1", n)
 			}
+			if st := r.Sources()[0]; st.State != BreakerClosed {
+				t.Errorf("mirror status %+v, want a closed breaker", st)
+			}
 		})
 	}
-	st := r.Sources()[0]
-	if st.BadDigests != 2 || st.State != BreakerClosed {
-		t.Errorf("mirror status %+v, want 2 bad digests and a closed breaker", st)
+	if st := r.Sources()[0]; st.BadDigests != 3 {
+		t.Errorf("mirror status %+v, want 3 bad digests", st)
+	}
+	if got := testutil.ToFloat64(m.DigestMismatches.WithLabelValues("docker.io", "liar")); got != 3 {
+		t.Errorf("digest mismatches counted for the mirror = %v, want 3", got)
+	}
+	if got := testutil.ToFloat64(m.DigestMismatches.WithLabelValues("docker.io", SourceOrigin)); got != 0 {
+		t.Errorf("digest mismatches counted for the origin = %v, want 0", got)
 	}
 
 	clock.Advance(badContentTTL)
@@ -758,57 +831,5 @@ func TestBadContentBounded(t *testing.T) {
 	clock.Advance(badContentTTL)
 	if b.has(last) {
 		t.Error("a digest was still remembered after the TTL")
-	}
-}
-
-// GetBlobUnverified hands a mirror's bytes over unhashed and takes the
-// caller's verdict: wrong bytes count against the mirror and are remembered,
-// a body closed without a verdict counts for nothing.
-func TestGetBlobUnverifiedTakesTheCallersVerdict(t *testing.T) {
-	layer := []byte("real layer")
-	d := digest.FromBytes(layer)
-	for _, tc := range []struct {
-		name         string
-		mirrorBytes  []byte
-		verdict      func(b Blob, body []byte)
-		wantFailures int
-		wantBad      int
-	}{
-		{"matching bytes", layer, func(b Blob, body []byte) { b.Judge(nil) }, 0, 0},
-		{"wrong bytes", []byte("corrupted layer"), func(b Blob, body []byte) {
-			if digest.FromBytes(body) == d {
-				t.Fatal("the test mirror served the right bytes")
-			}
-			b.Judge(ErrContentMismatch)
-		}, 1, 1},
-		{"cut short", layer, func(b Blob, body []byte) { b.Judge(io.ErrUnexpectedEOF) }, 1, 0},
-		{"no verdict", []byte("corrupted layer"), func(Blob, []byte) {}, 0, 0},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			mirror := newFakeRegistry(t, "anon")
-			mirror.mu.Lock()
-			mirror.blobs[d] = tc.mirrorBytes
-			mirror.mu.Unlock()
-			origin := newFakeRegistry(t, "anon")
-			origin.putBlob(layer)
-			r := newRegistryT(t, Config{URL: origin.srv.URL, Mirrors: []MirrorConfig{{Name: "m", URL: mirror.srv.URL}}}, newFakeClock())
-
-			b, err := r.GetBlobUnverified(context.Background(), "library/node", d)
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, err := io.ReadAll(b.Body)
-			if err != nil {
-				t.Fatalf("an unverified body failed to read: %v", err)
-			}
-			if b.Source != "m" || !bytes.Equal(body, tc.mirrorBytes) {
-				t.Fatalf("got %q from %q, want the mirror's bytes as they are", body, b.Source)
-			}
-			tc.verdict(b, body)
-			b.Body.Close()
-			if st := r.Sources()[0]; st.Failures != tc.wantFailures || st.BadDigests != tc.wantBad {
-				t.Errorf("mirror status %+v, want %d failures and %d bad digests", st, tc.wantFailures, tc.wantBad)
-			}
-		})
 	}
 }

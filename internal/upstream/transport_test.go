@@ -78,9 +78,9 @@ func TestSchemeIsPinned(t *testing.T) {
 				cfg.Auth = credsFor(f)
 			}
 			r := newRegistryT(t, cfg, newFakeClock())
-			_, err := r.GetManifest(context.Background(), "library/alpine", d.String(), nil)
+			_, err := r.Manifest(context.Background(), repo(t, "library/alpine"), d, AnySource)
 			if ok := err == nil; ok != tc.wantOK {
-				t.Fatalf("GetManifest: err %v, want success %v", err, tc.wantOK)
+				t.Fatalf("Manifest: err %v, want success %v", err, tc.wantOK)
 			}
 			if got := l.tls.Load(); got != tc.wantTLS {
 				t.Errorf("%d TLS handshakes reached the upstream, want %d", got, tc.wantTLS)

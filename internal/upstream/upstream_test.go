@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,22 +17,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/regcache/regcache/internal/regerr"
 )
-
-const testManifest = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}`
-
-func newTestRegistry(t *testing.T, f *fakeRegistry, auth authn.Authenticator) *Registry {
-	t.Helper()
-	r, err := New(Config{Name: "test.io", URL: f.srv.URL, Auth: auth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
-
-func credsFor(f *fakeRegistry) authn.Authenticator {
-	return authn.FromConfig(authn.AuthConfig{Username: f.user, Password: f.pass})
-}
 
 func TestNewDoesNoIO(t *testing.T) {
 	// A server that is already closed: New must still succeed, and the
@@ -43,10 +30,9 @@ func TestNewDoesNoIO(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New with upstream down: %v", err)
 	}
-	_, err = r.HeadManifest(context.Background(), "library/alpine", "3.19", nil)
-	var ue *Error
-	if !errors.As(err, &ue) || ue.StatusCode != 0 || !IsUnavailable(err) {
-		t.Fatalf("want unreachable *Error, got %#v", err)
+	_, err = r.HeadManifest(context.Background(), repo(t, "library/alpine"), byTag(t, "3.19"), nil)
+	if e := asError(t, err); e.Status != 0 || e.Kind != regerr.Unavailable {
+		t.Fatalf("want an unreachable Unavailable error, got %#v", e)
 	}
 	if !strings.Contains(err.Error(), "down.io") || !strings.Contains(err.Error(), "HEAD manifest") {
 		t.Errorf("error should name registry and op: %v", err)
@@ -93,8 +79,9 @@ func TestManifestAuthModes(t *testing.T) {
 			d := f.putManifest("library/alpine", "3.19", ocispec.MediaTypeImageManifest, []byte(testManifest))
 			r := newTestRegistry(t, f, tt.auth(f))
 			ctx := context.Background()
+			alpine := repo(t, "library/alpine")
 
-			desc, err := r.HeadManifest(ctx, "library/alpine", "3.19", nil)
+			desc, err := r.HeadManifest(ctx, alpine, byTag(t, "3.19"), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -103,13 +90,17 @@ func TestManifestAuthModes(t *testing.T) {
 				t.Errorf("HeadManifest = %+v, want %+v", desc, want)
 			}
 
-			for _, ref := range []string{"3.19", d.String()} {
-				m, err := r.GetManifest(ctx, "library/alpine", ref, nil)
-				if err != nil {
-					t.Fatal(err)
-				}
+			mTag, err := r.ManifestByTag(ctx, alpine, tag(t, "3.19"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mDigest, err := r.Manifest(ctx, alpine, d, AnySource)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range []Manifest{mTag, mDigest} {
 				if !bytes.Equal(m.Data, []byte(testManifest)) || m.Digest != d || m.Size != int64(len(testManifest)) || m.MediaType != want.MediaType || m.Source != SourceOrigin {
-					t.Errorf("GetManifest(%s) = %+v", ref, m.Descriptor)
+					t.Errorf("manifest = %+v from %q", m.Descriptor, m.Source)
 				}
 			}
 			if got := f.count("GET /v2/library/alpine/manifests/3.19"); got != 1 {
@@ -132,13 +123,11 @@ func TestHeadManifestNeverGets(t *testing.T) {
 	f := newFakeRegistry(t, "anon")
 	f.putManifest("library/alpine", "3.19", ocispec.MediaTypeImageManifest, []byte(testManifest))
 	r := newTestRegistry(t, f, nil)
-	_, err := r.HeadManifest(context.Background(), "library/alpine", "missing", nil)
-	if !IsNotFound(err) {
-		t.Fatalf("want not found, got %v", err)
-	}
-	var ue *Error
-	if errors.As(err, &ue); ue.Code != CodeManifestUnknown {
-		t.Errorf("Code = %q, want MANIFEST_UNKNOWN (bare 404 on HEAD)", ue.Code)
+	alpine := repo(t, "library/alpine")
+	_, err := r.HeadManifest(context.Background(), alpine, byTag(t, "missing"), nil)
+	// A HEAD's 404 has no body: the status alone says "not found".
+	if e := asError(t, err); e.Kind != regerr.NotFound || e.Status != http.StatusNotFound {
+		t.Fatalf("want a 404 NotFound, got %v", err)
 	}
 	if got := f.count("GET /v2/library/alpine/manifests/missing"); got != 0 {
 		t.Errorf("a failed HEAD turned into %d GETs", got)
@@ -147,31 +136,40 @@ func TestHeadManifestNeverGets(t *testing.T) {
 	f.mu.Lock()
 	f.manifests["library/alpine:nodigest"] = fakeManifest{mediaType: ocispec.MediaTypeImageIndex, data: []byte(testManifest), header: "-"}
 	f.mu.Unlock()
-	desc, err := r.HeadManifest(context.Background(), "library/alpine", "nodigest", []string{ocispec.MediaTypeImageIndex})
+	desc, err := r.HeadManifest(context.Background(), alpine, byTag(t, "nodigest"), []string{ocispec.MediaTypeImageIndex})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if desc.Digest != "" || desc.MediaType != ocispec.MediaTypeImageIndex {
 		t.Errorf("HeadManifest without digest header = %+v", desc)
 	}
+	// By digest, a header naming another digest is wrong content.
+	d := digest.FromBytes([]byte(testManifest))
+	f.mu.Lock()
+	f.manifests["library/alpine@"+d.String()] = fakeManifest{mediaType: ocispec.MediaTypeImageManifest, data: []byte(testManifest), header: digest.FromString("other").String()}
+	f.mu.Unlock()
+	if _, err := r.HeadManifest(context.Background(), alpine, byDigest(d), nil); !regerr.Is(err, regerr.BadContent) {
+		t.Errorf("HEAD by digest with another digest's header: %v, want BadContent", err)
+	}
 }
 
 func TestGetManifestVerifies(t *testing.T) {
 	good := []byte(testManifest)
 	other := []byte(`{"schemaVersion":2}`)
+	big := bytes.Repeat([]byte(" "), MaxManifestSize+1)
 	tests := []struct {
 		name     string
 		stored   fakeManifest
-		ref      func(d digest.Digest) string
-		wantCode string
+		byDigest bool
+		kind     regerr.Kind
 	}{
-		{"tag, header matches", fakeManifest{data: good}, func(digest.Digest) string { return "t" }, ""},
-		{"tag, no header", fakeManifest{data: good, header: "-"}, func(digest.Digest) string { return "t" }, ""},
-		{"tag, header lies", fakeManifest{data: good, header: digest.FromBytes(other).String()}, func(digest.Digest) string { return "t" }, CodeDigestInvalid},
-		{"tag, header garbled", fakeManifest{data: good, header: "sha256:nothex"}, func(digest.Digest) string { return "t" }, CodeDigestInvalid},
-		{"digest, body differs", fakeManifest{data: other, header: "-"}, func(d digest.Digest) string { return d.String() }, CodeDigestInvalid},
-		{"digest, body matches", fakeManifest{data: good}, func(d digest.Digest) string { return d.String() }, ""},
-		{"too big", fakeManifest{data: bytes.Repeat([]byte(" "), MaxManifestSize+1), header: "-"}, func(digest.Digest) string { return "t" }, CodeManifestInvalid},
+		{"tag, header matches", fakeManifest{data: good}, false, 0},
+		{"tag, no header", fakeManifest{data: good, header: "-"}, false, 0},
+		{"tag, header lies", fakeManifest{data: good, header: digest.FromBytes(other).String()}, false, regerr.BadContent},
+		{"tag, header garbled", fakeManifest{data: good, header: "sha256:nothex"}, false, regerr.BadContent},
+		{"digest, body differs", fakeManifest{data: other, header: "-"}, true, regerr.BadContent},
+		{"digest, body matches", fakeManifest{data: good}, true, 0},
+		{"too big", fakeManifest{data: big, header: "-"}, false, regerr.TooLarge},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -179,17 +177,22 @@ func TestGetManifestVerifies(t *testing.T) {
 			r := newTestRegistry(t, f, nil)
 			want := digest.FromBytes(good)
 			tt.stored.mediaType = ocispec.MediaTypeImageManifest
-			ref := tt.ref(want)
-			key := "library/x:" + ref
-			if strings.Contains(ref, ":") {
-				key = "library/x@" + ref
+			key := "library/x:t"
+			if tt.byDigest {
+				key = "library/x@" + want.String()
 			}
 			f.mu.Lock()
 			f.manifests[key] = tt.stored
 			f.mu.Unlock()
 
-			m, err := r.GetManifest(context.Background(), "library/x", ref, nil)
-			if tt.wantCode == "" {
+			var m Manifest
+			var err error
+			if tt.byDigest {
+				m, err = r.Manifest(context.Background(), repo(t, "library/x"), want, AnySource)
+			} else {
+				m, err = r.ManifestByTag(context.Background(), repo(t, "library/x"), tag(t, "t"), nil)
+			}
+			if tt.kind == 0 {
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -198,9 +201,8 @@ func TestGetManifestVerifies(t *testing.T) {
 				}
 				return
 			}
-			var ue *Error
-			if !errors.As(err, &ue) || ue.Code != tt.wantCode {
-				t.Fatalf("want Code %s, got %v", tt.wantCode, err)
+			if !regerr.Is(err, tt.kind) {
+				t.Fatalf("want %s, got %v", tt.kind, err)
 			}
 			if m.Data != nil || m.Digest != "" {
 				t.Errorf("a rejected manifest was returned: %+v", m.Descriptor)
@@ -218,19 +220,15 @@ func TestGetBlobRedirectDropsAuthorization(t *testing.T) {
 
 			var mu sync.Mutex
 			var cdnAuth []string
-			cdn := listenOn(t, "127.0.0.2:0", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			serve := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				mu.Lock()
 				cdnAuth = append(cdnAuth, r.Header.Get("Authorization"))
 				mu.Unlock()
 				w.Write(blob)
-			}))
+			})
+			cdn := listenOn(t, "127.0.0.2:0", serve)
 			// Same IP, other port: net/http would keep the header here.
-			samehost := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				mu.Lock()
-				cdnAuth = append(cdnAuth, r.Header.Get("Authorization"))
-				mu.Unlock()
-				w.Write(blob)
-			}))
+			samehost := httptest.NewServer(serve)
 			t.Cleanup(samehost.Close)
 
 			r := newTestRegistry(t, f, credsFor(f))
@@ -238,14 +236,13 @@ func TestGetBlobRedirectDropsAuthorization(t *testing.T) {
 				f.mu.Lock()
 				f.blobBaseURL = target
 				f.mu.Unlock()
-				b, err := r.GetBlob(context.Background(), "library/alpine", d)
+				b, err := r.Blob(context.Background(), repo(t, "library/alpine"), d, int64(len(blob)))
 				if err != nil {
 					t.Fatal(err)
 				}
-				got, _ := io.ReadAll(b.Body)
-				b.Body.Close()
-				if !bytes.Equal(got, blob) {
-					t.Errorf("body = %q", got)
+				got, err := readBlob(b)
+				if err != nil || !bytes.Equal(got, blob) {
+					t.Errorf("body = %q, err %v", got, err)
 				}
 			}
 			mu.Lock()
@@ -268,32 +265,34 @@ func TestBlob(t *testing.T) {
 	d := f.putBlob(blob)
 	r := newTestRegistry(t, f, nil)
 	ctx := context.Background()
+	alpine := repo(t, "library/alpine")
 
-	desc, err := r.HeadBlob(ctx, "library/alpine", d)
+	desc, err := r.StatBlob(ctx, alpine, d)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if desc.Digest != d || desc.Size != int64(len(blob)) {
-		t.Errorf("HeadBlob = %+v", desc)
+		t.Errorf("StatBlob = %+v", desc)
 	}
-	b, err := r.GetBlob(ctx, "library/alpine", d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Body.Close()
-	got, _ := io.ReadAll(b.Body)
-	if !bytes.Equal(got, blob) || b.Size != int64(len(blob)) || b.Source != SourceOrigin {
-		t.Errorf("GetBlob = %q size %d source %q", got, b.Size, b.Source)
+	for _, size := range []int64{int64(len(blob)), -1} {
+		b, err := r.Blob(ctx, alpine, d, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := readBlob(b)
+		// Size is the Content-Length when the caller knew none.
+		if err != nil || !bytes.Equal(got, blob) || b.Size != int64(len(blob)) || b.Source != SourceOrigin {
+			t.Errorf("Blob(size %d) = %q size %d source %q, err %v", size, got, b.Size, b.Source, err)
+		}
 	}
 
 	missing := digest.FromString("nope")
-	if _, err := r.HeadBlob(ctx, "library/alpine", missing); !IsNotFound(err) {
-		t.Errorf("HeadBlob missing: %v", err)
+	if _, err := r.StatBlob(ctx, alpine, missing); !regerr.Is(err, regerr.NotFound) {
+		t.Errorf("StatBlob missing: %v", err)
 	}
-	_, err = r.GetBlob(ctx, "library/alpine", missing)
-	var ue *Error
-	if !errors.As(err, &ue) || ue.Code != CodeBlobUnknown || !IsNotFound(err) {
-		t.Errorf("GetBlob missing: %v", err)
+	_, err = r.Blob(ctx, alpine, missing, -1)
+	if e := asError(t, err); e.Code != "BLOB_UNKNOWN" || e.Kind != regerr.NotFound {
+		t.Errorf("Blob missing: %v", err)
 	}
 }
 
@@ -302,11 +301,11 @@ func TestTokenRefreshAfterExpiry(t *testing.T) {
 	f.putManifest("library/alpine", "3.19", ocispec.MediaTypeImageManifest, []byte(testManifest))
 	r := newTestRegistry(t, f, nil)
 	ctx := context.Background()
-	if _, err := r.HeadManifest(ctx, "library/alpine", "3.19", nil); err != nil {
+	if _, err := r.HeadManifest(ctx, repo(t, "library/alpine"), byTag(t, "3.19"), nil); err != nil {
 		t.Fatal(err)
 	}
 	f.expireTokens()
-	if _, err := r.GetManifest(ctx, "library/alpine", "3.19", nil); err != nil {
+	if _, err := r.ManifestByTag(ctx, repo(t, "library/alpine"), tag(t, "3.19"), nil); err != nil {
 		t.Fatalf("GET after token expiry: %v", err)
 	}
 	_, tokens := f.stats()
@@ -329,24 +328,23 @@ func TestWrongPasswordNotLeaked(t *testing.T) {
 			r, err := New(Config{
 				Name:   "test.io",
 				URL:    f.srv.URL,
-				Auth:   authn.FromConfig(authn.AuthConfig{Username: f.user, Password: password}),
+				Auth:   credsForUser(f.user, password),
 				Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = r.GetManifest(context.Background(), "library/alpine", "3.19", nil)
-			var ue *Error
-			if !errors.As(err, &ue) || ue.StatusCode != http.StatusUnauthorized || ue.Code != CodeUnauthorized {
-				t.Fatalf("want 401 UNAUTHORIZED *Error, got %#v", err)
+			_, err = r.ManifestByTag(context.Background(), repo(t, "library/alpine"), tag(t, "3.19"), nil)
+			if e := asError(t, err); e.Status != http.StatusUnauthorized || e.Kind != regerr.Denied {
+				t.Fatalf("want a 401 Denied error, got %#v", e)
 			}
 			basic := base64.StdEncoding.EncodeToString([]byte(f.user + ":" + password))
-			for _, s := range []string{err.Error(), logs.String()} {
+			for _, s := range []string{err.Error(), asError(t, err).ClientMessage(), logs.String()} {
 				if strings.Contains(s, password) || strings.Contains(s, basic) {
 					t.Errorf("credentials leaked: %s", s)
 				}
 			}
-			if IsUnavailable(err) {
+			if regerr.Transient(err) {
 				t.Error("a wrong password is not 'unavailable'")
 			}
 		})
@@ -371,7 +369,7 @@ func TestScopeCreationShared(t *testing.T) {
 	errs := make(chan error, n)
 	for range n {
 		wg.Go(func() {
-			_, err := r.HeadManifest(context.Background(), "library/alpine", "3.19", nil)
+			_, err := r.HeadManifest(context.Background(), repo(t, "library/alpine"), byTag(t, "3.19"), nil)
 			errs <- err
 		})
 	}
@@ -411,15 +409,14 @@ func TestScopeCreationFailureNotCached(t *testing.T) {
 	}
 	r := newTestRegistry(t, f, nil)
 	ctx := context.Background()
-	_, err := r.HeadManifest(ctx, "library/alpine", "3.19", nil)
-	var ue *Error
-	if !errors.As(err, &ue) || ue.StatusCode != http.StatusServiceUnavailable || !IsUnavailable(err) {
-		t.Fatalf("want 503 *Error, got %#v", err)
+	_, err := r.HeadManifest(ctx, repo(t, "library/alpine"), byTag(t, "3.19"), nil)
+	if e := asError(t, err); e.Status != http.StatusServiceUnavailable || e.Kind != regerr.Unavailable {
+		t.Fatalf("want a 503 Unavailable error, got %#v", e)
 	}
 	mu.Lock()
 	down = false
 	mu.Unlock()
-	if _, err := r.HeadManifest(ctx, "library/alpine", "3.19", nil); err != nil {
+	if _, err := r.HeadManifest(ctx, repo(t, "library/alpine"), byTag(t, "3.19"), nil); err != nil {
 		t.Fatalf("after recovery: %v", err)
 	}
 }
@@ -444,75 +441,167 @@ func TestScopeCacheBounded(t *testing.T) {
 	}
 }
 
-func TestDo(t *testing.T) {
+// TestList: tags lists and referrers come from the origin with regcache's
+// own credentials and only the query parameters their API defines.
+func TestList(t *testing.T) {
 	f := newFakeRegistry(t, "bearer")
-	var gotAuth, gotCookie, gotAccept string
-	var gotQuery url.Values
+	subject := digest.FromString("subject")
+	const link = `</v2/library/alpine/tags/list?last=b&n=2>; rel="next"`
+	index := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}`
+	type seen struct {
+		auth, cookie, accept string
+		query                url.Values
+	}
+	var mu sync.Mutex
+	got := map[string]seen{}
 	f.hook = func(w http.ResponseWriter, r *http.Request) bool {
-		if strings.HasSuffix(r.URL.Path, "/tags/list") {
-			gotAuth, gotCookie, gotAccept = r.Header.Get("Authorization"), r.Header.Get("Cookie"), r.Header.Get("Accept")
-			gotQuery = r.URL.Query()
+		if r.Header.Get("Authorization") == "" {
+			return false
+		}
+		mu.Lock()
+		got[r.URL.Path] = seen{r.Header.Get("Authorization"), r.Header.Get("Cookie"), r.Header.Get("Accept"), r.URL.Query()}
+		mu.Unlock()
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/tags/list"):
+			w.Header().Set("Link", link)
+		case strings.HasSuffix(r.URL.Path, "/referrers/"+subject.String()):
+			w.Header().Set("Content-Type", ocispec.MediaTypeImageIndex)
+			io.WriteString(w, index)
+			return true
 		}
 		return false
 	}
 	r := newTestRegistry(t, f, nil)
-	h := http.Header{}
-	h.Set("Authorization", "Bearer client-token")
-	h.Set("Cookie", "session=1")
-	h.Set("Accept", "application/json")
-	resp, err := r.Do(context.Background(), http.MethodGet, "library/alpine", "tags/list", url.Values{"n": {"10"}}, h)
+	ctx := context.Background()
+	alpine := repo(t, "library/alpine")
+
+	l, err := r.List(ctx, alpine, ListRequest{Kind: Tags, Query: url.Values{"n": {"2"}, "last": {"a"}, "evil": {"1"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(body), `"tags"`) {
-		t.Errorf("body = %s", body)
+	if !strings.Contains(string(l.Body), `"tags":["a","b"]`) || l.ContentType != "application/json" || l.Link != link {
+		t.Errorf("tags list = %s, %q, Link %q", l.Body, l.ContentType, l.Link)
 	}
-	if gotAuth == "Bearer client-token" || gotCookie != "" {
-		t.Errorf("client credentials forwarded: Authorization %q Cookie %q", gotAuth, gotCookie)
+	tags := got["/v2/library/alpine/tags/list"]
+	// A client's headers never reach the upstream: List takes none, and
+	// the upstream sees regcache's own token.
+	if !strings.HasPrefix(tags.auth, "Bearer tok-") || tags.cookie != "" {
+		t.Errorf("upstream saw Authorization %q Cookie %q; want regcache's token only", tags.auth, tags.cookie)
 	}
-	if gotAccept != "application/json" || gotQuery.Get("n") != "10" {
-		t.Errorf("Accept %q query %v not passed", gotAccept, gotQuery)
+	if want := (url.Values{"n": {"2"}, "last": {"a"}}); tags.query.Encode() != want.Encode() {
+		t.Errorf("tags query %v, want %v", tags.query, want)
 	}
 
-	_, err = r.Do(context.Background(), http.MethodGet, "library/alpine", "referrers/sha256:"+strings.Repeat("a", 64), nil, nil)
-	if !IsNotFound(err) {
-		t.Errorf("want not found *Error for 404, got %v", err)
+	l, err = r.List(ctx, alpine, ListRequest{Kind: Referrers, Digest: subject, Query: url.Values{"artifactType": {"application/x"}, "n": {"1"}}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, bad := range []struct{ method, suffix string }{
-		{http.MethodDelete, "tags/list"},
-		{http.MethodGet, "../../other/tags/list"},
-		{http.MethodGet, "/tags/list"},
-	} {
-		if _, err := r.Do(context.Background(), bad.method, "library/alpine", bad.suffix, nil, nil); err == nil {
-			t.Errorf("Do(%s, %s) should fail", bad.method, bad.suffix)
-		}
+	if string(l.Body) != index || l.ContentType != ocispec.MediaTypeImageIndex {
+		t.Errorf("referrers = %s, %q", l.Body, l.ContentType)
+	}
+	refs := got["/v2/library/alpine/referrers/"+subject.String()]
+	if refs.accept != ocispec.MediaTypeImageIndex || refs.query.Encode() != "artifactType=application%2Fx" {
+		t.Errorf("referrers request: Accept %q, query %v", refs.accept, refs.query)
+	}
+
+	_, err = r.List(ctx, alpine, ListRequest{Kind: Referrers, Digest: digest.FromString("none")})
+	if !regerr.Is(err, regerr.NotFound) {
+		t.Errorf("want NotFound for a 404, got %v", err)
 	}
 }
 
-func TestArgumentValidation(t *testing.T) {
-	f := newFakeRegistry(t, "anon")
-	r := newTestRegistry(t, f, nil)
-	ctx := context.Background()
+// TestListTooLarge: a list over MaxListSize is refused whole, never cut
+// into invalid JSON, whether or not the upstream said its length.
+func TestListTooLarge(t *testing.T) {
+	for _, announced := range []bool{false, true} {
+		t.Run(fmt.Sprintf("Content-Length sent: %v", announced), func(t *testing.T) {
+			f := newFakeRegistry(t, "anon")
+			chunk := bytes.Repeat([]byte(" "), 64<<10)
+			f.hook = func(w http.ResponseWriter, r *http.Request) bool {
+				if !strings.HasSuffix(r.URL.Path, "/tags/list") {
+					return false
+				}
+				w.Header().Set("Content-Type", "application/json")
+				if announced {
+					w.Header().Set("Content-Length", fmt.Sprint(MaxListSize+1))
+				}
+				for n := MaxListSize + 1; n > 0; n -= len(chunk) {
+					if _, err := w.Write(chunk[:min(n, len(chunk))]); err != nil {
+						return true
+					}
+				}
+				return true
+			}
+			r := newTestRegistry(t, f, nil)
+			l, err := r.List(context.Background(), repo(t, "library/alpine"), ListRequest{Kind: Tags})
+			if !regerr.Is(err, regerr.TooLarge) || l.Body != nil {
+				t.Errorf("got %d bytes, err %v; want TooLarge and no body", len(l.Body), err)
+			}
+		})
+	}
+}
+
+// TestReadLimited: the limit that bounds manifests and lists is exact,
+// with or without a Content-Length, and an announced excess is refused
+// before the body is read.
+func TestReadLimited(t *testing.T) {
+	const limit = 10
 	tests := []struct {
-		repo, ref string
-		code      string
+		name          string
+		body          string
+		contentLength int64
+		ok            bool
 	}{
-		{"../etc", "latest", CodeNameInvalid},
-		{"Library/Alpine", "latest", CodeNameInvalid},
-		{"library/alpine", "bad/tag", CodeTagInvalid},
-		{"library/alpine", "sha256:short", CodeDigestInvalid},
+		{"at the limit", "0123456789", -1, true},
+		{"at the limit, announced", "0123456789", 10, true},
+		{"one over", "0123456789A", -1, false},
+		{"announced over, body not read", "", 11, false},
+		{"empty", "", 0, true},
 	}
 	for _, tt := range tests {
-		_, err := r.GetManifest(ctx, tt.repo, tt.ref, nil)
-		var ue *Error
-		if !errors.As(err, &ue) || ue.Code != tt.code {
-			t.Errorf("GetManifest(%q, %q) = %v, want %s", tt.repo, tt.ref, err, tt.code)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			body := &countingReader{r: strings.NewReader(tt.body)}
+			resp := &http.Response{ContentLength: tt.contentLength, Body: io.NopCloser(body)}
+			data, err := readLimited(context.Background(), call{}, resp, limit, redactor{})
+			if tt.ok {
+				if err != nil || string(data) != tt.body {
+					t.Errorf("got %q, %v; want the whole body", data, err)
+				}
+				return
+			}
+			if !regerr.Is(err, regerr.TooLarge) || data != nil {
+				t.Errorf("got %q, %v; want TooLarge and nothing", data, err)
+			}
+			if body.n > limit+1 {
+				t.Errorf("read %d bytes; want at most one past the limit", body.n)
+			}
+		})
 	}
-	if n := len(f.counts); n != 0 {
-		t.Errorf("invalid arguments reached the upstream: %v", f.counts)
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// TestDigestAlgorithmChecked: names are typed (ref.Repo and ref.Tag cannot
+// hold an invalid name, see ref_test.go), but a digest.Digest is a string;
+// one whose algorithm cannot be verified is refused before any request.
+func TestDigestAlgorithmChecked(t *testing.T) {
+	f := newFakeRegistry(t, "anon")
+	r := newTestRegistry(t, f, nil)
+	_, err := r.Blob(context.Background(), repo(t, "library/alpine"), digest.Digest("md5:"+strings.Repeat("0", 32)), -1)
+	if !regerr.Is(err, regerr.Invalid) {
+		t.Errorf("unsupported algorithm: %v, want Invalid", err)
+	}
+	if got := f.requests(); len(got) != 0 {
+		t.Errorf("an unverifiable digest reached the upstream: %v", got)
 	}
 }
 
@@ -552,11 +641,9 @@ func TestRedirectSignatureNotLeaked(t *testing.T) {
 			}
 			f.mu.Unlock()
 			r := newTestRegistry(t, f, nil)
-			_, err := r.GetBlob(context.Background(), "library/alpine", d)
-			if err == nil {
-				t.Fatal("want error")
-			}
-			if strings.Contains(err.Error(), "SECRETSIG") {
+			_, err := r.Blob(context.Background(), repo(t, "library/alpine"), d, 1)
+			e := asError(t, err)
+			if strings.Contains(e.Error(), "SECRETSIG") || strings.Contains(e.ClientMessage(), "SECRETSIG") {
 				t.Errorf("error leaks the CDN signature: %v", err)
 			}
 		})
