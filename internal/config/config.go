@@ -402,11 +402,16 @@ func checkURL(key, raw string) error {
 		return fmt.Errorf("%s: must be set (for example https://registry-1.docker.io)", key)
 	}
 	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-		return fmt.Errorf("%s: %q is not an http:// or https:// URL", key, raw)
+	if err != nil {
+		// Do not echo raw: a URL that does not parse may still hold a
+		// password.
+		return fmt.Errorf("%s: not a URL", key)
 	}
 	if u.User != nil {
 		return fmt.Errorf("%s: credentials in the URL are not allowed; use the auth key", key)
+	}
+	if u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return fmt.Errorf("%s: %q is not an http:// or https:// URL", key, raw)
 	}
 	if u.Path != "" && u.Path != "/" {
 		return fmt.Errorf("%s: %q must not have a path", key, raw)

@@ -353,7 +353,9 @@ func scanDockerfile(file string, src []byte, platforms int) []Ref {
 					break
 				}
 				v, ok := strings.CutPrefix(t.text, "--from=")
-				if !ok {
+				if !ok || v == "" {
+					// An empty --from= names nothing (a fuzzer found it
+					// at the end of a file).
 					continue
 				}
 				if isStage(stages, v) {
