@@ -165,7 +165,7 @@ type fetch struct {
 	notify  chan struct{} // closed and replaced on every progress step
 	done    bool          // no more bytes will come
 	err     error         // why the fetch failed; nil after a verified commit
-	writer  store.Writer
+	writer  readBackWriter
 	refs    int // readers plus the download goroutine
 	written int64
 }
@@ -269,9 +269,15 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 		return
 	}
 	defer blob.Body.Close()
-	w, err := c.opt.Store.Create(ctx, f.d, blob.Size)
+	sw, err := c.opt.Store.Create(ctx, f.d, blob.Size)
 	if err != nil {
 		f.progress(0, true, fmt.Errorf("cache store: %w", err))
+		return
+	}
+	w, err := readBack(sw)
+	if err != nil {
+		sw.Close()
+		f.progress(0, true, fmt.Errorf("cache spool: %w", err))
 		return
 	}
 	f.mu.Lock()

@@ -6,13 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -146,7 +143,9 @@ func (s *FS) Create(_ context.Context, d digest.Digest, size int64) (Writer, err
 	if err != nil {
 		return nil, err
 	}
-	return &fsWriter{f: f, final: final, want: d, size: size, hash: d.Algorithm().Hash(), usage: &s.usage}, nil
+	w := &fsWriter{f: f, final: final, usage: &s.usage}
+	w.init(d, size)
+	return w, nil
 }
 
 func (s *FS) tempFile() (*os.File, error) {
@@ -158,19 +157,12 @@ func (s *FS) tempFile() (*os.File, error) {
 }
 
 type fsWriter struct {
+	digestCheck
 	f     *os.File
 	final string
-	want  digest.Digest
-	size  int64
-	hash  interface {
-		io.Writer
-		Sum([]byte) []byte
-	}
 
 	usage     *usage
-	written   atomic.Int64
 	mu        sync.Mutex // serialises Write/Commit/Close
-	verified  bool
 	committed bool
 	closed    bool
 }
@@ -179,19 +171,16 @@ func (w *fsWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed || w.committed || w.verified {
-		return 0, errors.New("store: write after verify, commit or close")
+		return 0, errWriteDone
 	}
 	n, err := w.f.Write(p)
-	w.hash.Write(p[:n])
-	w.written.Add(int64(n))
+	w.add(p[:n])
 	return n, err
 }
 
-// ReadAt reads from the temp file; pread on the same descriptor is safe while
+// ReadAt reads from the temp file (the optional io.ReaderAt of a Writer); pread on the same descriptor is safe while
 // another goroutine appends.
 func (w *fsWriter) ReadAt(p []byte, off int64) (int, error) { return w.f.ReadAt(p, off) }
-
-func (w *fsWriter) Written() int64 { return w.written.Load() }
 
 func (w *fsWriter) Verify(_ context.Context) error {
 	w.mu.Lock()
@@ -201,18 +190,9 @@ func (w *fsWriter) Verify(_ context.Context) error {
 
 func (w *fsWriter) verifyLocked() error {
 	if w.closed || w.committed {
-		return errors.New("store: verify after commit or close")
+		return errVerifyDone
 	}
-	if w.verified {
-		return nil
-	}
-	got := digest.NewDigestFromBytes(w.want.Algorithm(), w.hash.Sum(nil))
-	n := w.written.Load()
-	if got != w.want || (w.size >= 0 && n != w.size) {
-		return fmt.Errorf("%w: want %s (%d bytes), got %s (%d bytes)", ErrDigestMismatch, w.want, w.size, got, n)
-	}
-	w.verified = true
-	return nil
+	return w.check()
 }
 
 func (w *fsWriter) Commit(_ context.Context) error {
@@ -264,17 +244,10 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// metaPath maps a key of slash-separated segments to a file. Keys come from
-// validated registry, repository and tag names, but are checked again so a
-// bad key can never escape the root.
+// metaPath maps a key of slash-separated segments to a file.
 func (s *FS) metaPath(key string) (string, error) {
-	if key == "" || strings.HasPrefix(key, "/") {
-		return "", fmt.Errorf("invalid metadata key %q", key)
-	}
-	for _, seg := range strings.Split(key, "/") {
-		if seg == "" || seg == "." || seg == ".." || strings.ContainsRune(seg, 0) {
-			return "", fmt.Errorf("invalid metadata key %q", key)
-		}
+	if err := checkMetaKey(key); err != nil {
+		return "", err
 	}
 	return filepath.Join(s.root, "meta", filepath.FromSlash(key)), nil
 }

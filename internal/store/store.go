@@ -3,15 +3,20 @@
 // records such as tag→digest answers.
 //
 // The Store interface is what a backend implements; FS is the filesystem
-// backend. A backend must never make content visible before its digest has
-// been verified, and must survive a crash at any point without ever exposing
-// a partial blob.
+// backend (the default) and S3 keeps content in an S3 bucket. A backend must
+// never make content visible before its digest has been verified, and must
+// survive a crash at any point without ever exposing a partial blob.
+// Optional features are small interfaces a backend may add: Collector
+// (size-bounded eviction) and Redirector (direct URLs for clients).
 package store
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -53,12 +58,12 @@ type Content interface {
 // Writer receives content for a digest. Nothing is visible to Open or Stat
 // until Commit returns nil.
 //
-// A Writer also reads back what it has been given so far (ReadAt), so that
-// clients can be served from an in-flight download; a backend without local
-// files (S3) spools to local disk for that.
+// A Writer that keeps the bytes in a local file (FS) also implements
+// io.ReaderAt, so clients can be served from an in-flight download without a
+// second copy; one that does not (S3, which streams parts to the bucket)
+// leaves it to the caller to keep in-flight bytes where it can read them.
 type Writer interface {
 	io.Writer
-	io.ReaderAt
 	// Written is the number of bytes written so far.
 	Written() int64
 	// Verify checks what was written against the digest and size, without
@@ -70,6 +75,43 @@ type Writer interface {
 	// the content is dropped.
 	Commit(ctx context.Context) error
 	// Close releases the writer. Without a successful Commit the written
-	// bytes are discarded. ReadAt keeps working until Close.
+	// bytes are discarded. ReadAt, where implemented, keeps working until
+	// Close.
 	Close() error
+}
+
+// Collector is a store that keeps itself under a size by evicting the least
+// recently used content.
+type Collector interface {
+	// Collect evicts least recently used blobs until the store holds at
+	// most low bytes, if it holds more than high. Blobs used recently are
+	// kept even above low, so an image being pulled is never cut in half.
+	Collect(ctx context.Context, high, low int64, now time.Time) (GCStats, error)
+}
+
+// Redirector is a store whose committed content clients can fetch directly,
+// so blob bytes need not pass through regcache (storage.s3.redirect).
+type Redirector interface {
+	// BlobURL returns a URL that answers method (GET or HEAD) for committed
+	// content d until expiry has passed. It does not check that d is
+	// stored; the caller has just found it. The URL carries a signature
+	// (and, with temporary credentials, a session token): treat it as a
+	// short-lived secret, never log it.
+	BlobURL(ctx context.Context, d digest.Digest, method string, expiry time.Duration) (string, error)
+}
+
+// checkMetaKey rejects keys that are not slash-separated, non-empty, plain
+// segments. Keys come from validated registry, repository and tag names,
+// but are checked again so a bad key can never escape the root or alias
+// another record ("a//b" and "a/b" are one object in some backends).
+func checkMetaKey(key string) error {
+	if key == "" || strings.HasPrefix(key, "/") {
+		return fmt.Errorf("invalid metadata key %q", key)
+	}
+	for _, seg := range strings.Split(key, "/") {
+		if seg == "" || seg == "." || seg == ".." || strings.ContainsRune(seg, 0) {
+			return fmt.Errorf("invalid metadata key %q", key)
+		}
+	}
+	return nil
 }
