@@ -32,7 +32,7 @@ type App struct {
 	Handler   http.Handler
 	Metrics   *metrics.Metrics
 	Cache     *pull.Cache
-	Store     *store.FS
+	Store     store.Store
 	Upstreams map[string]*upstream.Registry
 	// TLS is set when the config has tls: serve HTTPS with it.
 	TLS *tls.Config
@@ -114,7 +114,11 @@ func (a *App) gcLoop(ctx context.Context, max int64) {
 }
 
 func (a *App) collect(ctx context.Context, max int64) {
-	st, err := a.Store.Collect(ctx, max, max/10*9, time.Now())
+	c, ok := a.Store.(store.Collector)
+	if !ok {
+		return
+	}
+	st, err := c.Collect(ctx, max, max/10*9, time.Now())
 	if err != nil {
 		if ctx.Err() == nil {
 			a.log.Warn("storage collection failed", "err", err)
@@ -132,7 +136,7 @@ func (a *App) collect(ctx context.Context, max int64) {
 // New builds an App. It makes no network connection: regcache must start,
 // and serve its cache, with every upstream down.
 func New(cfg *config.Config, log *slog.Logger) (*App, error) {
-	st, err := store.OpenFS(cfg.Storage.Root)
+	st, err := openStore(cfg.Storage)
 	if err != nil {
 		return nil, err
 	}
@@ -210,6 +214,16 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 	}
 	a.Handler = server.New(sopt)
 	return a, nil
+}
+
+// openStore opens storage.s3 when configured, else the filesystem store
+// under storage.root. Neither touches the network.
+func openStore(c config.Storage) (store.Store, error) {
+	if s := c.S3; s != nil {
+		return store.OpenS3(context.Background(), store.S3Options{Bucket: s.Bucket, Region: s.Region,
+			Endpoint: s.Endpoint, PathStyle: s.PathStyle, Prefix: s.Prefix, Redirect: s.Redirect})
+	}
+	return store.OpenFS(c.Root)
 }
 
 func sortedKeys[V any](m map[string]V) []string {
