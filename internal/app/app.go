@@ -33,7 +33,7 @@ type App struct {
 	Handler   http.Handler
 	Metrics   *metrics.Metrics
 	Cache     *pull.Cache
-	Store     *store.FS
+	Store     store.Store
 	Upstreams map[string]*upstream.Registry
 	// TLS is set when the config has tls: serve HTTPS with it.
 	TLS *tls.Config
@@ -124,18 +124,22 @@ func (a *App) gcLoop(ctx context.Context) {
 }
 
 func (a *App) collect(ctx context.Context) {
+	c, ok := a.Store.(store.Collector)
+	if !ok {
+		return
+	}
 	max := int64(a.cfg.Storage.MaxSize)
 	if max <= 0 {
 		max = math.MaxInt64
 	}
-	st, err := a.Store.Collect(ctx, max, max/10*9, time.Now())
+	st, err := c.Collect(ctx, max, max/10*9, time.Now())
 	if err != nil {
 		if ctx.Err() == nil {
 			a.log.Warn("storage collection failed", "err", err)
 		}
 		return
 	}
-	a.Metrics.StoreBytes.Set(float64(a.Store.Size()))
+	a.Metrics.StoreBytes.Set(float64(c.Size()))
 	if st.Evicted > 0 {
 		a.Metrics.EvictedBytes.Add(float64(st.EvictedBytes))
 		a.log.Info("evicted least recently used content", "blobs", st.Evicted, "bytes", st.EvictedBytes,
@@ -146,7 +150,7 @@ func (a *App) collect(ctx context.Context) {
 // New builds an App. It makes no network connection: regcache must start,
 // and serve its cache, with every upstream down.
 func New(cfg *config.Config, log *slog.Logger) (*App, error) {
-	st, err := store.OpenFS(cfg.Storage.Root)
+	st, err := openStore(cfg.Storage)
 	if err != nil {
 		return nil, err
 	}
@@ -242,6 +246,16 @@ func (a *App) requestCollect() {
 	case a.collectNow <- struct{}{}:
 	default:
 	}
+}
+
+// openStore opens storage.s3 when configured, else the filesystem store
+// under storage.root. Neither touches the network.
+func openStore(c config.Storage) (store.Store, error) {
+	if s := c.S3; s != nil {
+		return store.OpenS3(context.Background(), store.S3Options{Bucket: s.Bucket, Region: s.Region,
+			Endpoint: s.Endpoint, PathStyle: s.PathStyle, Prefix: s.Prefix, Redirect: s.Redirect})
+	}
+	return store.OpenFS(c.Root)
 }
 
 func sortedKeys[V any](m map[string]V) []string {

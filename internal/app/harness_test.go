@@ -35,6 +35,9 @@ type stackOptions struct {
 	hub    testhub.Options
 	// user configures regcache with credentials for this hub user.
 	user string
+	// storage replaces the storage block (YAML flow style); "{{root}}" in
+	// it becomes a fresh directory.
+	storage string
 	// extra is appended to the config; "{{hub}}" in it becomes the hub's
 	// URL. It starts inside the docker.io registry entry, so it can add
 	// registries (at two spaces) or top-level keys (at none).
@@ -56,8 +59,11 @@ func newStack(t *testing.T, opt stackOptions) *stack {
 	if opt.tagTTL == "" {
 		opt.tagTTL = "5m"
 	}
-	yaml := fmt.Sprintf("listen: 127.0.0.1:0\nstorage: {root: %s}\ntag_ttl: %s\nupstream_timeout: 10s\nlog_level: debug\nregistries:\n  docker.io:\n    url: %s\n",
-		t.TempDir(), opt.tagTTL, s.hub.URL)
+	if opt.storage == "" {
+		opt.storage = "{root: {{root}}}"
+	}
+	yaml := fmt.Sprintf("listen: 127.0.0.1:0\nstorage: %s\ntag_ttl: %s\nupstream_timeout: 10s\nlog_level: debug\nregistries:\n  docker.io:\n    url: %s\n",
+		strings.ReplaceAll(opt.storage, "{{root}}", t.TempDir()), opt.tagTTL, s.hub.URL)
 	if opt.user != "" {
 		env := "RC_TEST_SECRET_" + strings.ToUpper(randomHex(t))
 		t.Setenv(env, s.secret)

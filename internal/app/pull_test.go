@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/regcache/regcache/internal/config"
+	"github.com/regcache/regcache/internal/store"
 	"github.com/regcache/regcache/internal/testhub"
 )
 
@@ -277,7 +278,7 @@ func TestCorruptUpstreamNeverCached(t *testing.T) {
 					t.Errorf("%s entered the cache", d)
 				}
 			}
-			if entries, _ := os.ReadDir(filepath.Join(s.app.Store.Root(), "tmp")); len(entries) != 0 {
+			if entries, _ := os.ReadDir(filepath.Join(s.app.Store.(*store.FS).Root(), "tmp")); len(entries) != 0 {
 				t.Errorf("%d temp files left", len(entries))
 			}
 			s.hub.SetFault(testhub.FaultNone)
@@ -537,7 +538,7 @@ func TestStartsOfflineAndServesCache(t *testing.T) {
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := ln.Addr().String()
 	ln.Close()
-	yaml := fmt.Sprintf("storage: {root: %s}\ntag_ttl: 0s\nupstream_timeout: 2s\nregistries:\n  docker.io:\n    url: http://%s\n", s.app.Store.Root(), dead)
+	yaml := fmt.Sprintf("storage: {root: %s}\ntag_ttl: 0s\nupstream_timeout: 2s\nregistries:\n  docker.io:\n    url: http://%s\n", s.app.Store.(*store.FS).Root(), dead)
 	cfg, err := config.Parse([]byte(yaml), "offline")
 	if err != nil {
 		t.Fatal(err)
@@ -597,7 +598,7 @@ func TestStoreSizeBound(t *testing.T) {
 	}
 	// Age everything past the in-use grace, image 0's layer the most.
 	old := time.Now().Add(-2 * time.Hour)
-	filepath.WalkDir(filepath.Join(s.app.Store.Root(), "blobs"), func(p string, d os.DirEntry, err error) error {
+	filepath.WalkDir(filepath.Join(s.app.Store.(*store.FS).Root(), "blobs"), func(p string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
 			at := old
 			if filepath.Base(p) == imgs[0].Layers[0].Encoded() {

@@ -100,7 +100,36 @@ type Storage struct {
 	MaxSize ByteSize `yaml:"max_size"`
 	// GCInterval is how often the size is checked when MaxSize is set.
 	GCInterval Duration `yaml:"gc_interval"`
+	// S3, when set, keeps content in an S3 bucket instead of under Root.
+	S3 *S3 `yaml:"s3"`
 }
+
+// S3 is an S3 bucket (AWS, or an S3-compatible server at Endpoint) that
+// holds the cache. Credentials are not configured here: they come from the
+// AWS SDK's default chain (environment, shared files, web identity, ECS or
+// EC2 role), so they never sit in regcache's config.
+type S3 struct {
+	Bucket string `yaml:"bucket"`
+	// Region may be left to AWS_REGION or the shared config; with an
+	// Endpoint it defaults to us-east-1.
+	Region string `yaml:"region"`
+	// Endpoint is an S3-compatible server's URL; empty means AWS.
+	Endpoint string `yaml:"endpoint"`
+	// PathStyle addresses endpoint/bucket/key instead of
+	// bucket.endpoint/key.
+	PathStyle bool `yaml:"path_style"`
+	// Prefix puts every object under this key prefix, so one bucket can
+	// hold several caches.
+	Prefix string `yaml:"prefix"`
+	// Redirect answers cached blob GETs with a 307 to a presigned URL
+	// valid for RedirectExpiry, so the bytes do not pass through regcache.
+	Redirect       bool     `yaml:"redirect"`
+	RedirectExpiry Duration `yaml:"redirect_expiry"`
+}
+
+// defaultRedirectExpiry is how long a presigned blob URL is valid when
+// storage.s3.redirect_expiry is not set (Distribution's default too).
+const defaultRedirectExpiry = 20 * time.Minute
 
 // ByteSize is a size such as 500MiB, 50GB or 1073741824.
 type ByteSize int64
@@ -288,6 +317,9 @@ func (c *Config) validate() error {
 	if c.Storage.Root == "" {
 		return errors.New("storage.root: must not be empty")
 	}
+	if err := c.Storage.S3.validate(); err != nil {
+		return err
+	}
 	if len(c.Registries) == 0 {
 		return errors.New("registries: at least one registry is required")
 	}
@@ -392,6 +424,54 @@ func (c *Config) validate() error {
 		}
 		if t.Key == "" {
 			return errors.New("tls.key: must name a PEM private key file")
+		}
+	}
+	return nil
+}
+
+// validate checks storage.s3 and fills in its defaults.
+func (s *S3) validate() error {
+	if s == nil {
+		return nil
+	}
+	if err := checkBucketName(s.Bucket); err != nil {
+		return fmt.Errorf("storage.s3.bucket: %w", err)
+	}
+	if s.Endpoint != "" {
+		if err := checkURL("storage.s3.endpoint", s.Endpoint); err != nil {
+			return err
+		}
+	}
+	if p := strings.Trim(s.Prefix, "/"); p != "" {
+		for _, seg := range strings.Split(p, "/") {
+			if seg == "" || seg == "." || seg == ".." {
+				return fmt.Errorf("storage.s3.prefix: %q must be plain segments separated by single slashes", s.Prefix)
+			}
+		}
+	}
+	if s.RedirectExpiry == 0 {
+		s.RedirectExpiry = Duration(defaultRedirectExpiry)
+	}
+	// SigV4 signatures are checked in whole seconds and last 7 days at most.
+	if d := s.RedirectExpiry.D(); d < time.Second || d > 7*24*time.Hour {
+		return fmt.Errorf("storage.s3.redirect_expiry: %s is not between 1s and 168h", d)
+	}
+	return nil
+}
+
+// checkBucketName applies S3's naming rules, so a typo is reported at
+// start-up rather than as a signature or DNS error on the first pull.
+func checkBucketName(b string) error {
+	if b == "" {
+		return errors.New("must be set")
+	}
+	if len(b) < 3 || len(b) > 63 {
+		return fmt.Errorf("%q must be 3 to 63 characters long", b)
+	}
+	for i, r := range b {
+		ok := r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || (r == '-' || r == '.') && i > 0 && i < len(b)-1
+		if !ok {
+			return fmt.Errorf("%q may hold only lower-case letters, digits, and inner dots and hyphens", b)
 		}
 	}
 	return nil

@@ -54,6 +54,12 @@ func TestParseErrors(t *testing.T) {
 		{"unknown client_auth key", "client_auth: {htpasswd: /x, users: [a]}\n", []string{"unknown key users"}},
 		{"tls without key", "tls: {certificate: /c.pem}\n", []string{"tls.key"}},
 		{"tls without certificate", "tls: {key: /k.pem}\n", []string{"tls.certificate"}},
+		{"s3 without bucket", "storage: {s3: {region: eu-west-1}}\n", []string{"storage.s3.bucket", "must be set"}},
+		{"s3 bad bucket", "storage: {s3: {bucket: My_Bucket}}\n", []string{"storage.s3.bucket", "My_Bucket"}},
+		{"s3 bad endpoint", "storage: {s3: {bucket: cache, endpoint: minio:9000}}\n", []string{"storage.s3.endpoint"}},
+		{"s3 bad prefix", "storage: {s3: {bucket: cache, prefix: a//b}}\n", []string{"storage.s3.prefix"}},
+		{"s3 redirect expiry too long", "storage: {s3: {bucket: cache, redirect: true, redirect_expiry: 200h}}\n", []string{"storage.s3.redirect_expiry"}},
+		{"s3 unknown key", "storage: {s3: {bucket: cache, access_key: x}}\n", []string{"unknown key access_key"}},
 		{"duplicate alias", "registries:\n  docker.io:\n    url: https://a.example\n    aliases: [ghcr.io]\n  ghcr.io:\n    url: https://ghcr.io\n", []string{"aliases", "ghcr.io"}},
 	}
 	for _, tc := range tests {
@@ -135,5 +141,19 @@ func TestParseByteSize(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
 		}
+	}
+}
+
+func TestParseS3Storage(t *testing.T) {
+	c, err := Parse([]byte("storage:\n  s3:\n    bucket: regcache-cache\n    endpoint: http://127.0.0.1:7070\n    path_style: true\n    prefix: eu/\n    redirect: true\n"), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.Storage.S3
+	if s == nil || s.Bucket != "regcache-cache" || !s.PathStyle || s.Prefix != "eu/" || !s.Redirect || s.RedirectExpiry.D() != 20*time.Minute {
+		t.Fatalf("got %+v", s)
+	}
+	if d := Default(); d.Storage.S3 != nil {
+		t.Fatal("the embedded default is not the filesystem store")
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -262,15 +261,8 @@ func syncDir(dir string) error {
 
 // metaPath maps a key of slash-separated segments to a file.
 func (s *FS) metaPath(key string) (string, error) {
-	// Keys come from paths.go, built from validated names; the check is a
-	// second line of defence so a bad key can never escape the root.
-	if key == "" || strings.HasPrefix(key, "/") {
-		return "", fmt.Errorf("invalid metadata key %q", key)
-	}
-	for _, seg := range strings.Split(key, "/") {
-		if seg == "" || seg == "." || seg == ".." || strings.ContainsRune(seg, 0) {
-			return "", fmt.Errorf("invalid metadata key %q", key)
-		}
+	if err := checkMetaKey(key); err != nil {
+		return "", err
 	}
 	return filepath.Join(s.root, "meta", filepath.FromSlash(key)), nil
 }

@@ -13,67 +13,6 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-func TestFSCommit(t *testing.T) {
-	ctx := context.Background()
-	good := []byte("hello, layer")
-	tests := []struct {
-		name    string
-		want    digest.Digest
-		size    int64
-		write   []byte
-		wantErr error
-	}{
-		{"committed", digest.FromBytes(good), int64(len(good)), good, nil},
-		{"unknown size", digest.FromBytes(good), -1, good, nil},
-		{"truncated", digest.FromBytes(good), int64(len(good)), good[:5], ErrSizeMismatch},
-		{"longer than announced", digest.FromBytes(good), 3, good, ErrSizeMismatch},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			s, err := OpenFS(t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
-			w, err := s.Create(ctx, tc.want, tc.size)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := w.Write(tc.write); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := s.Stat(ctx, tc.want); !errors.Is(err, ErrNotFound) {
-				t.Fatalf("content visible before commit: %v", err)
-			}
-			err = w.Commit(ctx)
-			if !errors.Is(err, tc.wantErr) {
-				t.Fatalf("Commit = %v, want %v", err, tc.wantErr)
-			}
-			if err := w.Close(); err != nil {
-				t.Fatal(err)
-			}
-			_, statErr := s.Stat(ctx, tc.want)
-			if tc.wantErr != nil {
-				if !errors.Is(statErr, ErrNotFound) {
-					t.Fatalf("bad content became visible: %v", statErr)
-				}
-				if n := countFiles(t, filepath.Join(s.Root(), "tmp")); n != 0 {
-					t.Fatalf("%d temp files left after a failed commit", n)
-				}
-				return
-			}
-			c, err := s.Open(ctx, tc.want)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			got, _ := io.ReadAll(c)
-			if !bytes.Equal(got, good) || c.Size() != int64(len(good)) {
-				t.Fatalf("read back %q (size %d)", got, c.Size())
-			}
-		})
-	}
-}
-
 func TestFSReadAtWhileWriting(t *testing.T) {
 	ctx := context.Background()
 	s, _ := OpenFS(t.TempDir())
@@ -116,47 +55,6 @@ func TestOpenFSDiscardsPartialWrites(t *testing.T) {
 	}
 	if n := countFiles(t, filepath.Join(root, "tmp")); n != 0 {
 		t.Fatalf("restart left %d temp files", n)
-	}
-}
-
-func TestFSMeta(t *testing.T) {
-	ctx := context.Background()
-	s, _ := OpenFS(t.TempDir())
-	tests := []struct {
-		key   string
-		valid bool
-	}{
-		{"tags/docker.io/library/alpine/3.19", true},
-		{"tags/127.0.0.1:5000/a/b", true},
-		{"../escape", false},
-		{"tags/../../x", false},
-		{"/abs", false},
-		{"a//b", false},
-		{"", false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.key, func(t *testing.T) {
-			err := s.PutMeta(ctx, tc.key, []byte("v1"))
-			if (err == nil) != tc.valid {
-				t.Fatalf("PutMeta err = %v, valid = %v", err, tc.valid)
-			}
-			if !tc.valid {
-				return
-			}
-			if err := s.PutMeta(ctx, tc.key, []byte("v2")); err != nil {
-				t.Fatal(err)
-			}
-			got, err := s.GetMeta(ctx, tc.key)
-			if err != nil || string(got) != "v2" {
-				t.Fatalf("GetMeta = %q, %v", got, err)
-			}
-			if err := s.DeleteMeta(ctx, tc.key); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := s.GetMeta(ctx, tc.key); !errors.Is(err, ErrNotFound) {
-				t.Fatalf("after delete: %v", err)
-			}
-		})
 	}
 }
 
@@ -216,25 +114,6 @@ func TestCollectEvictsLeastRecentlyUsed(t *testing.T) {
 	st, _ = s.Collect(ctx, 0, 0, now.Add(time.Minute))
 	if _, err := s.Stat(ctx, inUse); err != nil || st.Evicted != 0 {
 		t.Fatalf("a blob in use was evicted: %+v", st)
-	}
-}
-
-func TestFSWriteAfterCommitRefused(t *testing.T) {
-	ctx := context.Background()
-	s, _ := OpenFS(t.TempDir())
-	data := []byte("committed once")
-	d := digest.FromBytes(data)
-	w, _ := s.Create(ctx, d, int64(len(data)))
-	defer w.Close()
-	w.Write(data)
-	if err := w.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.Write([]byte("x")); err == nil {
-		t.Fatal("write after commit accepted")
-	}
-	if err := w.Commit(ctx); err == nil {
-		t.Fatal("second commit accepted")
 	}
 }
 

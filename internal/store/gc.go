@@ -21,31 +21,46 @@ const touchEvery = 10 * time.Minute
 // they belong to pulls in progress, whose manifest was already served.
 const recentGrace = 15 * time.Minute
 
-// accessClock remembers when each blob's access time was last written, so
-// Open touches a file at most once per touchEvery.
+// accessClock remembers when each blob's access time was last recorded, so
+// a read records it at most once per touchEvery.
 type accessClock struct {
 	mu   sync.Mutex
 	last map[string]time.Time
 }
 
-func (a *accessClock) touch(path string, now time.Time) {
+// due reports whether key's access time should be recorded now, and if so
+// counts it as recorded.
+func (a *accessClock) due(key string, now time.Time) bool {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.last == nil {
 		a.last = map[string]time.Time{}
 	}
-	prev, ok := a.last[path]
-	if ok && now.Sub(prev) < touchEvery {
-		a.mu.Unlock()
-		return
+	if prev, ok := a.last[key]; ok && now.Sub(prev) < touchEvery {
+		return false
 	}
 	if len(a.last) > 1_000_000 {
-		// Forgetting only costs an extra Chtimes.
+		// Forgetting only costs an extra write.
 		a.last = map[string]time.Time{}
 	}
-	a.last[path] = now
+	a.last[key] = now
+	return true
+}
+
+// forget undoes due for a record that could not be written, so the next
+// read tries again.
+func (a *accessClock) forget(key string) {
+	a.mu.Lock()
+	delete(a.last, key)
 	a.mu.Unlock()
-	// The access time is set explicitly: relatime and noatime mounts do not
-	// keep it, and eviction needs it across restarts.
+}
+
+// touch sets path's access time explicitly: relatime and noatime mounts do
+// not keep it, and eviction needs it across restarts.
+func (a *accessClock) touch(path string, now time.Time) {
+	if !a.due(path, now) {
+		return
+	}
 	if fi, err := os.Stat(path); err == nil {
 		_ = os.Chtimes(path, now, fi.ModTime())
 	}
@@ -84,26 +99,56 @@ type GCStats struct {
 // truncated. Content can always be fetched again; metadata that names an
 // evicted digest reads as "not cached".
 func (s *FS) Collect(ctx context.Context, high, low int64, now time.Time) (GCStats, error) {
-	if w := s.usage.walked.Load(); w != 0 && now.Sub(time.Unix(0, w)) < rewalkEvery {
-		if b := s.usage.bytes.Load(); b <= high {
+	return s.usage.collect(high, now, rewalkEvery, func() (GCStats, error) { return s.walkAndEvict(ctx, high, low, now) })
+}
+
+// collect runs walk, which measures the store and evicts, unless the
+// running size, measured less than every ago, is at most high.
+func (u *usage) collect(high int64, now time.Time, every time.Duration, walk func() (GCStats, error)) (GCStats, error) {
+	if w := u.walked.Load(); w != 0 && now.Sub(time.Unix(0, w)) < every {
+		if b := u.bytes.Load(); b <= high {
 			return GCStats{Bytes: b}, nil
 		}
 	}
-	st, err := s.walkAndEvict(ctx, high, low, now)
+	st, err := walk()
 	if err == nil {
-		s.usage.bytes.Store(st.Bytes - st.EvictedBytes)
-		s.usage.walked.Store(now.UnixNano())
+		u.bytes.Store(st.Bytes - st.EvictedBytes)
+		u.walked.Store(now.UnixNano())
 	}
 	return st, err
 }
 
-func (s *FS) walkAndEvict(ctx context.Context, high, low int64, now time.Time) (GCStats, error) {
-	type entry struct {
-		path  string
-		size  int64
-		atime time.Time
+// lruEntry is one blob as eviction sees it.
+type lruEntry struct {
+	key   string // the backend's name for it
+	size  int64
+	atime time.Time // last use
+}
+
+// evictLRU removes blobs, least recently used first, until st.Bytes less
+// what it removed is at most low. It stops at the first blob used within
+// recentGrace of now, and skips those that remove refuses or fails on.
+func evictLRU(st *GCStats, all []lruEntry, low int64, now time.Time, remove func(lruEntry) bool) {
+	sort.Slice(all, func(i, j int) bool { return all[i].atime.Before(all[j].atime) })
+	total := st.Bytes
+	for _, e := range all {
+		if total <= low {
+			break
+		}
+		if now.Sub(e.atime) < recentGrace {
+			break // everything after is newer still
+		}
+		if !remove(e) {
+			continue
+		}
+		total -= e.size
+		st.Evicted++
+		st.EvictedBytes += e.size
 	}
-	var all []entry
+}
+
+func (s *FS) walkAndEvict(ctx context.Context, high, low int64, now time.Time) (GCStats, error) {
+	var all []lruEntry
 	st := GCStats{Walked: true}
 	err := filepath.WalkDir(filepath.Join(s.root, "blobs"), func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -125,7 +170,7 @@ func (s *FS) walkAndEvict(ctx context.Context, high, low int64, now time.Time) (
 				at = a
 			}
 		}
-		all = append(all, entry{p, fi.Size(), at})
+		all = append(all, lruEntry{p, fi.Size(), at})
 		st.Blobs++
 		st.Bytes += fi.Size()
 		return nil
@@ -136,22 +181,7 @@ func (s *FS) walkAndEvict(ctx context.Context, high, low int64, now time.Time) (
 	if st.Bytes <= high {
 		return st, nil
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i].atime.Before(all[j].atime) })
-	total := st.Bytes
-	for _, e := range all {
-		if total <= low {
-			break
-		}
-		if now.Sub(e.atime) < recentGrace {
-			break // everything after is newer still
-		}
-		if err := os.Remove(e.path); err != nil {
-			continue
-		}
-		total -= e.size
-		st.Evicted++
-		st.EvictedBytes += e.size
-	}
+	evictLRU(&st, all, low, now, func(e lruEntry) bool { return os.Remove(e.key) == nil })
 	return st, nil
 }
 

@@ -4,16 +4,21 @@
 // backend keeps.
 //
 // The Store interface is what a backend implements; FS is the filesystem
-// backend. Content is verified once, where it enters regcache (the upstream
-// package's readers hash every byte as it is read); a backend must never
-// make content visible before its writer's Commit, and must survive a crash
-// at any point without exposing a partial blob.
+// backend (the default) and S3 keeps content in an S3 bucket. Content is
+// verified once, where it enters regcache (the upstream package's readers
+// hash every byte as it is read); a backend must never make content visible
+// before its writer's Commit, and must survive a crash at any point without
+// exposing a partial blob. Optional features are small interfaces a backend
+// may add: Collector (size-bounded eviction) and Redirector (direct URLs for
+// clients).
 package store
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -61,10 +66,10 @@ type Content interface {
 // Writer receives content for a digest. Nothing is visible to Open or Stat
 // until Commit returns nil.
 //
-// A writer that keeps the bytes in a local file may also implement
+// A writer that keeps the bytes in a local file (FS) may also implement
 // io.ReaderAt, so that clients who fall behind a download in flight read
-// them back from it; for a writer that does not (an object store), the
-// caller spools them itself.
+// them back from it; for a writer that does not (S3, which streams parts to
+// the bucket), the caller spools them itself.
 type Writer interface {
 	io.Writer
 	// Commit makes the content durable and publishes it under its digest.
@@ -72,16 +77,45 @@ type Writer interface {
 	// checks the size given to Create (ErrSizeMismatch).
 	Commit(ctx context.Context) error
 	// Close releases the writer. Without a successful Commit the written
-	// bytes are discarded.
+	// bytes are discarded. ReadAt, where implemented, keeps working until
+	// Close.
 	Close() error
 }
 
 // Collector keeps a store under a size bound, evicting the least recently
 // used content.
 type Collector interface {
-	// Collect evicts content while the store holds more than high bytes,
-	// until it holds at most low.
+	// Collect evicts least recently used blobs until the store holds at
+	// most low bytes, if it holds more than high. Blobs used recently are
+	// kept even above low, so an image being pulled is never cut in half.
 	Collect(ctx context.Context, high, low int64, now time.Time) (GCStats, error)
 	// Size is the store's size as last known, in bytes.
 	Size() int64
+}
+
+// Redirector is a store whose committed content clients can fetch directly,
+// so blob bytes need not pass through regcache (storage.s3.redirect).
+type Redirector interface {
+	// BlobURL returns a URL that answers method (GET or HEAD) for committed
+	// content d until expiry has passed. It does not check that d is
+	// stored; the caller has just found it. The URL carries a signature
+	// (and, with temporary credentials, a session token): treat it as a
+	// short-lived secret, never log it.
+	BlobURL(ctx context.Context, d digest.Digest, method string, expiry time.Duration) (string, error)
+}
+
+// checkMetaKey rejects keys that are not slash-separated, non-empty, plain
+// segments. Keys come from paths.go, built from validated names, but are
+// checked again so a bad key can never escape the root or alias another
+// record ("a//b" and "a/b" are one object in some backends).
+func checkMetaKey(key string) error {
+	if key == "" || strings.HasPrefix(key, "/") {
+		return fmt.Errorf("invalid metadata key %q", key)
+	}
+	for _, seg := range strings.Split(key, "/") {
+		if seg == "" || seg == "." || seg == ".." || strings.ContainsRune(seg, 0) {
+			return fmt.Errorf("invalid metadata key %q", key)
+		}
+	}
+	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -40,27 +39,37 @@ func (r *Registry) Output() string { return r.out.String() }
 // FindRegistryBinary returns the registry executable StartRegistry would use,
 // in its order of preference, or an error that says what to install.
 func FindRegistryBinary() (string, error) {
-	if p := os.Getenv(RegistryEnv); p != "" {
+	return findTool(RegistryEnv, "registry", "/usr/bin/docker-registry",
+		"install one with `go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2` "+
+			"(or `apt-get install docker-registry`)")
+}
+
+// findTool returns the executable named by $env, else name from PATH or
+// $GOPATH/bin, else fallback if it exists; or an error that says how to
+// install it.
+func findTool(env, name, fallback, install string) (string, error) {
+	if p := os.Getenv(env); p != "" {
 		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("$%s=%q: %w", RegistryEnv, p, err)
+			return "", fmt.Errorf("$%s=%q: %w", env, p, err)
 		}
 		return p, nil
 	}
-	if p, err := exec.LookPath("registry"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
-	if p := goBinRegistry(); p != "" {
+	if p := goBinTool(name); p != "" {
 		return p, nil
 	}
-	if _, err := os.Stat("/usr/bin/docker-registry"); err == nil {
-		return "/usr/bin/docker-registry", nil
+	if fallback != "" {
+		if _, err := os.Stat(fallback); err == nil {
+			return fallback, nil
+		}
 	}
-	return "", errors.New("no registry binary found: install one with " +
-		"`go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2` " +
-		"(or `apt-get install docker-registry`), or set $" + RegistryEnv)
+	return "", fmt.Errorf("no %s binary found: %s, or set $%s", name, install, env)
 }
 
-func goBinRegistry() string {
+// goBinTool returns name from $GOPATH/bin (go install's target), or "".
+func goBinTool(name string) string {
 	var dirs []string
 	if gp := os.Getenv("GOPATH"); gp != "" {
 		dirs = append(dirs, filepath.SplitList(gp)...)
@@ -76,7 +85,7 @@ func goBinRegistry() string {
 		dirs = append(dirs, filepath.Join(home, "go"))
 	}
 	for _, d := range dirs {
-		p := filepath.Join(d, "bin", "registry")
+		p := filepath.Join(d, "bin", name)
 		if st, err := os.Stat(p); err == nil && !st.IsDir() {
 			return p
 		}
@@ -191,6 +200,7 @@ http:
 	return &Registry{URL: url, Host: host, Binary: bin, Dir: data, out: out}, nil
 }
 
+// waitReady polls url until it answers 200 (or 401, a registry with auth).
 func waitReady(ctx context.Context, url string, exited <-chan error) error {
 	client := &http.Client{Timeout: time.Second}
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -206,9 +216,9 @@ func waitReady(ctx context.Context, url string, exited <-chan error) error {
 		}
 		select {
 		case err := <-exited:
-			return fmt.Errorf("registry exited before answering: %v", err)
+			return fmt.Errorf("exited before answering: %v", err)
 		case <-ctx.Done():
-			return fmt.Errorf("registry did not answer GET %s: %w", url, ctx.Err())
+			return fmt.Errorf("no answer to GET %s: %w", url, ctx.Err())
 		case <-tick.C:
 		}
 	}
