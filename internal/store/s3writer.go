@@ -60,8 +60,8 @@ type s3Writer struct {
 	size int64 // expected, or -1
 	// written counts the bytes accepted; Commit checks it against size.
 	written int64
-	key  string
-	part int64 // size of the part being filled
+	key     string
+	part    int64 // size of the part being filled
 
 	ctx      context.Context // part uploads
 	cancel   context.CancelFunc
