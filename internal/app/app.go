@@ -159,9 +159,11 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		collectNow: make(chan struct{}, 1)}
 	ups := map[string]pull.Source{}
 	limits := upstream.Limits{
-		MaxBlobSize:   int64(cfg.MaxBlobSize),
-		MinRate:       int64(cfg.MinTransferRate),
-		MaxRetryAfter: cfg.MaxRetryAfter.D(),
+		MaxBlobSize:    int64(cfg.MaxBlobSize),
+		MinRate:        int64(cfg.MinTransferRate),
+		MaxRetryAfter:  cfg.MaxRetryAfter.D(),
+		ConnectTimeout: cfg.UpstreamConnectTimeout.D(),
+		HeaderTimeout:  cfg.UpstreamHeaderTimeout.D(),
 	}
 	for _, name := range sortedKeys(cfg.Registries) {
 		rc := cfg.Registries[name]
@@ -194,17 +196,21 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 		}
 	}
 	a.Cache = pull.New(pull.Options{
-		Store:          st,
-		Sources:        ups,
-		TagTTL:         cfg.TagTTL.D(),
-		TagFallback:    cfg.TagFallback == "mirrors",
-		TagIndexSize:   cfg.TagIndexEntries,
-		ListTTL:        cfg.TagsListTTL.D(),
-		ListCacheBytes: int64(cfg.ListCacheSize),
-		FetchTimeout:   cfg.UpstreamTimeout.D(),
-		OnNoSpace:      a.requestCollect,
-		Logger:         log,
-		Metrics:        m,
+		Store:                st,
+		Sources:              ups,
+		TagTTL:               cfg.TagTTL.D(),
+		TagFallback:          cfg.TagFallback == "mirrors",
+		TagIndexSize:         cfg.TagIndexEntries,
+		ListTTL:              cfg.TagsListTTL.D(),
+		ListCacheBytes:       int64(cfg.ListCacheSize),
+		FetchTimeout:         cfg.UpstreamTimeout.D(),
+		RevalidateWait:       cfg.RevalidateWait.D(),
+		StaleWhileRevalidate: cfg.StaleWhileRevalidate,
+		MaxStale:             cfg.MaxStale.D(),
+		HedgeDelay:           cfg.HedgeDelay.D(),
+		OnNoSpace:            a.requestCollect,
+		Logger:               log,
+		Metrics:              m,
 	})
 	router := &server.Router{Lookup: cfg.Lookup, DefaultRegistry: cfg.DefaultRegistry}
 	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams))

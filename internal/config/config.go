@@ -30,6 +30,23 @@ type Config struct {
 	TagTTL          Duration `yaml:"tag_ttl"`
 	TagsListTTL     Duration `yaml:"tags_list_ttl"`
 	UpstreamTimeout Duration `yaml:"upstream_timeout"`
+	// UpstreamConnectTimeout bounds a dial and TLS handshake to an
+	// upstream; UpstreamHeaderTimeout the wait for response headers.
+	UpstreamConnectTimeout Duration `yaml:"upstream_connect_timeout"`
+	UpstreamHeaderTimeout  Duration `yaml:"upstream_header_timeout"`
+	// RevalidateWait is the longest a pull of a cached tag past tag_ttl
+	// waits for the origin; then the cached answer is served, marked
+	// stale, and the revalidation finishes in the background.
+	RevalidateWait Duration `yaml:"revalidate_wait"`
+	// StaleWhileRevalidate serves a cached tag past tag_ttl at once and
+	// always revalidates in the background.
+	StaleWhileRevalidate bool `yaml:"stale_while_revalidate"`
+	// MaxStale bounds how long past tag_ttl a cached tag may be served
+	// without the origin's word; 0 is no bound.
+	MaxStale Duration `yaml:"max_stale"`
+	// HedgeDelay is how long a tag nothing is cached for waits for the
+	// origin before the mirrors are asked too (tag_fallback: mirrors).
+	HedgeDelay      Duration `yaml:"hedge_delay"`
 	DefaultRegistry string   `yaml:"default_registry"`
 	// TagFallback says whether a tag the origin cannot resolve (429, 5xx,
 	// unreachable) and that is not cached may be resolved at a mirror:
@@ -331,10 +348,14 @@ func (c *Config) validate() error {
 	for _, d := range []struct {
 		key string
 		v   Duration
-	}{{"send_timeout", c.SendTimeout}, {"max_retry_after", c.MaxRetryAfter}} {
+	}{{"send_timeout", c.SendTimeout}, {"max_retry_after", c.MaxRetryAfter},
+		{"upstream_connect_timeout", c.UpstreamConnectTimeout}, {"upstream_header_timeout", c.UpstreamHeaderTimeout}} {
 		if d.v.D() < time.Second {
 			return fmt.Errorf("%s: %s is too short (at least 1s)", d.key, d.v.D())
 		}
+	}
+	if c.UpstreamTimeout.D() <= 0 {
+		return errors.New("upstream_timeout: must be positive")
 	}
 	for _, n := range []struct {
 		key      string

@@ -22,9 +22,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	lru2 "github.com/hashicorp/golang-lru/v2"
@@ -67,6 +69,19 @@ type Options struct {
 	// FetchTimeout bounds one upstream manifest fetch, revalidation or
 	// list.
 	FetchTimeout time.Duration
+	// RevalidateWait is the longest a client with a cached answer waits
+	// for the origin to revalidate a tag past TagTTL; 0 waits for the
+	// answer (bounded by FetchTimeout).
+	RevalidateWait time.Duration
+	// StaleWhileRevalidate answers past TagTTL at once from the cache,
+	// marked stale, and always revalidates in the background.
+	StaleWhileRevalidate bool
+	// MaxStale bounds how far past TagTTL a cached answer may be served
+	// without the origin's word (slow or failing); 0 is no bound.
+	MaxStale time.Duration
+	// HedgeDelay is how long a tag nothing is cached for waits for the
+	// origin before the mirrors are asked too (with TagFallback).
+	HedgeDelay time.Duration
 	// SpoolDir holds the spool files of downloads whose store cannot read
 	// back (an object store); default a directory under os.TempDir.
 	SpoolDir string
@@ -92,6 +107,12 @@ type Cache struct {
 	manifests *lru2.Cache[digest.Digest, []byte] // small manifests' bytes
 	sizes     *lru2.Cache[digest.Digest, int64]  // blob sizes stated by stored manifests
 	lists     *listCache
+
+	// bg is the background work the cache owns (revalidations that
+	// outlive their client); Close waits for it.
+	bgMu    sync.Mutex
+	bg      sync.WaitGroup
+	closing bool
 }
 
 // New returns a Cache.
@@ -107,6 +128,9 @@ func New(opt Options) *Cache {
 	}
 	if opt.FetchTimeout <= 0 {
 		opt.FetchTimeout = 30 * time.Second
+	}
+	if opt.HedgeDelay <= 0 {
+		opt.HedgeDelay = opt.FetchTimeout
 	}
 	if opt.OnNoSpace == nil {
 		opt.OnNoSpace = func() {}
@@ -133,9 +157,39 @@ func New(opt Options) *Cache {
 	}
 }
 
-// Close finishes the downloads in flight, so every blob a client was served
-// is committed, or gives them up when ctx ends.
-func (c *Cache) Close(ctx context.Context) error { return c.downloads.Close(ctx) }
+// Close finishes the downloads and revalidations in flight, so every blob a
+// client was served is committed, or gives up on them when ctx ends.
+func (c *Cache) Close(ctx context.Context) error {
+	c.bgMu.Lock()
+	c.closing = true
+	c.bgMu.Unlock()
+	err := c.downloads.Close(ctx)
+	done := make(chan struct{})
+	go func() { c.bg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		// Each is bounded by FetchTimeout; they end on their own.
+		err = errors.Join(err, fmt.Errorf("revalidations still in flight: %w", ctx.Err()))
+	}
+	return err
+}
+
+// enter registers background work; false once the cache is closing.
+func (c *Cache) enter() bool {
+	c.bgMu.Lock()
+	defer c.bgMu.Unlock()
+	if c.closing {
+		return false
+	}
+	c.bg.Add(1)
+	return true
+}
+
+func (c *Cache) leave() { c.bg.Done() }
+
+// errClosing answers requests that arrive while the cache shuts down.
+var errClosing = &regerr.Error{Kind: regerr.Unavailable, Message: "regcache is shutting down"}
 
 // Drain waits until no download is in flight (tests, and clean shutdowns).
 func (c *Cache) Drain(ctx context.Context) error { return c.downloads.Drain(ctx) }

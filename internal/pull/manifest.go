@@ -9,6 +9,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/regcache/regcache/internal/pull/index"
 	"github.com/regcache/regcache/internal/ref"
@@ -95,30 +96,80 @@ func (c *Cache) ManifestByDigest(ctx context.Context, repo ref.Repo, d digest.Di
 
 // ManifestByTag answers a manifest request by tag, for clients accepting
 // the types in k.Mask.
+//
+// Within tag_ttl the index answers. Past it, the origin is asked (one
+// revalidation per tag at a time, however many clients), but a client with
+// a cached answer waits for it at most revalidate_wait: then it gets the
+// cached answer, marked stale, and the revalidation finishes in the
+// background, so the next pull sees what it found. Past tag_ttl+max_stale
+// (when set) a cached answer is never served stale.
 func (c *Cache) ManifestByTag(ctx context.Context, k index.TagKey) (*Manifest, error) {
 	src, err := c.source(k.Repo)
 	if err != nil {
 		return nil, err
 	}
 	rec, have := c.index.Tag(ctx, k)
-	if have && c.now().Sub(rec.Checked) < c.opt.TagTTL {
-		if m, ok := c.loadManifest(ctx, rec.Digest); ok {
-			m.Result = Hit
-			return m, nil
-		}
+	age := c.now().Sub(rec.Checked)
+	var cached *Manifest
+	if have {
+		cached, have = c.loadManifest(ctx, rec.Digest)
 	}
-	v, err, shared := c.flow.Do("t:"+k.String(), func() (any, error) {
+	if have && age < c.opt.TagTTL {
+		cached.Result = Hit
+		return cached, nil
+	}
+	ch := c.flow.DoChan("t:"+k.String(), func() (any, error) {
+		// The revalidation may outlive this client (revalidate_wait): it
+		// is the cache's work, and Close waits for it.
+		if !c.enter() {
+			return nil, errClosing
+		}
+		defer c.leave()
 		fctx, cancel := c.detach(ctx, c.opt.FetchTimeout)
 		defer cancel()
 		return c.revalidate(fctx, src, k)
 	})
-	if shared {
+	var res singleflight.Result
+	if have && !c.tooStale(rec) && (c.opt.StaleWhileRevalidate || c.opt.RevalidateWait > 0) {
+		var budget <-chan time.Time
+		if c.opt.StaleWhileRevalidate {
+			now := make(chan time.Time)
+			close(now)
+			budget = now
+		} else {
+			t := time.NewTimer(c.opt.RevalidateWait)
+			defer t.Stop()
+			budget = t.C
+		}
+		select {
+		case res = <-ch:
+		case <-budget:
+			// The origin is slow: answer now, from the cache; the
+			// revalidation goes on without this client.
+			c.log.Debug("serving the cached tag while it is revalidated", "tag", k.String(), "digest", rec.Digest)
+			reason := errSlowOrigin
+			if c.opt.StaleWhileRevalidate {
+				reason = errRevalidating
+			}
+			res.Val = &Manifest{Digest: cached.Digest, MediaType: cached.MediaType, Data: cached.Data,
+				Result: Stale, StaleReason: reason}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	} else {
+		select {
+		case res = <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if res.Shared {
 		c.m.SharedFetches.WithLabelValues(k.Repo.Registry(), "manifest").Inc()
 	}
-	if err != nil {
-		return nil, err
+	if res.Err != nil {
+		return nil, res.Err
 	}
-	m := *v.(*Manifest)
+	m := *res.Val.(*Manifest)
 	if m.Result == Stale {
 		// Counted per answer, not per revalidation: requests that joined
 		// one in flight were served stale too.
@@ -127,10 +178,20 @@ func (c *Cache) ManifestByTag(ctx context.Context, k index.TagKey) (*Manifest, e
 	return &m, nil
 }
 
+// tooStale reports whether a cached answer is past tag_ttl+max_stale, and
+// must no longer be served without the origin's word.
+func (c *Cache) tooStale(rec index.Tag) bool {
+	return c.opt.MaxStale > 0 && c.now().Sub(rec.Checked) > c.opt.TagTTL+c.opt.MaxStale
+}
+
 func staleReason(cause error) string {
 	switch {
 	case errors.Is(cause, errReserve):
 		return "reserve"
+	case errors.Is(cause, errSlowOrigin):
+		return "slow_origin"
+	case errors.Is(cause, errRevalidating):
+		return "revalidating"
 	case regerr.Is(cause, regerr.RateLimited):
 		return "rate_limited"
 	}
@@ -140,36 +201,58 @@ func staleReason(cause error) string {
 // errReserve is the stale reason when the pull budget is below the reserve.
 var errReserve = errors.New("origin pull budget is at or below the configured reserve")
 
-// revalidate asks the origin which digest a tag names now, with a HEAD,
-// and GETs the manifest only if that digest is not stored yet. Any failure
-// other than "not found" falls back to the cached answer.
+// errRevalidating is the stale reason with stale_while_revalidate.
+var errRevalidating = errors.New("served from the cache while it is revalidated (stale_while_revalidate)")
+
+// errSlowOrigin is the stale reason when the origin did not answer a
+// revalidation within revalidate_wait.
+var errSlowOrigin = errors.New("the origin did not answer within revalidate_wait; revalidating in the background")
+
+// revalidate asks the origin which digest a tag names now and fetches it if
+// it is not stored. Any failure other than "not found" falls back to the
+// cached answer; with none cached, and tag_fallback on, the mirrors are
+// asked too, as soon as the origin fails or is slower than hedge_delay.
 func (c *Cache) revalidate(ctx context.Context, src manifestSource, k index.TagKey) (*Manifest, error) {
 	rec, have := c.index.Tag(ctx, k)
 	var old *Manifest
 	if have {
 		old, have = c.loadManifest(ctx, rec.Digest)
 	}
-	stale := func(cause error) (*Manifest, error) {
-		if !have {
-			return nil, cause
-		}
-		age := "never checked at the origin (resolved at a mirror)"
-		if !rec.Checked.IsZero() {
-			age = c.now().Sub(rec.Checked).Round(time.Second).String()
-		}
-		msg := "serving cached tag: upstream failed"
-		if errors.Is(cause, errReserve) {
-			msg = "serving cached tag: origin pull budget at the reserve and no mirror has the new digest"
-		}
-		c.log.Warn(msg, "tag", k.String(), "digest", rec.Digest, "age", age, "err", cause)
-		old.Result, old.StaleReason = Stale, cause
-		return old, nil
+	if !have {
+		return c.resolve(ctx, src, k)
 	}
+	m, err := c.askOrigin(ctx, src, k, rec, old)
+	switch {
+	case err == nil:
+		return m, nil
+	case regerr.Is(err, regerr.NotFound):
+		return nil, err
+	case c.tooStale(rec):
+		c.log.Warn("cached tag is past max_stale and the origin failed", "tag", k.String(), "digest", rec.Digest, "err", err)
+		return nil, err
+	}
+	age := "never checked at the origin (resolved at a mirror)"
+	if !rec.Checked.IsZero() {
+		age = c.now().Sub(rec.Checked).Round(time.Second).String()
+	}
+	msg := "serving cached tag: upstream failed"
+	if errors.Is(err, errReserve) {
+		msg = "serving cached tag: origin pull budget at the reserve and no mirror has the new digest"
+	}
+	c.log.Warn(msg, "tag", k.String(), "digest", rec.Digest, "age", age, "err", err)
+	old.Result, old.StaleReason = Stale, err
+	return old, nil
+}
+
+// askOrigin resolves a tag at the origin with a HEAD, which Docker Hub does
+// not count, and fetches the manifest it names only when that is not
+// stored (from a mirror if one has it). rec and old are the cached answer,
+// if any. The answer is recorded as checked now.
+func (c *Cache) askOrigin(ctx context.Context, src manifestSource, k index.TagKey, rec index.Tag, old *Manifest) (*Manifest, error) {
 	fresh := func(m *Manifest) (*Manifest, error) {
 		c.index.SetTag(ctx, k, index.Tag{Digest: m.Digest, MediaType: m.MediaType, Checked: c.now()})
 		return m, nil
 	}
-
 	desc, err := src.HeadManifest(ctx, k.Repo, ref.Manifest{Tag: k.Tag}, k.Mask.Values())
 	switch {
 	case regerr.Is(err, regerr.NotFound):
@@ -177,24 +260,23 @@ func (c *Cache) revalidate(ctx context.Context, src manifestSource, k index.TagK
 		// stop resolving here too.
 		c.index.DeleteTag(ctx, k)
 		return nil, err
-	case err != nil && !have:
-		return c.tagAtMirror(ctx, src, k, err)
 	case err != nil:
-		return stale(err)
+		return nil, err
 	case desc.Digest == "":
 		// Some registries omit the digest on HEAD; only then is a GET by
 		// tag the way to learn it.
 		um, err := src.ManifestByTag(ctx, k.Repo, k.Tag, k.Mask.Values())
 		if err != nil {
-			return stale(err)
+			return nil, err
 		}
 		return fresh(c.keepManifest(ctx, k.Repo, um))
-	case have && desc.Digest == rec.Digest:
+	case old != nil && desc.Digest == rec.Digest:
 		c.m.TagRevalidations.WithLabelValues(k.Repo.Registry(), "unchanged").Inc()
-		old.Result = Revalidated
-		return fresh(old)
+		m := *old
+		m.Result = Revalidated
+		return fresh(&m)
 	}
-	if have {
+	if old != nil {
 		c.m.TagRevalidations.WithLabelValues(k.Repo.Registry(), "changed").Inc()
 	}
 	if m, ok := c.loadManifest(ctx, desc.Digest); ok {
@@ -203,7 +285,7 @@ func (c *Cache) revalidate(ctx context.Context, src manifestSource, k index.TagK
 		return fresh(m)
 	}
 	from := upstream.AnySource
-	if have && src.BelowReserve() {
+	if old != nil && src.BelowReserve() {
 		// The tag moved, but the budget is nearly spent: a mirror may have
 		// the new manifest for free; otherwise keep the remaining pulls for
 		// content nobody has cached, and serve what we have.
@@ -212,33 +294,100 @@ func (c *Cache) revalidate(ctx context.Context, src manifestSource, k index.TagK
 	um, err := src.Manifest(ctx, k.Repo, desc.Digest, from)
 	if err != nil {
 		if from == upstream.MirrorsOnly {
-			return stale(errReserve)
+			return nil, errReserve
 		}
-		return stale(err)
+		return nil, err
 	}
 	return fresh(c.keepManifest(ctx, k.Repo, um))
 }
 
-// tagAtMirror resolves a tag that is not cached at a mirror, because the
-// origin could not answer. The answer is stored with a zero check time, so
-// the next request asks the origin again, and it is marked: a mirror's tag
-// can lag the origin's.
-func (c *Cache) tagAtMirror(ctx context.Context, src manifestSource, k index.TagKey, originErr error) (*Manifest, error) {
+// resolve answers a tag nothing is cached for. The origin is asked; with
+// tag_fallback on, the mirrors that carry the repository are asked too,
+// when the origin fails or has not answered within hedge_delay (a hanging
+// Docker Hub), and the first answer wins. The origin's answer, when it
+// comes after a mirror's, corrects the tag for the next pull.
+func (c *Cache) resolve(ctx context.Context, src manifestSource, k index.TagKey) (*Manifest, error) {
 	if !c.opt.TagFallback {
-		return nil, originErr
+		return c.askOrigin(ctx, src, k, index.Tag{}, nil)
 	}
+	type answer struct {
+		m      *Manifest
+		err    error
+		mirror bool
+	}
+	answers := make(chan answer, 2)
+	// The origin's answer is wanted even after a mirror's won, so it runs
+	// on its own context, as the cache's work.
+	if !c.enter() {
+		return nil, errClosing
+	}
+	go func() {
+		defer c.leave()
+		octx, cancel := c.detach(ctx, c.opt.FetchTimeout)
+		defer cancel()
+		m, err := c.askOrigin(octx, src, k, index.Tag{}, nil)
+		answers <- answer{m, err, false}
+	}()
+	hedge := time.NewTimer(c.opt.HedgeDelay)
+	defer hedge.Stop()
+	var originErr, mirrorErr error
+	asked, pending := false, 1
+	askMirrors := func() {
+		if !asked {
+			asked, pending = true, pending+1
+			// On this revalidation's context: once an answer has won,
+			// the mirror's is not wanted.
+			go func() {
+				m, err := c.tagAtMirror(ctx, src, k)
+				answers <- answer{m, err, true}
+			}()
+		}
+	}
+	for pending > 0 {
+		select {
+		case a := <-answers:
+			pending--
+			switch {
+			case a.err == nil:
+				if a.mirror {
+					c.log.Warn("tag resolved at a mirror", "tag", k.String(), "mirror", a.m.Source, "digest", a.m.Digest,
+						"origin_err", originErr, "origin_pending", pending > 0)
+				}
+				return a.m, nil
+			case a.mirror:
+				mirrorErr = a.err
+			case regerr.Is(a.err, regerr.NotFound):
+				// The origin says there is no such tag: a mirror's
+				// copy must not resurrect it.
+				return nil, a.err
+			default:
+				originErr = a.err
+				askMirrors()
+			}
+		case <-hedge.C:
+			askMirrors()
+		}
+	}
+	c.log.Debug("tag fallback to mirrors failed", "tag", k.String(), "err", mirrorErr)
+	// The client should hear about the origin's failure, which is the real
+	// cause; the mirrors were only a fallback.
+	return nil, originErr
+}
+
+// tagAtMirror resolves a tag at a mirror. The answer is stored with a zero
+// check time, so the next request asks the origin again, and it is marked:
+// a mirror's tag can lag the origin's.
+func (c *Cache) tagAtMirror(ctx context.Context, src manifestSource, k index.TagKey) (*Manifest, error) {
 	um, err := src.TagAtMirror(ctx, k.Repo, k.Tag, k.Mask.Values())
 	if err != nil {
-		// The client should hear about the origin's failure, which is the
-		// real cause; the mirror was only a fallback.
-		c.log.Debug("tag fallback to mirrors failed", "tag", k.String(), "err", err)
-		return nil, originErr
+		return nil, err
 	}
 	m := c.keepManifest(ctx, k.Repo, um)
 	c.m.TagFallbacks.WithLabelValues(k.Repo.Registry(), m.Source).Inc()
-	c.log.Warn("tag resolved at a mirror because the origin failed", "tag", k.String(),
-		"mirror", m.Source, "digest", m.Digest, "origin_err", originErr)
-	c.index.SetTag(ctx, k, index.Tag{Digest: m.Digest, MediaType: m.MediaType})
+	if _, ok := c.index.Tag(ctx, k); !ok {
+		// The origin's answer, if it came first, stays.
+		c.index.SetTag(ctx, k, index.Tag{Digest: m.Digest, MediaType: m.MediaType})
+	}
 	m.TagFromMirror = true
 	return m, nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -73,7 +74,7 @@ func TestDialGuard(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			g := newDialGuard("docker.io", tc.allowPrivate, tc.allowed...)
+			g := newDialGuard("docker.io", tc.allowPrivate, time.Second, tc.allowed...)
 			c, err := g.DialContext(context.Background(), "tcp", tc.dial)
 			if c != nil {
 				c.Close()

@@ -61,6 +61,11 @@ type Limits struct {
 	// MaxRetryAfter is the longest pause an upstream's Retry-After can
 	// impose.
 	MaxRetryAfter time.Duration
+	// ConnectTimeout bounds a connection's dial and TLS handshake;
+	// HeaderTimeout the wait from a request sent to its response headers.
+	// A stall before headers thus costs seconds, not a whole fetch.
+	ConnectTimeout time.Duration
+	HeaderTimeout  time.Duration
 }
 
 // Defaults for Limits.
@@ -69,6 +74,8 @@ const (
 	DefaultMinRate       = 16 << 10
 	DefaultRateWindow    = 30 * time.Second
 	DefaultMaxRetryAfter = time.Hour
+	DefaultConnect       = 5 * time.Second
+	DefaultHeader        = 10 * time.Second
 )
 
 func (l Limits) withDefaults() Limits {
@@ -83,6 +90,12 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxRetryAfter <= 0 {
 		l.MaxRetryAfter = DefaultMaxRetryAfter
+	}
+	if l.ConnectTimeout <= 0 {
+		l.ConnectTimeout = DefaultConnect
+	}
+	if l.HeaderTimeout <= 0 {
+		l.HeaderTimeout = DefaultHeader
 	}
 	return l
 }
@@ -171,7 +184,7 @@ func newRegistry(cfg Config, now func() time.Time) (*Registry, error) {
 			}
 		}
 		hosts = append(hosts, proxyHosts()...)
-		wire = newBaseTransport(newDialGuard(regName, allow, hosts...))
+		wire = newBaseTransport(newDialGuard(regName, allow, limits.ConnectTimeout, hosts...), limits)
 	}
 	budget := newBudgetTracker(base.Host, now, limits.MaxRetryAfter)
 	var rt http.RoundTripper = &loggingTransport{inner: wire, logger: logger, source: SourceOrigin}

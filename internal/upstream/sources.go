@@ -140,8 +140,10 @@ func classify(ctx context.Context, err error) outcome {
 	switch {
 	case err == nil:
 		return outcomeSuccess
-	case ctx.Err() != nil, isNotSent(err):
-		// The caller gave up, or nothing was asked: says nothing.
+	case isNotSent(err), errors.Is(context.Cause(ctx), context.Canceled):
+		// Nothing was asked, or the caller gave up: says nothing. A
+		// deadline that passed is the source being too slow, which
+		// counts: a hanging origin must open its breaker.
 		return outcomeNeutral
 	}
 	switch regerr.KindOf(err) {

@@ -18,7 +18,7 @@ import (
 // nil. Each Registry gets its own, so one slow upstream cannot use up another's
 // idle connections. There is no overall timeout: blob bodies may stream for
 // minutes, and callers bound each call with their context instead.
-func newBaseTransport(guard *dialGuard) *http.Transport {
+func newBaseTransport(guard *dialGuard, l Limits) *http.Transport {
 	return &http.Transport{
 		// Honour HTTPS_PROXY/NO_PROXY: CI fleets often reach the internet
 		// only through a proxy.
@@ -28,8 +28,8 @@ func newBaseTransport(guard *dialGuard) *http.Transport {
 		MaxIdleConns:          256,
 		MaxIdleConnsPerHost:   64,
 		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: 30 * time.Second,
+		TLSHandshakeTimeout:   l.ConnectTimeout,
+		ResponseHeaderTimeout: l.HeaderTimeout,
 		ExpectContinueTimeout: time.Second,
 	}
 }
@@ -76,9 +76,9 @@ type dialGuard struct {
 	registry     string // for the error: which config key to set
 }
 
-func newDialGuard(registry string, allowPrivate bool, hosts ...string) *dialGuard {
+func newDialGuard(registry string, allowPrivate bool, connect time.Duration, hosts ...string) *dialGuard {
 	g := &dialGuard{
-		dialer:       &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
+		dialer:       &net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second},
 		resolver:     net.DefaultResolver,
 		allowed:      map[string]bool{},
 		allowPrivate: allowPrivate,
