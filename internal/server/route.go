@@ -119,7 +119,10 @@ func (rt *Router) Parse(path string, query url.Values) (Route, *Error) {
 				return Route{}, &Error{Status: http.StatusBadRequest, Code: "DIGEST_INVALID", Message: "invalid digest " + quote(r.Ref)}
 			}
 		} else if !anchoredTag(r.Ref) {
-			return Route{}, &Error{Status: http.StatusBadRequest, Code: "TAG_INVALID", Message: "invalid tag " + quote(r.Ref)}
+			// No manifest can have a tag that does not parse, so the
+			// answer is the spec's "manifest does not exist". TAG_INVALID
+			// is for a push whose tag does not match the manifest.
+			return Route{}, &Error{Status: http.StatusNotFound, Code: "MANIFEST_UNKNOWN", Message: "manifest unknown: " + quote(r.Ref) + " is not a valid tag"}
 		}
 	case KindBlob, KindReferrers:
 		if _, err := digest.Parse(r.Ref); err != nil {

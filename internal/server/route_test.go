@@ -1,6 +1,7 @@
 package server
 
 import (
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -44,7 +45,7 @@ func TestRouterParse(t *testing.T) {
 		{"upload", "/v2/library/alpine/blobs/uploads/", "", Route{}, "UNSUPPORTED"},
 		{"upload session", "/v2/library/alpine/blobs/uploads/1234", "", Route{}, "UNSUPPORTED"},
 		{"catalog", "/v2/_catalog", "", Route{}, "UNSUPPORTED"},
-		{"bad tag", "/v2/library/alpine/manifests/-bad", "", Route{}, "TAG_INVALID"},
+		{"bad tag", "/v2/library/alpine/manifests/-bad", "", Route{}, "MANIFEST_UNKNOWN"},
 		{"bad digest", "/v2/library/alpine/blobs/sha256:zz", "", Route{}, "DIGEST_INVALID"},
 		{"bad manifest digest", "/v2/library/alpine/manifests/sha256:12", "", Route{}, "DIGEST_INVALID"},
 		{"upper-case repo", "/v2/Library/Alpine/manifests/latest", "", Route{}, "NAME_INVALID"},
@@ -66,6 +67,38 @@ func TestRouterParse(t *testing.T) {
 			}
 			if got != tc.want {
 				t.Fatalf("Parse(%q)\n got %+v\nwant %+v", tc.path, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestRouterParseBadReference pins the status of each malformed reference,
+// as the OCI conformance suite checks it and as Distribution answers: a
+// manifest "tag" that is no tag names a manifest that cannot exist (404
+// MANIFEST_UNKNOWN), while a malformed digest is a bad request (400
+// DIGEST_INVALID), for manifests, blobs and referrers alike.
+func TestRouterParseBadReference(t *testing.T) {
+	tests := []struct {
+		path       string
+		wantStatus int
+		wantCode   string
+	}{
+		{"/v2/library/conf/manifests/.INVALID_MANIFEST_NAME", http.StatusNotFound, "MANIFEST_UNKNOWN"},
+		{"/v2/docker.io/library/conf/manifests/.INVALID_MANIFEST_NAME", http.StatusNotFound, "MANIFEST_UNKNOWN"},
+		{"/v2/library/conf/manifests/-bad", http.StatusNotFound, "MANIFEST_UNKNOWN"},
+		{"/v2/library/conf/manifests/a b", http.StatusNotFound, "MANIFEST_UNKNOWN"},
+		{"/v2/library/conf/manifests/" + strings.Repeat("a", 129), http.StatusNotFound, "MANIFEST_UNKNOWN"},
+		{"/v2/library/conf/manifests/sha256:totallywrong", http.StatusBadRequest, "DIGEST_INVALID"},
+		{"/v2/library/conf/manifests/foo:bar", http.StatusBadRequest, "DIGEST_INVALID"},
+		{"/v2/library/conf/blobs/sha256:totallywrong", http.StatusBadRequest, "DIGEST_INVALID"},
+		{"/v2/library/conf/blobs/latest", http.StatusBadRequest, "DIGEST_INVALID"},
+		{"/v2/library/conf/referrers/latest", http.StatusBadRequest, "DIGEST_INVALID"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.path, func(t *testing.T) {
+			_, err := testRouter().Parse(tc.path, url.Values{})
+			if err == nil || err.Status != tc.wantStatus || err.Code != tc.wantCode {
+				t.Fatalf("Parse(%q) error = %+v; want %d %s", tc.path, err, tc.wantStatus, tc.wantCode)
 			}
 		})
 	}
