@@ -166,7 +166,8 @@ type fetch struct {
 	done    bool          // no more bytes will come
 	err     error         // why the fetch failed; nil after a verified commit
 	writer  store.Writer
-	refs    int // readers plus the download goroutine
+	closed  bool // writer closed: discarded on failure, or released by all
+	refs    int  // readers plus the download goroutine
 	written int64
 }
 
@@ -179,6 +180,24 @@ func (f *fetch) progress(n int64, done bool, err error) {
 	close(f.notify)
 	f.notify = make(chan struct{})
 	f.mu.Unlock()
+}
+
+// fail ends a failed download. Its bytes are discarded before any reader
+// hears of the failure, so a client that has seen it fail finds no temp
+// file left, and Drain means no download is holding one.
+func (f *fetch) fail(err error) {
+	f.closeWriter()
+	f.progress(0, true, err)
+}
+
+func (f *fetch) closeWriter() {
+	f.mu.Lock()
+	w, closed := f.writer, f.closed
+	f.closed = true
+	f.mu.Unlock()
+	if w != nil && !closed {
+		w.Close()
+	}
 }
 
 // state returns how many bytes a reader may take and whether the download
@@ -208,10 +227,9 @@ func (f *fetch) release() {
 	f.mu.Lock()
 	f.refs--
 	last := f.refs == 0
-	w := f.writer
 	f.mu.Unlock()
-	if last && w != nil {
-		w.Close()
+	if last {
+		f.closeWriter()
 	}
 }
 
@@ -290,7 +308,7 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 		if n > 0 {
 			idle.Reset(c.opt.BlobIdleTimeout)
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				f.progress(0, true, fmt.Errorf("cache store: %w", werr))
+				f.fail(fmt.Errorf("cache store: %w", werr))
 				return
 			}
 			total += int64(n)
@@ -302,7 +320,7 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 		}
 		if rerr != nil {
 			blob.Judge(rerr)
-			f.progress(0, true, &upstream.Error{Registry: registry, Op: "GET blob", Repository: repo, Reference: f.d.String(), Err: rerr})
+			f.fail(&upstream.Error{Registry: registry, Op: "GET blob", Repository: repo, Reference: f.d.String(), Err: rerr})
 			c.log.Warn("blob download failed", "registry", registry, "repo", repo, "digest", f.d, "bytes", total, "err", rerr)
 			return
 		}
@@ -318,7 +336,7 @@ func (c *Cache) download(up Upstream, registry, repo string, f *fetch) {
 				Code: upstream.CodeDigestInvalid, Message: "content does not match its digest; discarded"}
 		}
 		c.log.Warn("blob rejected", "registry", registry, "repo", repo, "digest", f.d, "err", err)
-		f.progress(0, true, err)
+		f.fail(err)
 		return
 	}
 	blob.Judge(nil)
@@ -350,6 +368,10 @@ func (r *StreamReader) SeekStart(off int64) { r.off = off }
 func (r *StreamReader) Read(p []byte) (int, error) {
 	for {
 		avail, done, err, wait := r.f.state()
+		if err != nil {
+			// The download failed and its bytes are gone.
+			return 0, err
+		}
 		if r.off < avail {
 			n := int64(len(p))
 			if n > avail-r.off {
@@ -360,14 +382,13 @@ func (r *StreamReader) Read(p []byte) (int, error) {
 			if m > 0 {
 				return m, nil
 			}
-			if rerr != nil {
+			// A failing download closes the file before it says why:
+			// wait for the reason.
+			if rerr != nil && done {
 				return 0, rerr
 			}
 		}
 		if done {
-			if err != nil {
-				return 0, err
-			}
 			return 0, io.EOF
 		}
 		select {
