@@ -7,7 +7,6 @@
 package server
 
 import (
-	"bytes"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/regcache/regcache/internal/clientauth"
@@ -170,6 +170,10 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, rt Route, e *Error
 	writeError(w, e)
 }
 
+// count records a response, with n body bytes. It is called before the body
+// is sent: a client that has received a whole response must find it in
+// /metrics, and the end of a large body reaches the client while the
+// handler is still in its last Write.
 func (s *Server) count(rt Route, result pull.Result, n int64) {
 	if s.metrics == nil {
 		return
@@ -182,6 +186,26 @@ func (s *Server) count(rt Route, result pull.Result, n int64) {
 	if n > 0 {
 		s.metrics.BytesServed.WithLabelValues(rt.Registry, string(rt.Kind)).Add(float64(n))
 	}
+}
+
+// meter is w with every write added to the served bytes before it is passed
+// on, for the reason count gives; a blob cut short counts at most one write
+// too many. It hides ReadFrom, so io.CopyBuffer uses its buffer.
+func (s *Server) meter(w io.Writer, rt Route) io.Writer {
+	if s.metrics == nil {
+		return struct{ io.Writer }{w}
+	}
+	return &meteredWriter{w: w, served: s.metrics.BytesServed.WithLabelValues(rt.Registry, string(rt.Kind))}
+}
+
+type meteredWriter struct {
+	w      io.Writer
+	served prometheus.Counter
+}
+
+func (m *meteredWriter) Write(p []byte) (int, error) {
+	m.served.Add(float64(len(p)))
+	return m.w.Write(p)
 }
 
 func setResult(h http.Header, res pull.Result) {
@@ -221,8 +245,8 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, rt Route)
 		s.count(rt, m.Result, 0)
 		return
 	}
-	n, _ := w.Write(m.Data)
-	s.count(rt, m.Result, int64(n))
+	s.count(rt, m.Result, int64(len(m.Data)))
+	w.Write(m.Data)
 }
 
 func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, rt Route) {
@@ -272,9 +296,10 @@ func (s *Server) serveStored(w http.ResponseWriter, r *http.Request, rt Route, b
 	h := r.Header
 	if s.sendfile || h.Get("Range") != "" || h.Get("If-None-Match") != "" || h.Get("If-Match") != "" ||
 		h.Get("If-Modified-Since") != "" || h.Get("If-Unmodified-Since") != "" || h.Get("If-Range") != "" {
+		// ServeContent decides status and length: count when it sends
+		// the header.
 		cw := &countingWriter{ResponseWriter: w}
-		http.ServeContent(cw, r, "", time.Time{}, rs)
-		s.count(rt, b.Result, cw.n)
+		http.ServeContent(&countOnHeader{countingWriter: cw, count: func(n int64) { s.count(rt, b.Result, n) }}, r, "", time.Time{}, rs)
 		return
 	}
 	w.Header().Set("Content-Length", strconv.FormatInt(b.Size, 10))
@@ -282,12 +307,12 @@ func (s *Server) serveStored(w http.ResponseWriter, r *http.Request, rt Route, b
 	if r.Method == http.MethodHead {
 		return
 	}
+	s.count(rt, b.Result, 0)
 	bufp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bufp)
 	// The wrappers hide ReadFrom/WriteTo so io.CopyBuffer really uses the
 	// buffer instead of falling back to sendfile or 32 KiB copies.
-	n, err := io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{rs}, *bufp)
-	s.count(rt, b.Result, n)
+	n, err := io.CopyBuffer(s.meter(w, rt), struct{ io.Reader }{rs}, *bufp)
 	if err != nil && r.Context().Err() == nil {
 		s.log.Warn("blob response cut short", "registry", rt.Registry, "digest", rt.Ref, "sent", n, "err", err)
 	}
@@ -316,12 +341,12 @@ func (s *Server) streamBlob(w http.ResponseWriter, r *http.Request, rt Route, b 
 	if length >= 0 {
 		src = io.LimitReader(b.Stream, length)
 	}
+	s.count(rt, b.Result, 0)
 	// Large copies: the download lands in 1 MiB steps, and 32 KiB preads
 	// and writes (io.Copy's default) cost a cold pull measurable time.
 	bufp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bufp)
-	n, err := io.CopyBuffer(struct{ io.Writer }{w}, src, *bufp)
-	s.count(rt, b.Result, n)
+	n, err := io.CopyBuffer(s.meter(w, rt), src, *bufp)
 	if err == nil && length >= 0 && n < length {
 		err = io.ErrUnexpectedEOF
 	}
@@ -386,8 +411,8 @@ func (s *Server) serveList(w http.ResponseWriter, r *http.Request, rt Route) {
 	setResult(h, l.Result)
 	w.WriteHeader(l.Status)
 	if r.Method == http.MethodGet {
-		n, _ := io.Copy(w, bytes.NewReader(l.Body))
-		s.count(rt, l.Result, n)
+		s.count(rt, l.Result, int64(len(l.Body)))
+		w.Write(l.Body)
 	}
 }
 
@@ -411,6 +436,23 @@ func rewriteLink(link string, rt Route) (string, bool) {
 		path = "/v2/" + rt.Name + "/referrers/" + rt.Ref
 	}
 	return "<" + path + "?" + q.Encode() + ">" + link[gt+1:], true
+}
+
+// countOnHeader counts a response that http.ServeContent answers when it
+// sends the header, by the Content-Length it set there, before the body.
+type countOnHeader struct {
+	*countingWriter
+	count   func(n int64)
+	counted bool
+}
+
+func (c *countOnHeader) WriteHeader(code int) {
+	if !c.counted {
+		c.counted = true
+		n, _ := strconv.ParseInt(c.Header().Get("Content-Length"), 10, 64)
+		c.count(n)
+	}
+	c.countingWriter.WriteHeader(code)
 }
 
 type countingWriter struct {
