@@ -24,7 +24,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, rt Route) pul
 		}
 		h.Set("Content-Length", strconv.FormatInt(size, 10))
 		setResult(h, res)
-		s.count(rt, res, 0)
+		s.meter(w, r, rt, res).WriteHeader(http.StatusOK)
 		return res
 	}
 	b, err := s.cache.Blob(r.Context(), rt.Repo, rt.Digest)
@@ -33,17 +33,19 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, rt Route) pul
 	}
 	defer b.Close()
 	setResult(h, b.Result)
-	sw := newSendWriter(w, s.sendTimeout)
+	mw := s.meter(w, r, rt, b.Result)
+	defer mw.done()
+	sw := newSendWriter(mw, s.sendTimeout)
 	defer sw.done()
 	if b.Content != nil {
-		s.serveStored(w, sw, r, rt, b)
+		s.serveStored(mw, sw, r, rt, b)
 	} else {
 		h.Set("X-Regcache-Source", b.Source)
 		if !b.Stream.Stored() {
 			// The store could not take it (full): served, not cached.
 			h.Set("X-Regcache-Stored", "no")
 		}
-		s.streamBlob(w, sw, r, rt, b)
+		s.streamBlob(mw, sw, r, rt, b)
 	}
 	return b.Result
 }
@@ -73,10 +75,8 @@ func (s *Server) serveStored(w http.ResponseWriter, sw *sendWriter, r *http.Requ
 	if s.sendfile || conditional(r.Header) {
 		// ServeContent writes through the send deadline too; where the
 		// writer underneath can sendfile (HTTP/1), it still does, through
-		// respWriter's ReadFrom.
-		rw := &respWriter{ResponseWriter: deadlineResponse{w, sw}}
-		http.ServeContent(rw, r, "", time.Time{}, rs)
-		s.count(rt, b.Result, rw.n)
+		// deadlineResponse's ReadFrom.
+		http.ServeContent(deadlineResponse{w, sw}, r, "", time.Time{}, rs)
 		return
 	}
 	w.Header().Set("Content-Length", strconv.FormatInt(b.Size, 10))
@@ -86,7 +86,6 @@ func (s *Server) serveStored(w http.ResponseWriter, sw *sendWriter, r *http.Requ
 	// The wrappers hide ReadFrom/WriteTo so io.CopyBuffer really uses the
 	// buffer instead of falling back to sendfile or 32 KiB copies.
 	n, err := io.CopyBuffer(struct{ io.Writer }{sw}, struct{ io.Reader }{rs}, buf)
-	s.count(rt, b.Result, n)
 	if err != nil && r.Context().Err() == nil {
 		s.log.Warn("blob response cut short", "registry", rt.Repo.Registry(), "digest", rt.Digest, "sent", n, "err", err)
 	}
@@ -133,7 +132,6 @@ func (s *Server) streamBlob(w http.ResponseWriter, sw *sendWriter, r *http.Reque
 	h := w.Header()
 	if inm := r.Header.Get("If-None-Match"); inm != "" && strings.Contains(inm, rt.Digest.String()) {
 		w.WriteHeader(http.StatusNotModified)
-		s.count(rt, b.Result, 0)
 		return
 	}
 	status := http.StatusOK
@@ -150,7 +148,6 @@ func (s *Server) streamBlob(w http.ResponseWriter, sw *sendWriter, r *http.Reque
 	}
 	w.WriteHeader(status)
 	n, err := b.Stream.CopyTo(r.Context(), sw, length, nil)
-	s.count(rt, b.Result, n)
 	if err != nil {
 		if r.Context().Err() == nil {
 			s.log.Warn("aborting blob response", "registry", rt.Repo.Registry(), "repo", rt.Repo.Path(), "digest", rt.Digest, "sent", n, "err", err)

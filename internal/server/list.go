@@ -28,11 +28,11 @@ func (s *Server) serveList(w http.ResponseWriter, r *http.Request, rt Route) pul
 	}
 	h.Set("Content-Length", strconv.Itoa(len(l.Body)))
 	setResult(h, l.Result)
-	var n int
+	mw := s.meter(w, r, rt, l.Result)
+	mw.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodGet {
-		n, _ = w.Write(l.Body)
+		mw.Write(l.Body)
 	}
-	s.count(rt, l.Result, int64(n))
 	return l.Result
 }
 

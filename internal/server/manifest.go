@@ -37,8 +37,6 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, rt Route)
 	}
 	// Conditional and Range requests, HEAD and Content-Length, done once
 	// and correctly by net/http.
-	rw := &respWriter{ResponseWriter: w}
-	http.ServeContent(rw, r, "", time.Time{}, bytes.NewReader(m.Data))
-	s.count(rt, m.Result, rw.n)
+	http.ServeContent(s.meter(w, r, rt, m.Result), r, "", time.Time{}, bytes.NewReader(m.Data))
 	return m.Result
 }

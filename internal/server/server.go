@@ -188,13 +188,6 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, rt Route, err erro
 	return ""
 }
 
-func (s *Server) count(rt Route, result pull.Result, n int64) {
-	s.metrics.Requests.WithLabelValues(rt.Repo.Registry(), string(rt.Kind), resultLabel(result)).Inc()
-	if n > 0 {
-		s.metrics.BytesServed.WithLabelValues(rt.Repo.Registry(), string(rt.Kind)).Add(float64(n))
-	}
-}
-
 func setResult(h http.Header, res pull.Result) {
 	h.Set("X-Regcache", string(res))
 	if res == pull.Stale {

@@ -149,18 +149,25 @@ func privateHost(hostport string) bool {
 const maxRedirects = 10
 
 // checkRedirect follows redirects (registries send blobs to CDNs with 307),
-// but never carries the Authorization header to another host:port.
-// net/http already strips it when the host name changes; it keeps it when
-// only the port differs, and ggcr's auth transports set it on the request
-// they are given, which net/http then copies into the redirect.
+// but never carries the Authorization header to another scheme, host or
+// port than the upstream's it was meant for. net/http strips it only when
+// the host name changes to one that is not a subdomain; it keeps it when
+// the port or the scheme differs (so https to http would send it in
+// clear), and an auth transport that sets it on the request it is given
+// has it copied into the redirect.
 func checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= maxRedirects {
 		return errors.New("stopped after 10 redirects")
 	}
-	if !sameHost(req.URL, via[0].URL.Host) {
+	if !sameOrigin(req.URL, via[0].URL) {
 		req.Header.Del("Authorization")
 	}
 	return nil
+}
+
+// sameOrigin compares scheme, host and port, filling in default ports.
+func sameOrigin(a, b *url.URL) bool {
+	return a.Scheme == b.Scheme && canonicalHost(a.Scheme, a.Host) == canonicalHost(b.Scheme, b.Host)
 }
 
 // sameHost compares u's host:port with host, filling in default ports so

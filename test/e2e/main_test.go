@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"syscall"
@@ -31,31 +32,48 @@ const (
 	// its module proxy) into the re-executed binary.
 	envRegcacheBin = "REGCACHE_E2E_BIN"
 	envBuildLog    = "REGCACHE_E2E_BUILD_LOG"
+	// The same for the OCI conformance suite's test binary.
+	envConformanceBin      = "REGCACHE_E2E_CONFORMANCE_BIN"
+	envConformanceBuildLog = "REGCACHE_E2E_CONFORMANCE_BUILD_LOG"
+	// envConformanceDir overrides where the suite's source is; by default
+	// ../shared/conformance from the module root, where CI has it.
+	envConformanceDir = "REGCACHE_CONFORMANCE_DIR"
 )
 
-// regcacheBuild is the regcache binary built once for the whole run, or the
-// reason it could not be built. Tests that need it fail with that reason;
-// tests that don't still run.
-var regcacheBuild struct {
+// built is a binary built once for the whole run, or the reason it could
+// not be built. Tests that need it fail with that reason; tests that don't
+// still run.
+type built struct {
 	bin string
 	err error
 }
+
+var (
+	regcacheBuild    built
+	conformanceBuild built
+)
 
 func TestMain(m *testing.M) {
 	if os.Getenv(envInNetns) == "" {
 		os.Exit(reexecInNetns())
 	}
-	regcacheBuild.bin = os.Getenv(envRegcacheBin)
-	if regcacheBuild.bin == "" {
-		msg := "regcache was not built"
-		if p := os.Getenv(envBuildLog); p != "" {
-			if b, err := os.ReadFile(p); err == nil {
-				msg = "go build ./cmd/regcache failed:\n" + string(b)
-			}
-		}
-		regcacheBuild.err = errors.New(msg)
-	}
+	regcacheBuild = builtFromEnv(envRegcacheBin, envBuildLog, "go build ./cmd/regcache")
+	conformanceBuild = builtFromEnv(envConformanceBin, envConformanceBuildLog, "building the OCI conformance suite")
 	os.Exit(m.Run())
+}
+
+// builtFromEnv reads what reexecInNetns passed on about one build.
+func builtFromEnv(binEnv, logEnv, what string) built {
+	if bin := os.Getenv(binEnv); bin != "" {
+		return built{bin: bin}
+	}
+	msg := what + " did not run"
+	if p := os.Getenv(logEnv); p != "" {
+		if b, err := os.ReadFile(p); err == nil {
+			msg = what + " failed:\n" + string(b)
+		}
+	}
+	return built{err: errors.New(msg)}
 }
 
 // reexecInNetns builds regcache, then runs this same test binary with the same
@@ -92,10 +110,11 @@ func reexecInNetns() int {
 
 	env := append(os.Environ(), envInNetns+"=1")
 	bin, buildLog := buildRegcache(tmp)
-	if bin != "" {
-		env = append(env, envRegcacheBin+"="+bin)
-	} else {
-		env = append(env, envBuildLog+"="+buildLog)
+	env = append(env, buildEnv(envRegcacheBin, bin, envBuildLog, buildLog))
+	// The suite takes a while to build and only one test runs it.
+	if runSelects("TestConformance") {
+		bin, buildLog = buildConformance(tmp)
+		env = append(env, buildEnv(envConformanceBin, bin, envConformanceBuildLog, buildLog))
 	}
 
 	args := append([]string{"-n", "--", "sh", "-c", `ip link set lo up && exec "$@"`, "sh", self}, os.Args[1:]...)
@@ -115,30 +134,88 @@ func reexecInNetns() int {
 	return 0
 }
 
+// buildEnv is the variable that tells the re-executed binary about a build:
+// the binary, or the build output when there is none.
+func buildEnv(binEnv, bin, logEnv, logPath string) string {
+	if bin != "" {
+		return binEnv + "=" + bin
+	}
+	return logEnv + "=" + logPath
+}
+
+// runSelects says whether the -test.run pattern, if any, can select the
+// top-level test name.
+func runSelects(name string) bool {
+	for i, a := range os.Args[1:] {
+		var pat string
+		switch {
+		case strings.HasPrefix(a, "-test.run="):
+			pat = strings.TrimPrefix(a, "-test.run=")
+		case a == "-test.run" && i+2 < len(os.Args):
+			pat = os.Args[i+2]
+		default:
+			continue
+		}
+		top, _, _ := strings.Cut(pat, "/")
+		re, err := regexp.Compile(top)
+		return err != nil || re.MatchString(name)
+	}
+	return true
+}
+
 // buildRegcache runs `go build ./cmd/regcache` from the module root. It
 // returns the binary's path, or "" and the path of the build output.
 func buildRegcache(dir string) (bin, logPath string) {
-	logPath = filepath.Join(dir, "build.log")
-	fail := func(msg string) (string, string) {
-		_ = os.WriteFile(logPath, []byte(msg), 0o644)
-		return "", logPath
-	}
 	root, err := moduleRoot()
 	if err != nil {
-		return fail(err.Error())
+		return buildFailed(filepath.Join(dir, "regcache"), err.Error())
 	}
+	bin = filepath.Join(dir, "regcache")
+	return goBuild(root, bin, "build", "-o", bin, "./cmd/regcache")
+}
+
+// buildConformance compiles the OCI distribution-spec conformance suite
+// (a copy of its conformance/ directory, which is its own Go module) into a
+// test binary. Its source is read-only in CI, hence -o into dir.
+func buildConformance(dir string) (bin, logPath string) {
+	bin = filepath.Join(dir, "conformance.test")
+	src := os.Getenv(envConformanceDir)
+	if src == "" {
+		root, err := moduleRoot()
+		if err != nil {
+			return buildFailed(bin, err.Error())
+		}
+		src = filepath.Join(root, "..", "shared", "conformance")
+	}
+	if _, err := os.Stat(filepath.Join(src, "01_pull_test.go")); err != nil {
+		return buildFailed(bin, fmt.Sprintf("the OCI conformance suite v1.1.1 is not at %s (%v): "+
+			"CI has it in shared/conformance next to the repository; elsewhere set $%s to a copy of "+
+			"opencontainers/distribution-spec's conformance/ directory", src, err, envConformanceDir))
+	}
+	return goBuild(src, bin, "test", "-c", "-o", bin, ".")
+}
+
+// goBuild runs the go command in srcDir to build bin. It returns bin, or ""
+// and the path of the build output.
+func goBuild(srcDir, bin string, args ...string) (string, string) {
 	goBin, err := exec.LookPath("go")
 	if err != nil {
 		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
-	bin = filepath.Join(dir, "regcache")
-	cmd := exec.Command(goBin, "build", "-o", bin, "./cmd/regcache")
-	cmd.Dir = root
+	cmd := exec.Command(goBin, args...)
+	cmd.Dir = srcDir
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fail(fmt.Sprintf("%v\n%s", err, out))
+		return buildFailed(bin, fmt.Sprintf("go %s (in %s): %v\n%s", strings.Join(args, " "), srcDir, err, out))
 	}
 	return bin, ""
+}
+
+// buildFailed writes why bin could not be built next to where it would be.
+func buildFailed(bin, msg string) (string, string) {
+	logPath := bin + ".build.log"
+	_ = os.WriteFile(logPath, []byte(msg), 0o644)
+	return "", logPath
 }
 
 // recordBuildInputs stats every file of the module. regcache is built at

@@ -348,8 +348,10 @@ func (dl *download) run(ctx context.Context, open OpenFunc, done DoneFunc) {
 		}
 		if rerr != nil {
 			out.Err = rerr
-			dl.finish(rerr)
+			// Discard first, then tell the readers: a client that has seen
+			// the failure finds nothing half-written left.
 			k.abandon()
+			dl.finish(rerr)
 			done(ctx, out)
 			return
 		}

@@ -52,6 +52,28 @@ func (s *sink) state() (committed, closed bool) {
 	return s.committed, s.closed
 }
 
+// discardSink records, when it is closed, whether readers could already
+// have heard that its download failed.
+type discardSink struct {
+	readBackSink
+	g    *Group
+	late *atomic.Bool
+}
+
+func (s discardSink) Close() error {
+	s.g.mu.Lock()
+	dl := s.g.m[d1]
+	s.g.mu.Unlock()
+	if dl != nil {
+		dl.mu.Lock()
+		if dl.done && dl.err != nil {
+			s.late.Store(true)
+		}
+		dl.mu.Unlock()
+	}
+	return s.sink.Close()
+}
+
 type readBackSink struct{ *sink }
 
 func (s readBackSink) ReadAt(p []byte, off int64) (int, error) {
@@ -292,6 +314,30 @@ func TestFailedDownloadNeverCommitted(t *testing.T) {
 	}
 	r2.Close()
 	outs.wait(t)
+}
+
+// A failed download's sink is discarded before any reader hears of the
+// failure: a client that saw its pull fail finds no temp file left.
+func TestFailureDiscardsBeforeTelling(t *testing.T) {
+	g := New(Options{Chunk: 4})
+	b := newBody()
+	var late atomic.Bool
+	ds := discardSink{readBackSink{&sink{}}, g, &late}
+	outs := newOutcomes()
+	r, _, err := g.Join(context.Background(), d1, opener(b, 8, ds, nil), outs.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b.send(t, []byte("0123"))
+	b.end(errors.New("cut off"))
+	if _, err := readAll(t, r); err == nil {
+		t.Fatal("no error")
+	}
+	outs.wait(t)
+	if late.Load() {
+		t.Fatal("the sink was discarded after readers could hear of the failure")
+	}
 }
 
 func TestOpenFailureReturnedToEveryReader(t *testing.T) {
