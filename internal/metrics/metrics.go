@@ -47,9 +47,14 @@ type Metrics struct {
 	// DigestMismatches counts upstream content rejected by verification.
 	DigestMismatches *prometheus.CounterVec
 	// ClientAuthFailures counts requests refused for want of valid client
-	// credentials, by reason (missing, invalid). The /v2/ challenge that
-	// starts every login is not counted.
+	// credentials, by reason: missing, invalid (a wrong login, counted
+	// where it is offered: a token request or Basic credentials), or
+	// throttled (a login not checked after too many failures). The /v2/
+	// challenge that starts every login is not counted.
 	ClientAuthFailures *prometheus.CounterVec
+	// ClientAuthChecks counts client password checks run (bcrypt); logins
+	// answered from memory or throttled run none.
+	ClientAuthChecks prometheus.Counter
 }
 
 // New creates the collectors and registers them, with Go and process
@@ -97,15 +102,18 @@ func New() *Metrics {
 			Name: "regcache_digest_mismatches_total", Help: "Upstream content rejected because it did not match its digest.",
 		}, []string{"registry", "source"}),
 		ClientAuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "regcache_client_auth_failures_total", Help: "Client requests refused for want of valid credentials, by reason (missing, invalid).",
+			Name: "regcache_client_auth_failures_total", Help: "Client requests refused for want of valid credentials, by reason (missing, invalid, throttled).",
 		}, []string{"reason"}),
+		ClientAuthChecks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regcache_client_auth_password_checks_total", Help: "Client password checks run (bcrypt); remembered and throttled logins run none.",
+		}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Requests, m.BytesServed, m.UpstreamBytes, m.UpstreamRequests, m.CountedPulls,
 		m.StaleServed, m.SharedFetches, m.TagRevalidations, m.DigestMismatches, m.MirrorHits, m.TagFallbacks,
-		m.StoreBytes, m.EvictedBytes, m.ClientAuthFailures,
+		m.StoreBytes, m.EvictedBytes, m.ClientAuthFailures, m.ClientAuthChecks,
 	)
 	return m
 }

@@ -61,6 +61,8 @@ type Options struct {
 	// Tokens signs the tokens; nil means a key of this process's own,
 	// which suits a single server.
 	Tokens *clientauth.Issuer
+	// MetricsLogin puts /metrics behind the login too (client_auth.metrics).
+	MetricsLogin bool
 }
 
 // New returns a Server.
@@ -88,10 +90,14 @@ func New(opt Options) *Server {
 		io.WriteString(w, "ok\n")
 	})
 	if s.metrics != nil {
-		mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
+		var h http.Handler = promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{})
+		if opt.MetricsLogin {
+			h = s.requireLogin(h)
+		}
+		mux.Handle("/metrics", h)
 	}
 	if s.admin != nil {
-		mux.Handle("/_regcache/", s.admin)
+		mux.Handle("/_regcache/", s.requireLogin(s.admin))
 	}
 	mux.HandleFunc(tokenPath, s.serveToken)
 	s.mux = mux
