@@ -376,3 +376,30 @@ func TestLoginsConcurrency(t *testing.T) {
 		t.Errorf("%d checks, want %d: one per distinct login that was not turned away", n, 1+1+len(want))
 	}
 }
+
+// A client that is held back is answered at once: it takes no place at
+// the gate, even while a check is running.
+func TestLoginsHeldClientsDoNotQueue(t *testing.T) {
+	fx := newLoginsFixture(t, map[string]string{"ci": "ci-pw"})
+	const held = "10.0.0.1"
+	fx.run([]step{
+		{0, held, "u", "g1", Refused, 0, true},
+		{0, held, "u", "g2", Refused, 0, true},
+		{0, held, "u", "g3", Refused, 0, true},
+		{0, held, "u", "g4", Refused, 0, true},
+		{time.Second, held, "u", "g5", Refused, 0, true}, // held for 2 s now
+	})
+	bc := fx.blockChecks()
+	done := make(chan Verdict, 1)
+	go func() { done <- fx.login("10.0.0.2", "ci", "ci-pw") }()
+	<-bc.entered
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if v := fx.loginCtx(ctx, held, "ci", "ci-pw"); v.Outcome != Throttled || v.RetryAfter != 2*time.Second {
+		t.Errorf("a held client while a check runs: %+v, want held for 2 s", v)
+	}
+	bc.release <- struct{}{}
+	if v := <-done; v.Outcome != Accepted {
+		t.Errorf("the running check: %+v", v)
+	}
+}
