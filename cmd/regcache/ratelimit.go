@@ -76,18 +76,9 @@ func ratelimitAuth(cmd *cobra.Command, registry, username string, passwordStdin 
 		username = os.Getenv("DOCKERHUB_USERNAME")
 	}
 	if username != "" {
-		var password string
-		if passwordStdin {
-			line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
-			if err != nil && line == "" {
-				return nil, "", errors.New("--password-stdin: nothing on standard input")
-			}
-			password = strings.TrimRight(line, "\r\n")
-		} else {
-			password = os.Getenv("DOCKERHUB_PASSWORD")
-		}
-		if password == "" {
-			return nil, "", fmt.Errorf("no password for %s: use --password-stdin or set DOCKERHUB_PASSWORD", username)
+		password, err := readPassword(cmd, passwordStdin, "DOCKERHUB_PASSWORD", username)
+		if err != nil {
+			return nil, "", err
 		}
 		return authn.FromConfig(authn.AuthConfig{Username: username, Password: password}), username, nil
 	}
@@ -117,4 +108,23 @@ func ratelimitAuth(cmd *cobra.Command, registry, username string, passwordStdin 
 		id = "docker-config"
 	}
 	return auth, id, nil
+}
+
+// readPassword reads username's password from the first line of standard
+// input (--password-stdin), or else from the environment variable env.
+func readPassword(cmd *cobra.Command, fromStdin bool, env, username string) (string, error) {
+	if fromStdin {
+		line, err := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+		if err != nil && line == "" {
+			return "", errors.New("--password-stdin: nothing on standard input")
+		}
+		if p := strings.TrimRight(line, "\r\n"); p != "" {
+			return p, nil
+		}
+		return "", fmt.Errorf("no password for %s on standard input", username)
+	}
+	if p := os.Getenv(env); p != "" {
+		return p, nil
+	}
+	return "", fmt.Errorf("no password for %s: use --password-stdin or set %s", username, env)
 }

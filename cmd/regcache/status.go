@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -16,15 +17,17 @@ import (
 )
 
 func newStatusCmd() *cobra.Command {
-	var server string
-	var asJSON bool
+	var server, username string
+	var asJSON, passwordStdin bool
 	cmd := &cobra.Command{
-		Use:   "status --server URL",
+		Use:   "status --server URL [--username U --password-stdin]",
 		Short: "Show a running server's upstream pull budgets and source health",
 		Long: `Show, for every upstream of a running regcache, the pull budget its origin
 last reported (limit, remaining, window, source) and the state of each mirror's
 and the origin's circuit breaker. The figures come from the server's
-/_regcache/status endpoint; asking costs no pulls.`,
+/_regcache/status endpoint; asking costs no pulls. A server with client_auth
+shows them only to a user of its htpasswd file: give --username, and the
+password on standard input (--password-stdin) or in REGCACHE_PASSWORD.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			url := strings.TrimRight(server, "/") + "/_regcache/status"
@@ -36,6 +39,13 @@ and the origin's circuit breaker. The figures come from the server's
 			if err != nil {
 				return fmt.Errorf("--server: %w", err)
 			}
+			if username != "" {
+				password, err := readPassword(cmd, passwordStdin, "REGCACHE_PASSWORD", username)
+				if err != nil {
+					return err
+				}
+				req.SetBasicAuth(username, password)
+			}
 			resp, err := client.Do(req)
 			if err != nil {
 				return err
@@ -44,6 +54,9 @@ and the origin's circuit breaker. The figures come from the server's
 			body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
 			if err != nil {
 				return err
+			}
+			if resp.StatusCode == http.StatusUnauthorized && username == "" {
+				return fmt.Errorf("%s: %s: this regcache has client_auth; log in with --username and --password-stdin", url, resp.Status)
 			}
 			if resp.StatusCode != http.StatusOK {
 				return fmt.Errorf("%s: %s", url, resp.Status)
@@ -84,5 +97,7 @@ and the origin's circuit breaker. The figures come from the server's
 	}
 	cmd.Flags().StringVar(&server, "server", "http://127.0.0.1:5000", "regcache server URL")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().StringVarP(&username, "username", "u", os.Getenv("REGCACHE_USERNAME"), "user of the server's client_auth htpasswd file (env REGCACHE_USERNAME)")
+	cmd.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the password from standard input (else REGCACHE_PASSWORD)")
 	return cmd
 }

@@ -222,7 +222,8 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 			return nil, fmt.Errorf("client_auth.htpasswd: %w", err)
 		}
 		a.users = users
-		sopt.ClientAuth, sopt.AnonymousRegistries = users, ca.AnonymousRegistries
+		sopt.ClientAuth = clientauth.NewLogins(users, clientauth.Options{Checked: m.ClientAuthChecks.Inc})
+		sopt.AnonymousRegistries, sopt.MetricsLogin = ca.AnonymousRegistries, ca.Metrics == "login"
 		if ca.TokenKeyFile != "" {
 			secret, err := os.ReadFile(ca.TokenKeyFile)
 			if err != nil {
@@ -232,7 +233,7 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 				return nil, fmt.Errorf("client_auth.token_key_file %s: %w", ca.TokenKeyFile, err)
 			}
 		}
-		log.Info("client authentication on", "htpasswd", ca.Htpasswd, "users", users.Users(), "anonymous_registries", strings.Join(ca.AnonymousRegistries, ","))
+		log.Info("client authentication on", "htpasswd", ca.Htpasswd, "users", users.Users(), "anonymous_registries", strings.Join(ca.AnonymousRegistries, ","), "metrics_login", sopt.MetricsLogin)
 	}
 	if t := cfg.TLS; t != nil {
 		certs, err := newCertReloader(t.Certificate, t.Key, log)

@@ -1,20 +1,22 @@
 // Package clientauth checks the logins that clients present to regcache
 // itself: users from an htpasswd file of bcrypt hashes, the format
-// Distribution, zot and nginx read (`htpasswd -B`), and the short-lived
-// bearer tokens regcache issues to them (Issuer).
+// Distribution, zot and nginx read (`htpasswd -B`), read again when it
+// changes (File); the policy that keeps password guessing slow for the
+// guesser and cheap for the server (Logins); and the short-lived bearer
+// tokens regcache issues (Issuer).
 //
-// bcrypt is slow on purpose (tens of milliseconds a check). Most clients
-// check a login once per token, but some send Basic credentials with every
-// request, so a successful check is remembered for a few minutes under a
-// keyed hash of the credentials. Failures are never remembered.
+// bcrypt is slow on purpose (tens of milliseconds to a second a check), so
+// a check is also the easiest way to make the server work. Logins
+// therefore remembers recent answers, backs off clients and user names
+// that fail, and lets only a few checks run at once.
 package clientauth
 
 import (
 	"bufio"
 	"bytes"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"strings"
@@ -25,25 +27,21 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// Bounds of the memory of good credentials. Five minutes keeps bcrypt off
-// the path of every request of a pull; a user removed from the file (which
-// needs a restart anyway) is not what the bound is about.
-const (
-	verifiedTTL = 5 * time.Minute
-	verifiedMax = 4096
-)
-
-// Htpasswd is a set of users with bcrypt password hashes.
+// Htpasswd is a set of users with bcrypt password hashes, as read from one
+// version of the file.
 type Htpasswd struct {
 	users map[string][]byte
-	// dummy is compared against when the user is unknown, so the answer
-	// takes as long as for a known user with a wrong password.
-	dummy []byte
-	key   [32]byte // HMAC key for the verified set; random per process
-	now   func() time.Time
-
-	mu       sync.Mutex
-	verified map[[32]byte]time.Time // HMAC(user, password) → until
+	// stamps identify each user's entry (name and hash). A token carries
+	// its user's stamp, so it stops working when the entry changes or goes.
+	stamps map[string]string
+	// maxCost is the highest bcrypt cost in the file. Every check does the
+	// work of one check at that cost (see check).
+	maxCost int
+	// pads[c] is a hash of cost c that no password matches; comparing
+	// against pads makes up the time a cheaper or missing entry saves.
+	pads map[int][]byte
+	// compare is bcrypt.CompareHashAndPassword; a seam for tests.
+	compare func(hash, password []byte) error
 }
 
 // Load reads an htpasswd file. Errors name the file and line; they never
@@ -59,7 +57,7 @@ func Load(path string) (*Htpasswd, error) {
 // Parse reads htpasswd lines "user:hash" from data; source names it in
 // errors. Blank lines and lines starting with # are skipped.
 func Parse(data []byte, source string) (*Htpasswd, error) {
-	h := &Htpasswd{users: map[string][]byte{}, verified: map[[32]byte]time.Time{}, now: time.Now}
+	h := &Htpasswd{users: map[string][]byte{}, stamps: map[string]string{}, pads: map[int][]byte{}, compare: bcrypt.CompareHashAndPassword}
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for n := 1; sc.Scan(); n++ {
 		line := strings.TrimSpace(sc.Text())
@@ -73,10 +71,13 @@ func Parse(data []byte, source string) (*Htpasswd, error) {
 		if _, dup := h.users[user]; dup {
 			return nil, fmt.Errorf("%s:%d: user %q is listed twice", source, n, user)
 		}
-		if _, err := bcrypt.Cost([]byte(hash)); err != nil {
+		cost, err := bcrypt.Cost([]byte(hash))
+		if err != nil {
 			return nil, fmt.Errorf("%s:%d: user %q: only bcrypt hashes are supported (create them with htpasswd -B)", source, n, user)
 		}
 		h.users[user] = []byte(hash)
+		h.stamps[user] = stamp(user, hash)
+		h.maxCost = max(h.maxCost, cost)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%s: %w", source, err)
@@ -84,63 +85,71 @@ func Parse(data []byte, source string) (*Htpasswd, error) {
 	if len(h.users) == 0 {
 		return nil, fmt.Errorf("%s: no users", source)
 	}
-	if _, err := rand.Read(h.key[:]); err != nil {
+	if err := h.makePads(); err != nil {
 		return nil, err
 	}
-	// Same cost as a real entry, so unknown users take as long.
-	for _, hash := range h.users {
-		cost, _ := bcrypt.Cost(hash)
-		dummy, err := bcrypt.GenerateFromPassword(h.key[:16], cost)
-		if err != nil {
-			return nil, err
-		}
-		h.dummy = dummy
-		break
-	}
 	return h, nil
+}
+
+// makePads makes a hash for every cost up to maxCost. Only the cheapest is
+// computed: a bcrypt hash names its cost in its text, and comparing
+// against the same salt and digest under another cost does that cost's
+// work and matches nothing.
+func (h *Htpasswd) makePads() error {
+	secret := make([]byte, 32)
+	rand.Read(secret)
+	base, err := bcrypt.GenerateFromPassword(secret, bcrypt.MinCost)
+	if err != nil {
+		return err
+	}
+	for c := bcrypt.MinCost; c <= h.maxCost; c++ {
+		pad := append([]byte(nil), base...)
+		copy(pad[4:6], fmt.Sprintf("%02d", c)) // "$2a$04$…"
+		if got, err := bcrypt.Cost(pad); err != nil || got != c {
+			return fmt.Errorf("bcrypt pad of cost %d: %v", c, err)
+		}
+		h.pads[c] = pad
+	}
+	return nil
+}
+
+// stamp is a short digest of an htpasswd entry. It names no secret: the
+// hash it digests is itself a salted hash.
+func stamp(user, hash string) string {
+	sum := sha256.Sum256([]byte("regcache htpasswd entry\x00" + user + "\x00" + hash))
+	return base64.RawURLEncoding.EncodeToString(sum[:12])
 }
 
 // Users is the number of users in the file.
 func (h *Htpasswd) Users() int { return len(h.users) }
 
-// Check reports whether password is user's.
-func (h *Htpasswd) Check(user, password string) bool {
-	mac := hmac.New(sha256.New, h.key[:])
-	mac.Write([]byte(user))
-	mac.Write([]byte{0})
-	mac.Write([]byte(password))
-	var id [32]byte
-	copy(id[:], mac.Sum(nil))
-
-	now := h.now()
-	h.mu.Lock()
-	until, ok := h.verified[id]
-	h.mu.Unlock()
-	if ok && now.Before(until) {
-		return true
-	}
-
+// check reports whether password is user's. Whether the user exists or
+// not, and whatever the cost of their hash, it does the work of one bcrypt
+// check at the file's highest cost, so the time it takes tells nothing: an
+// unknown user is compared against the pad of that cost; a user whose hash
+// has cost c is compared against it (2^c rounds) and then against the pads
+// of costs c, c+1, …, max-1, which add up to the 2^max - 2^c rounds that
+// remain.
+func (h *Htpasswd) check(user, password string) bool {
+	pw := []byte(password)
 	hash, known := h.users[user]
 	if !known {
-		_ = bcrypt.CompareHashAndPassword(h.dummy, []byte(password))
+		_ = h.compare(h.pads[h.maxCost], pw)
 		return false
 	}
-	if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil {
-		return false
+	ok := h.compare(hash, pw) == nil
+	cost, _ := bcrypt.Cost(hash)
+	for c := cost; c < h.maxCost; c++ {
+		_ = h.compare(h.pads[c], pw)
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if len(h.verified) >= verifiedMax {
-		// Expired entries go; if that is not enough, random ones (map
-		// order), which only costs their owners one more bcrypt check.
-		for k, u := range h.verified {
-			if !now.Before(u) || len(h.verified) >= verifiedMax {
-				delete(h.verified, k)
-			}
-		}
-	}
-	h.verified[id] = now.Add(verifiedTTL)
-	return true
+	return ok
+}
+
+// sameEntry reports whether user has the same entry (or none) in h and o.
+func (h *Htpasswd) sameEntry(o *Htpasswd, user string) bool {
+	a, inH := h.users[user]
+	b, inO := o.users[user]
+	return inH == inO && bytes.Equal(a, b)
 }
 
 // File is an htpasswd file that is read again when it changes, so users can
@@ -167,16 +176,21 @@ func Open(path string) (*File, error) {
 	return f, nil
 }
 
-// Check implements the server's ClientAuth with the users read last.
-func (f *File) Check(user, password string) bool { return f.current.Load().Check(user, password) }
-
 // Users is the number of users read last.
 func (f *File) Users() int { return f.current.Load().Users() }
 
+// Valid reports whether stamp is still that of user's entry in the file as
+// read last: a token of a user who has been removed, or whose password has
+// changed, is no longer good.
+func (f *File) Valid(user, stamp string) bool {
+	s, ok := f.current.Load().stamps[user]
+	return ok && s == stamp
+}
+
 // Reload reads the file again if its modification time or size changed,
-// and reports whether it did. On an error the previous users stay. A new
-// set of users starts with no remembered logins, so a removed user or an
-// old password stops working at once.
+// and reports whether it did. On an error the previous users stay. Logins
+// forgets what it remembered about the entries that changed, and tokens of
+// removed users or old passwords stop working, at once.
 func (f *File) Reload() (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

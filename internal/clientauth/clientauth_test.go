@@ -2,9 +2,10 @@ package clientauth
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -16,6 +17,14 @@ func hash(t *testing.T, password string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// withCost returns hash as if it had been made at cost: bcrypt hashes name
+// their cost in their text. Checking a password against it does that
+// cost's work and matches nothing, which tests use only through a fake
+// compare.
+func withCost(hash string, cost int) string {
+	return hash[:4] + fmt.Sprintf("%02d", cost) + hash[6:]
 }
 
 func TestParseErrors(t *testing.T) {
@@ -63,51 +72,137 @@ func TestCheck(t *testing.T) {
 		{"ops", "ci-secret", false},
 		{"nobody", "ci-secret", false},
 		{"", "", false},
+		{"ci", strings.Repeat("x", 100), false},
 	} {
-		// Twice: the second answer may come from the verified set.
-		for i := range 2 {
-			if got := h.Check(tc.user, tc.password); got != tc.want {
-				t.Errorf("Check(%q, %q) #%d = %v, want %v", tc.user, tc.password, i, got, tc.want)
-			}
+		if got := h.check(tc.user, tc.password); got != tc.want {
+			t.Errorf("check(%q, %q) = %v, want %v", tc.user, tc.password, got, tc.want)
 		}
 	}
 }
 
-func TestVerifiedSetExpiresAndIsBounded(t *testing.T) {
-	h, err := Parse([]byte("ci:"+hash(t, "pw")+"\n"), "test")
+// Every check does the work of one bcrypt check at the file's highest
+// cost, whether the user exists, whether the password is right, and
+// whatever the user's own cost: the rounds of the comparisons it runs add
+// up to 2^max. Counted through the compare seam, not timed.
+func TestCheckCostDoesNotDependOnTheUser(t *testing.T) {
+	base := hash(t, "x")
+	for _, tc := range []struct {
+		name  string
+		costs map[string]int // user → cost of their hash
+		max   int
+	}{
+		{"one user", map[string]int{"ci": 10}, 10},
+		{"same costs", map[string]int{"ci": 12, "ops": 12}, 12},
+		{"mixed costs", map[string]int{"ci": 5, "ops": 13, "old": 4}, 13},
+		{"minimum cost", map[string]int{"ci": 4}, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var file strings.Builder
+			passwords := map[string]string{} // hash → password
+			for user, cost := range tc.costs {
+				hs := withCost(base, cost)
+				hs = hs[:len(hs)-len(user)] + user // distinct hashes per user
+				passwords[hs] = user + "-pw"
+				fmt.Fprintf(&file, "%s:%s\n", user, hs)
+			}
+			h, err := Parse([]byte(file.String()), "test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rounds int64
+			var calls int
+			h.compare = func(hs, pw []byte) error {
+				cost, err := bcrypt.Cost(hs)
+				if err != nil {
+					t.Fatalf("compared against a non-bcrypt hash: %v", err)
+				}
+				rounds += 1 << cost
+				calls++
+				if p, ok := passwords[string(hs)]; ok && p == string(pw) {
+					return nil
+				}
+				return bcrypt.ErrMismatchedHashAndPassword
+			}
+			type attempt struct{ user, password string }
+			attempts := []attempt{{"nobody", "x"}, {"", ""}}
+			for user := range tc.costs {
+				attempts = append(attempts, attempt{user, user + "-pw"}, attempt{user, "wrong"})
+			}
+			for _, a := range attempts {
+				rounds, calls = 0, 0
+				ok := h.check(a.user, a.password)
+				if want := a.password == a.user+"-pw"; ok != want {
+					t.Errorf("check(%q) = %v, want %v", a.user, ok, want)
+				}
+				if rounds != 1<<tc.max {
+					t.Errorf("check(%q, %q) ran %d rounds in %d comparisons, want 2^%d = %d", a.user, a.password, rounds, calls, tc.max, 1<<tc.max)
+				}
+			}
+		})
+	}
+}
+
+// writeFile writes an htpasswd file of MinCost users and opens it.
+func writeFile(t *testing.T, users map[string]string) (*File, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "htpasswd")
+	rewrite(t, path, users)
+	f, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
-	h.now = func() time.Time { return now }
-	if !h.Check("ci", "pw") || len(h.verified) != 1 {
-		t.Fatalf("a good check was not remembered: %d entries", len(h.verified))
-	}
-	// A wrong password is never remembered.
-	h.Check("ci", "wrong")
-	if len(h.verified) != 1 {
-		t.Fatalf("a failed check was remembered: %d entries", len(h.verified))
-	}
-	now = now.Add(verifiedTTL)
-	// Expired: the check goes to bcrypt again and still succeeds.
-	if !h.Check("ci", "pw") {
-		t.Fatal("good password refused after the remembered check expired")
-	}
-	// Fill the set past its bound with entries only this test can make.
-	for i := range verifiedMax + 10 {
-		var id [32]byte
-		copy(id[:], fmt.Sprint(i))
-		h.mu.Lock()
-		if len(h.verified) < verifiedMax {
-			h.verified[id] = now.Add(verifiedTTL)
+	return f, path
+}
+
+// rewrite replaces the file, keeping the hash of every user whose password
+// stays. Its size differs with every call (a comment line changes), so
+// Reload sees the change even within one mtime tick.
+func rewrite(t *testing.T, path string, users map[string]string) {
+	t.Helper()
+	old, _ := os.ReadFile(path)
+	kept := map[string]string{}
+	for _, line := range strings.Split(string(old), "\n") {
+		if u, h, ok := strings.Cut(line, ":"); ok && bcrypt.CompareHashAndPassword([]byte(h), []byte(users[u])) == nil {
+			kept[u] = h
 		}
-		h.mu.Unlock()
 	}
-	now = now.Add(time.Second)
-	if !h.Check("ci", "pw") {
-		t.Fatal("good password refused with a full set")
+	var b strings.Builder
+	b.WriteString("#" + strings.Repeat("#", len(old)%7+1) + "\n")
+	for u, pw := range users {
+		h := kept[u]
+		if h == "" {
+			h = hash(t, pw)
+		}
+		b.WriteString(u + ":" + h + "\n")
 	}
-	if n := len(h.verified); n > verifiedMax {
-		t.Errorf("verified set holds %d entries, bound %d", n, verifiedMax)
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFileValid(t *testing.T) {
+	f, path := writeFile(t, map[string]string{"ci": "pw1", "ops": "pw2"})
+	ci, ops := f.current.Load().stamps["ci"], f.current.Load().stamps["ops"]
+	if ci == "" || ci == ops {
+		t.Fatalf("stamps %q %q", ci, ops)
+	}
+	rewrite(t, path, map[string]string{"ci": "pw1-new", "dev": "pw3"})
+	if changed, err := f.Reload(); !changed || err != nil {
+		t.Fatalf("reload: %v %v", changed, err)
+	}
+	for _, tc := range []struct {
+		user, stamp string
+		want        bool
+	}{
+		{"ci", ci, false},   // new password
+		{"ops", ops, false}, // removed
+		{"ci", f.current.Load().stamps["ci"], true},
+		{"dev", f.current.Load().stamps["dev"], true},
+		{"dev", "", false},
+		{"nobody", "", false},
+	} {
+		if got := f.Valid(tc.user, tc.stamp); got != tc.want {
+			t.Errorf("Valid(%q, %q) = %v, want %v", tc.user, tc.stamp, got, tc.want)
+		}
 	}
 }

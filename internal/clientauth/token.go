@@ -19,12 +19,15 @@ const TokenTTL = 5 * time.Minute
 // Claims is what a token grants.
 type Claims struct {
 	// User is the login the token was issued to; "" for an anonymous
-	// token, which opens only the anonymous registries.
+	// token, which opens only the anonymous registries. An anonymous
+	// token says nothing else: one issued for a refused login is the same
+	// as one issued without a login.
 	User string `json:"u,omitempty"`
-	// Refused names a login that was offered and refused: the token is
-	// anonymous, and a refusal can say why.
-	Refused string `json:"r,omitempty"`
-	Expiry  int64  `json:"e"` // unix seconds
+	// Stamp is the stamp of User's htpasswd entry at issue (File.Valid):
+	// the token dies with the entry, in every replica that reads the
+	// same file.
+	Stamp  string `json:"s,omitempty"`
+	Expiry int64  `json:"e"` // unix seconds
 }
 
 // Issuer mints and checks regcache's bearer tokens: the claims and an

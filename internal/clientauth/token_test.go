@@ -12,8 +12,8 @@ func TestTokens(t *testing.T) {
 	i.now = func() time.Time { return now }
 	other := NewIssuer()
 
-	user, ttl := i.Issue(Claims{User: "ci"})
-	refused, _ := i.Issue(Claims{Refused: "ci"})
+	user, ttl := i.Issue(Claims{User: "ci", Stamp: "s1"})
+	anonymous, _ := i.Issue(Claims{})
 	foreign, _ := other.Issue(Claims{User: "ci"})
 	payload, sig, _ := strings.Cut(user, ".")
 	forged, _ := i.Issue(Claims{User: "ops"})
@@ -29,9 +29,9 @@ func TestTokens(t *testing.T) {
 		want Claims
 		ok   bool
 	}{
-		{"user", user, 0, Claims{User: "ci"}, true},
-		{"refused login", refused, 0, Claims{Refused: "ci"}, true},
-		{"just before expiry", user, TokenTTL - time.Second, Claims{User: "ci"}, true},
+		{"user", user, 0, Claims{User: "ci", Stamp: "s1"}, true},
+		{"anonymous", anonymous, 0, Claims{}, true},
+		{"just before expiry", user, TokenTTL - time.Second, Claims{User: "ci", Stamp: "s1"}, true},
 		{"expired", user, TokenTTL, Claims{}, false},
 		{"another server's", foreign, 0, Claims{}, false},
 		{"payload swapped", forgedPayload + "." + sig, 0, Claims{}, false},

@@ -101,6 +101,10 @@ type ClientAuth struct {
 	// mirror's own login. Credentials sent for them are not checked:
 	// dockerd forwards the user's Docker Hub login to the mirror.
 	AnonymousRegistries []string `yaml:"anonymous_registries"`
+	// Metrics is "open" (the default: Prometheus scrapes without a login)
+	// or "login" (/metrics needs a user from the htpasswd file, as
+	// /_regcache/ always does with client_auth).
+	Metrics string `yaml:"metrics"`
 }
 
 // TLS names the PEM files regcache serves HTTPS with.
@@ -437,6 +441,11 @@ func (c *Config) validate() error {
 			if _, ok := c.Registries[name]; !ok {
 				return fmt.Errorf("client_auth.anonymous_registries: %q is not one of the configured registries", name)
 			}
+		}
+		switch a.Metrics {
+		case "", "open", "login":
+		default:
+			return fmt.Errorf("client_auth.metrics: %q is not one of open, login", a.Metrics)
 		}
 	}
 	if t := c.TLS; t != nil {

@@ -52,6 +52,7 @@ func TestParseErrors(t *testing.T) {
 		{"client_auth without htpasswd", "client_auth: {anonymous_registries: [docker.io]}\n", []string{"client_auth.htpasswd"}},
 		{"anonymous registry not configured", "client_auth: {htpasswd: /x, anonymous_registries: [example.org]}\n", []string{"client_auth.anonymous_registries", "example.org"}},
 		{"unknown client_auth key", "client_auth: {htpasswd: /x, users: [a]}\n", []string{"unknown key users"}},
+		{"client_auth.metrics neither open nor login", "client_auth: {htpasswd: /x, metrics: closed}\n", []string{"client_auth.metrics", `"closed"`, "open, login"}},
 		{"tls without key", "tls: {certificate: /c.pem}\n", []string{"tls.key"}},
 		{"tls without certificate", "tls: {key: /k.pem}\n", []string{"tls.certificate"}},
 		{"s3 without bucket", "storage: {s3: {region: eu-west-1}}\n", []string{"storage.s3.bucket", "must be set"}},

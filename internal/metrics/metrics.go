@@ -54,9 +54,14 @@ type Metrics struct {
 	// kind and reason (no_space, store_failed).
 	Uncached *prometheus.CounterVec
 	// ClientAuthFailures counts requests refused for want of valid client
-	// credentials, by reason (missing, invalid). The /v2/ challenge that
-	// starts every login is not counted.
+	// credentials, by reason: missing, invalid (a wrong login, counted
+	// where it is offered: a token request or Basic credentials), or
+	// throttled (a login not checked after too many failures). The /v2/
+	// challenge that starts every login is not counted.
 	ClientAuthFailures *prometheus.CounterVec
+	// ClientAuthChecks counts client password checks run (bcrypt); logins
+	// answered from memory or throttled run none.
+	ClientAuthChecks prometheus.Counter
 }
 
 // New creates the collectors and registers them, with Go and process
@@ -111,15 +116,18 @@ func New() *Metrics {
 			Name: "regcache_uncached_total", Help: "Content served to clients but not stored, by reason (no_space, store_failed).",
 		}, []string{"registry", "kind", "reason"}),
 		ClientAuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "regcache_client_auth_failures_total", Help: "Client requests refused for want of valid credentials, by reason (missing, invalid).",
+			Name: "regcache_client_auth_failures_total", Help: "Client requests refused for want of valid credentials, by reason (missing, invalid, throttled).",
 		}, []string{"reason"}),
+		ClientAuthChecks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "regcache_client_auth_password_checks_total", Help: "Client password checks run (bcrypt); remembered and throttled logins run none.",
+		}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Requests, m.RequestSeconds, m.BytesServed, m.UpstreamBytes, m.UpstreamRequests, m.CountedPulls,
 		m.StaleServed, m.SharedFetches, m.TagRevalidations, m.DigestMismatches, m.MirrorHits, m.TagFallbacks,
-		m.StoreBytes, m.EvictedBytes, m.Uncached, m.ClientAuthFailures,
+		m.StoreBytes, m.EvictedBytes, m.Uncached, m.ClientAuthFailures, m.ClientAuthChecks,
 	)
 	return m
 }

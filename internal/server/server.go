@@ -66,6 +66,8 @@ type Options struct {
 	// Tokens signs the tokens; nil means a key of this process's own,
 	// which suits a single server.
 	Tokens *clientauth.Issuer
+	// MetricsLogin puts /metrics behind the login too (client_auth.metrics).
+	MetricsLogin bool
 }
 
 // New returns a Server.
@@ -101,11 +103,16 @@ func New(opt Options) *Server {
 			io.WriteString(w, "ok\n")
 		})
 	}
+	// Liveness and readiness stay open: probes carry no login.
 	mux.Handle("/healthz", health)
 	mux.Handle("/readyz", health)
-	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
+	var metricsHandler http.Handler = promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{})
+	if opt.MetricsLogin {
+		metricsHandler = s.requireLogin(metricsHandler)
+	}
+	mux.Handle("/metrics", metricsHandler)
 	if opt.Admin != nil {
-		mux.Handle("/_regcache/", opt.Admin)
+		mux.Handle("/_regcache/", s.requireLogin(opt.Admin))
 	}
 	mux.HandleFunc(tokenPath, s.serveToken)
 	s.handler = noSniff(logRequests(s.log)(mux))
