@@ -7,11 +7,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -136,6 +139,54 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	return build(cfg, log, st)
+}
+
+// Check builds everything New builds from cfg (upstream credentials, which
+// reads password_env variables and password files, client logins, the token
+// key, the TLS pair) and checks that storage.root is a writable directory
+// or can be made one, for `regcache serve --check-config`. It does not open
+// the store: opening removes partial downloads, which may belong to a
+// server already running on the same directory.
+func Check(cfg *config.Config, log *slog.Logger) error {
+	if err := checkStorageRoot(cfg.Storage.Root); err != nil {
+		return err
+	}
+	_, err := build(cfg, log, nil)
+	return err
+}
+
+// checkStorageRoot reports whether root, or the nearest directory above it
+// that exists, accepts a new file.
+func checkStorageRoot(root string) error {
+	dir, err := filepath.Abs(root)
+	if err != nil {
+		return fmt.Errorf("storage.root %s: %w", root, err)
+	}
+	for {
+		fi, err := os.Stat(dir)
+		if err == nil {
+			if !fi.IsDir() {
+				return fmt.Errorf("storage.root %s: %s is not a directory", root, dir)
+			}
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) || filepath.Dir(dir) == dir {
+			return fmt.Errorf("storage.root %s: %w", root, err)
+		}
+		dir = filepath.Dir(dir)
+	}
+	f, err := os.CreateTemp(dir, ".regcache-check-*")
+	if err != nil {
+		return fmt.Errorf("storage.root %s: not writable: %w", root, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
+// build wires an App around st; st is nil only for Check, whose App never
+// serves.
+func build(cfg *config.Config, log *slog.Logger, st *store.FS) (*App, error) {
 	m := metrics.New()
 	a := &App{Metrics: m, Store: st, Upstreams: map[string]*upstream.Registry{}, identities: map[string]string{}, cfg: cfg, log: log}
 	ups := map[string]pull.Upstream{}
