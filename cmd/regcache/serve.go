@@ -33,9 +33,9 @@ func newServeCmd() *cobra.Command {
 		Short: "Run the caching registry",
 		Long: `Run the pull-through caching registry.
 
-The config comes from --config (or the file named by $REGCACHE_CONFIG), or
-from the YAML text in $` + configYAMLEnv + `. Without either, regcache runs on
-its embedded defaults: it listens on :5000, stores content under
+The config comes from --config, else from the YAML text in
+$` + configYAMLEnv + `, else from the file $REGCACHE_CONFIG names. Without any of
+them, regcache runs on its embedded defaults: it listens on :5000, stores content under
 ./regcache-data and caches docker.io, ghcr.io, quay.io, gcr.io,
 registry.k8s.io and public.ecr.aws.
 
@@ -65,25 +65,31 @@ exits 0; an error names the key or file at fault.`,
 			return serve(ctx, cfg, cmd.ErrOrStderr())
 		},
 	}
-	cmd.Flags().StringVarP(&cfgPath, "config", "c", os.Getenv("REGCACHE_CONFIG"), "YAML config file (default: $"+configYAMLEnv+", else the embedded defaults; env REGCACHE_CONFIG)")
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "YAML config file (default: the text in $"+configYAMLEnv+", else the file $REGCACHE_CONFIG names, else the embedded defaults)")
 	cmd.Flags().StringVar(&listen, "listen", "", "listen address, overrides the config's listen key")
 	cmd.Flags().BoolVar(&checkOnly, "check-config", false, "load, validate and build the server from the config without listening, then exit")
 	return cmd
 }
 
-// loadServeConfig reads the config from path, else from $REGCACHE_CONFIG_YAML,
-// else the embedded defaults, and says which in source.
-func loadServeConfig(path string) (cfg *config.Config, source string, err error) {
+// loadServeConfig reads the config from the file --config names, else
+// from the text in $REGCACHE_CONFIG_YAML, else from the file
+// $REGCACHE_CONFIG names, else the embedded defaults; source says which.
+// The inline text outranks $REGCACHE_CONFIG because the image sets that
+// variable to its default file; with an explicit --config it is an error.
+func loadServeConfig(flagPath string) (cfg *config.Config, source string, err error) {
 	text, inline := os.LookupEnv(configYAMLEnv)
-	switch {
-	case path != "" && inline:
-		return nil, "", fmt.Errorf("both a config file (%s) and $%s are set; use one", path, configYAMLEnv)
-	case path != "":
-		cfg, err = config.Load(path)
-		return cfg, path, err
+	switch envPath := os.Getenv("REGCACHE_CONFIG"); {
+	case flagPath != "" && inline:
+		return nil, "", fmt.Errorf("both --config %s and $%s are set; use one", flagPath, configYAMLEnv)
+	case flagPath != "":
+		cfg, err = config.Load(flagPath)
+		return cfg, flagPath, err
 	case inline:
 		cfg, err = config.Parse([]byte(text), "$"+configYAMLEnv)
 		return cfg, "$" + configYAMLEnv, err
+	case envPath != "":
+		cfg, err = config.Load(envPath)
+		return cfg, envPath, err
 	}
 	return config.Default(), "embedded defaults", nil
 }

@@ -92,24 +92,51 @@ func TestServeCheckConfig(t *testing.T) {
 }
 
 // The config can come as text in $REGCACHE_CONFIG_YAML (ECS on Fargate sets
-// variables but mounts no files); with a file as well it is refused.
-func TestServeConfigFromEnvironment(t *testing.T) {
-	t.Setenv("REGCACHE_CONFIG", "")
-	t.Setenv(configYAMLEnv, "storage: {root: "+t.TempDir()+"}\nregistries:\n  ghcr.io: {url: https://ghcr.io}\n")
-	out, err := runCmd(t, "", "serve", "--check-config")
-	if err != nil || !strings.Contains(out, "$"+configYAMLEnv+": config OK") {
-		t.Fatalf("config from $%s: %v\n%s", configYAMLEnv, err, out)
-	}
-	t.Setenv(configYAMLEnv, "registries:\n  ghcr.io: {url: ghcr.io}\n")
-	if _, err := runCmd(t, "", "serve", "--check-config"); err == nil || !strings.Contains(err.Error(), "$"+configYAMLEnv) || !strings.Contains(err.Error(), "registries.ghcr.io.url") {
-		t.Errorf("a bad $%s: %v", configYAMLEnv, err)
-	}
-	file := filepath.Join(t.TempDir(), "regcache.yaml")
-	os.WriteFile(file, nil, 0o600)
-	if _, err := runCmd(t, "", "serve", "--config", file, "--check-config"); err == nil || !strings.Contains(err.Error(), "use one") {
-		t.Errorf("a file and $%s: %v", configYAMLEnv, err)
+// variables but mounts no files). It outranks $REGCACHE_CONFIG, which the
+// image sets to its default file; with an explicit --config it is refused.
+func TestServeConfigSources(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "regcache.yaml")
+	os.WriteFile(file, []byte("storage: {root: "+filepath.Join(dir, "from-file")+"}\n"), 0o600)
+	inline := "storage: {root: " + filepath.Join(dir, "inline") + "}\nregistries:\n  ghcr.io: {url: https://ghcr.io}\n"
+	for _, tc := range []struct {
+		name             string
+		envFile, envYAML *string
+		args             []string
+		wantSource       string
+		wantErr          string
+	}{
+		{"defaults", nil, nil, nil, "embedded defaults", ""},
+		{"REGCACHE_CONFIG", &file, nil, nil, file, ""},
+		{"REGCACHE_CONFIG_YAML", nil, &inline, nil, "$" + configYAMLEnv, ""},
+		{"inline text over the image's REGCACHE_CONFIG", &file, &inline, nil, "$" + configYAMLEnv, ""},
+		{"--config and inline text", nil, &inline, []string{"--config", file}, "", "use one"},
+		{"bad inline text", nil, ptr("registries:\n  ghcr.io: {url: ghcr.io}\n"), nil, "", "registries.ghcr.io.url"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for name, v := range map[string]*string{"REGCACHE_CONFIG": tc.envFile, configYAMLEnv: tc.envYAML} {
+				t.Setenv(name, "")
+				if v == nil {
+					os.Unsetenv(name)
+				} else {
+					t.Setenv(name, *v)
+				}
+			}
+			out, err := runCmd(t, "", append([]string{"serve", "--check-config"}, tc.args...)...)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("err %v, want one naming %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || !strings.Contains(out, tc.wantSource+": config OK") {
+				t.Errorf("%v\n%s; want the config from %s", err, out, tc.wantSource)
+			}
+		})
 	}
 }
+
+func ptr(s string) *string { return &s }
 
 // log_format: json writes one JSON object per line.
 func TestServeLogFormatJSON(t *testing.T) {
