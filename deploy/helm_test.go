@@ -27,8 +27,8 @@ const (
 
 // manifest is the part of a rendered Kubernetes object the tests read.
 type manifest struct {
-	APIVersion string            `yaml:"apiVersion"`
-	Kind       string            `yaml:"kind"`
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
 	Metadata   struct{ Name string }
 	Data       map[string]string `yaml:"data"`
 	Spec       struct {
