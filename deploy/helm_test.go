@@ -9,8 +9,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -321,34 +323,59 @@ func checkPodAgainstConfig(t *testing.T, p chartPod) {
 	}
 }
 
-// checkProbesServed builds regcache from the rendered config, with the
-// pod's files replaced by local ones (the Secrets' values made up), and
-// asks its handler for the probe paths: each must answer 200.
+// checkProbesServed lays out the pod's volumes under a local directory (the
+// Secrets' files with made-up values), runs `regcache serve --check-config`
+// on the rendered config with the pod's environment, then builds regcache
+// from it and asks its handler for the probe paths: each must answer 200.
 func checkProbesServed(t *testing.T, p chartPod) {
 	t.Helper()
-	cfg, err := config.Parse([]byte(p.cfgText), "rendered")
+	root := t.TempDir()
+	mounts := sortedKeys(p.mountedAt)
+	// Longest first, so /etc/regcache/auth is not taken for /etc/regcache.
+	sort.Slice(mounts, func(i, j int) bool { return len(mounts[i]) > len(mounts[j]) })
+	var pairs []string
+	for _, mp := range mounts {
+		if err := os.MkdirAll(filepath.Join(root, mp), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		pairs = append(pairs, " "+mp, " "+filepath.Join(root, mp))
+	}
+	// One pass: a replaced path is not replaced again.
+	text := strings.NewReplacer(pairs...).Replace(p.cfgText)
+	cfgFile := filepath.Join(root, p.env["REGCACHE_CONFIG"])
+	if err := os.WriteFile(cfgFile, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse([]byte(text), cfgFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	cfg.Storage.Root = filepath.Join(dir, "store")
+	if ca := cfg.ClientAuth; ca != nil {
+		// ci:ci, bcrypt.
+		if err := os.WriteFile(ca.Htpasswd, []byte("ci:$2y$05$jcY4hH1IKWiIKcbGeq6vWOfMQoAdm/79IeJhIOewJo3VZ8OkOC2Zq\n"), 0o600); err != nil {
+			t.Fatalf("client_auth.htpasswd is not in a mounted volume: %v", err)
+		}
+		if ca.TokenKeyFile != "" {
+			if err := os.WriteFile(ca.TokenKeyFile, bytes.Repeat([]byte("k"), 40), 0o600); err != nil {
+				t.Fatalf("client_auth.token_key_file is not in a mounted volume: %v", err)
+			}
+		}
+	}
+	env := []string{"PATH=" + os.Getenv("PATH"), "REGCACHE_CONFIG=" + cfgFile}
 	for name, v := range p.env {
 		if strings.HasPrefix(v, "secret:") {
+			env = append(env, name+"=made-up-"+strings.ToLower(name))
 			t.Setenv(name, "made-up-"+strings.ToLower(name))
 		}
 	}
-	if ca := cfg.ClientAuth; ca != nil {
-		ca.Htpasswd = filepath.Join(dir, "htpasswd")
-		// ci:ci, bcrypt.
-		if err := os.WriteFile(ca.Htpasswd, []byte("ci:$2y$05$jcY4hH1IKWiIKcbGeq6vWOfMQoAdm/79IeJhIOewJo3VZ8OkOC2Zq\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if ca.TokenKeyFile != "" {
-			ca.TokenKeyFile = filepath.Join(dir, "token-key")
-			if err := os.WriteFile(ca.TokenKeyFile, bytes.Repeat([]byte("k"), 40), 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
+	bin, err := regcacheBin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, append(p.c.Args, "--check-config")...)
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "config OK") {
+		t.Fatalf("regcache %s --check-config with the rendered config: %v\n%s", strings.Join(p.c.Args, " "), err, out)
 	}
 	a, err := app.New(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
