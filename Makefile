@@ -4,10 +4,27 @@ GO      ?= go
 GOBIN   ?= $(shell $(GO) env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
 
-.PHONY: build run test unit e2e vet bench deps
+.PHONY: build run test unit e2e vet bench deps image manifests
+
+# `regcache version` tells what was built: git describe and the commit.
+BUILDINFO := github.com/regcache/regcache/internal/buildinfo
+LDFLAGS   := -X $(BUILDINFO).version=$(shell git describe --tags --always --dirty 2>/dev/null || echo '(devel)') \
+             -X $(BUILDINFO).commit=$(shell git rev-parse HEAD 2>/dev/null) \
+             -X $(BUILDINFO).dirty=$(shell test -z "$$(git status --porcelain --untracked-files=no 2>/dev/null)" && echo false || echo true)
 
 build:
-	$(GO) build -o bin/regcache ./cmd/regcache
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/regcache ./cmd/regcache
+
+# The container image, built offline without a daemon: static binaries for
+# linux/amd64 and linux/arm64 in a FROM-scratch OCI index, written to the OCI
+# layout bin/image; PUSH=host/repo:tag also pushes it (docker config login).
+image:
+	$(GO) run ./tools/mkimage -out bin/image $(if $(PUSH),-push $(PUSH))
+
+# deploy/kubernetes/regcache.yaml: the Helm chart's defaults as plain
+# manifests, for kustomize (a test checks that it is up to date).
+manifests:
+	helm template regcache deploy/helm/regcache --namespace regcache > deploy/kubernetes/regcache.yaml
 
 run: build
 	./bin/regcache serve

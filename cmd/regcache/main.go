@@ -6,6 +6,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/regcache/regcache/internal/buildinfo"
 )
 
 func main() {
@@ -21,8 +23,11 @@ func newRootCmd() *cobra.Command {
 		Short:         "A pull-through caching container registry that keeps CI pulls working under Docker Hub rate limits",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       buildinfo.Read().Version,
 	}
-	root.AddCommand(newServeCmd(), newRatelimitCmd(), newStatusCmd(), newWarmCmd())
+	// --version prints the same line as the version command.
+	root.SetVersionTemplate(buildinfo.Read().String() + "\n")
+	root.AddCommand(newServeCmd(), newRatelimitCmd(), newStatusCmd(), newWarmCmd(), newVersionCmd())
 	root.AddCommand(toolCommands()...)
 	return root
 }

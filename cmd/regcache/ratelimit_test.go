@@ -160,3 +160,35 @@ func TestStatusCommand(t *testing.T) {
 		t.Fatalf("metrics lack %q", want)
 	}
 }
+
+// An exhausted budget is the figure an operator looks for: status --json
+// must say "remaining": 0, not leave the key out.
+func TestStatusJSONKeepsZeroRemaining(t *testing.T) {
+	backend := testhub.StartRegistry(t)
+	backend.PushImage(t, "library/alpine", "3.19", testhub.ImageOptions{})
+	hub := testhub.NewHub(t, backend, testhub.Options{AnonymousLimit: 1})
+	_, srv := startApp(t, fmt.Sprintf("storage: {root: %s}\nregistries:\n  docker.io: {url: %s}\n", t.TempDir(), hub.URL))
+	resp, err := http.Get(srv.URL + "/v2/library/alpine/manifests/3.19")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("pull: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	if hub.Remaining("") != 0 {
+		t.Fatalf("hub remaining %d after the only pull, want 0", hub.Remaining(""))
+	}
+	out, err := runCmd(t, "", "status", "--server", srv.URL, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		Registries []struct {
+			Budget map[string]any `json:"budget"`
+		} `json:"registries"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil || len(doc.Registries) != 1 {
+		t.Fatalf("status JSON: %v\n%s", err, out)
+	}
+	if rem, ok := doc.Registries[0].Budget["remaining"]; !ok || rem != float64(0) {
+		t.Errorf("budget %v: want \"remaining\": 0\n%s", doc.Registries[0].Budget, out)
+	}
+}

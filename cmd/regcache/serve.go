@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -21,36 +22,81 @@ import (
 	"github.com/regcache/regcache/internal/config"
 )
 
+// configYAMLEnv carries the whole config file's text, for platforms that
+// can set environment variables but not mount files (ECS on Fargate).
+const configYAMLEnv = "REGCACHE_CONFIG_YAML"
+
 func newServeCmd() *cobra.Command {
 	var cfgPath, listen string
+	var checkOnly bool
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the caching registry",
 		Long: `Run the pull-through caching registry.
 
-Without --config, regcache runs on its embedded defaults: it listens on :5000,
-stores content under ./regcache-data and caches docker.io, ghcr.io, quay.io,
-gcr.io, registry.k8s.io and public.ecr.aws.`,
+The config comes from --config, else from the YAML text in
+$` + configYAMLEnv + `, else from the file $REGCACHE_CONFIG names. Without any of
+them, regcache runs on its embedded defaults: it listens on :5000, stores content under
+./regcache-data and caches docker.io, ghcr.io, quay.io, gcr.io,
+registry.k8s.io and public.ecr.aws.
+
+--check-config loads and validates the config and builds the server from it
+(reading every password_env variable and password, htpasswd, token key and
+TLS file, and checking that storage.root is writable) without listening, then
+exits 0; an error names the key or file at fault.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := config.Load(cfgPath)
+			cfg, source, err := loadServeConfig(cfgPath)
 			if err != nil {
 				return err
 			}
 			if listen != "" {
 				cfg.Listen = listen
 			}
+			if checkOnly {
+				log := newLogger(cfg.LogLevel, cfg.LogFormat, cmd.ErrOrStderr())
+				if err := app.Check(cfg, log); err != nil {
+					return fmt.Errorf("%s: %w", source, err)
+				}
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "%s: config OK\n", source)
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			return serve(ctx, cfg, cmd.ErrOrStderr())
 		},
 	}
-	cmd.Flags().StringVarP(&cfgPath, "config", "c", os.Getenv("REGCACHE_CONFIG"), "YAML config file (default: embedded defaults; env REGCACHE_CONFIG)")
+	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "YAML config file (default: the text in $"+configYAMLEnv+", else the file $REGCACHE_CONFIG names, else the embedded defaults)")
 	cmd.Flags().StringVar(&listen, "listen", "", "listen address, overrides the config's listen key")
+	cmd.Flags().BoolVar(&checkOnly, "check-config", false, "load, validate and build the server from the config without listening, then exit")
 	return cmd
 }
 
-func newLogger(level string, w interface{ Write([]byte) (int, error) }) *slog.Logger {
+// loadServeConfig reads the config from the file --config names, else
+// from the text in $REGCACHE_CONFIG_YAML, else from the file
+// $REGCACHE_CONFIG names, else the embedded defaults; source says which.
+// The inline text outranks $REGCACHE_CONFIG because the image sets that
+// variable to its default file; with an explicit --config it is an error.
+func loadServeConfig(flagPath string) (cfg *config.Config, source string, err error) {
+	text, inline := os.LookupEnv(configYAMLEnv)
+	switch envPath := os.Getenv("REGCACHE_CONFIG"); {
+	case flagPath != "" && inline:
+		return nil, "", fmt.Errorf("both --config %s and $%s are set; use one", flagPath, configYAMLEnv)
+	case flagPath != "":
+		cfg, err = config.Load(flagPath)
+		return cfg, flagPath, err
+	case inline:
+		cfg, err = config.Parse([]byte(text), "$"+configYAMLEnv)
+		return cfg, "$" + configYAMLEnv, err
+	case envPath != "":
+		cfg, err = config.Load(envPath)
+		return cfg, envPath, err
+	}
+	return config.Default(), "embedded defaults", nil
+}
+
+// newLogger builds the server's logger from log_level and log_format.
+func newLogger(level, format string, w io.Writer) *slog.Logger {
 	var l slog.Level
 	switch strings.ToLower(level) {
 	case "debug":
@@ -62,11 +108,15 @@ func newLogger(level string, w interface{ Write([]byte) (int, error) }) *slog.Lo
 	default:
 		l = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func serve(ctx context.Context, cfg *config.Config, logw interface{ Write([]byte) (int, error) }) error {
-	log := newLogger(cfg.LogLevel, logw)
+func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
+	log := newLogger(cfg.LogLevel, cfg.LogFormat, logw)
 	a, err := app.New(cfg, log)
 	if err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,7 +32,8 @@ const passwordEnv = "REGCACHE_PASSWORD"
 func newWarmCmd() *cobra.Command {
 	var server, caFile, user, file string
 	var platforms []string
-	var jobs int
+	var jobs, concurrency int
+	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "warm --server URL [--platform os/arch ...] [-f FILE] [IMAGE...]",
 		Short: "Pull images through a running regcache so that they are cached before CI needs them",
@@ -42,8 +45,15 @@ stdin, # comments), for example:
 
   regcache scan --json . | jq -r '.references[].normalized | select(. != null)' | regcache warm --server cache:5000 -f -
 
---platform selects the images of a multi-platform index (default: this
-machine's, as docker pull does; "all" for every one). A server with
+Up to --concurrency images are warmed at once. Each prints a line when it
+ends; on a terminal the images in progress are shown below those lines with
+their layers and bytes so far. --json prints one JSON document at the end
+instead: {"images": [{"ref", "digest", "manifests", "layers", "blobs",
+"bytes", "seconds", "error"}...], "warmed", "failed", "bytes", "seconds"}.
+
+--platform selects the images of a multi-platform index (default:
+linux/<this machine's architecture>, as docker pull does on Linux, macOS and
+Windows alike; "all" for every one). A server with
 client_auth takes the login from the docker config (docker login SERVER) or
 from --username and the ` + passwordEnv + ` environment variable.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -55,16 +65,22 @@ from --username and the ` + passwordEnv + ` environment variable.`,
 			if err != nil {
 				return err
 			}
-			return runWarm(cmd.Context(), opt, refs, cmd.OutOrStdout())
+			if concurrency < 1 {
+				return fmt.Errorf("--concurrency %d: want at least 1", concurrency)
+			}
+			return runWarm(cmd.Context(), opt, refs, concurrency, asJSON, cmd.OutOrStdout())
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&server, "server", "http://127.0.0.1:5000", "regcache address: http://host:port or https://host")
 	f.StringVar(&caFile, "ca-file", "", "PEM CA certificate to trust for an https server, besides the system's")
 	f.StringVar(&user, "username", "", "login for a server with client_auth (password from $"+passwordEnv+")")
-	f.StringSliceVar(&platforms, "platform", []string{runtime.GOOS + "/" + runtime.GOARCH}, `platforms to pull from multi-platform images, or "all"`)
+	// linux/<arch> whatever the host OS, as docker pulls on a Mac or in WSL.
+	f.StringSliceVar(&platforms, "platform", []string{"linux/" + runtime.GOARCH}, `platforms to pull from multi-platform images, or "all"`)
 	f.StringVarP(&file, "file", "f", "", `read images from FILE, one per line ("-": stdin)`)
 	f.IntVar(&jobs, "jobs", 4, "blobs fetched at once per image")
+	f.IntVar(&concurrency, "concurrency", 4, "images warmed at once")
+	f.BoolVar(&asJSON, "json", false, "print one JSON document at the end instead of lines")
 	return cmd
 }
 
@@ -169,37 +185,98 @@ func (k staticKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
 	return authn.Anonymous, nil
 }
 
-func runWarm(ctx context.Context, opt warm.Options, refs []string, out io.Writer) error {
-	failed := 0
-	var bytes int64
+// warmReport is the --json document: one object for the whole run.
+type warmReport struct {
+	Images  []warmImage `json:"images"`
+	Warmed  int         `json:"warmed"`
+	Failed  int         `json:"failed"`
+	Bytes   int64       `json:"bytes"`
+	Seconds float64     `json:"seconds"`
+}
+
+type warmImage struct {
+	Ref       string  `json:"ref"`
+	Digest    string  `json:"digest,omitempty"`
+	Manifests int     `json:"manifests"`
+	Layers    int     `json:"layers"`
+	Blobs     int     `json:"blobs"`
+	Bytes     int64   `json:"bytes"`
+	Seconds   float64 `json:"seconds"`
+	Error     string  `json:"error,omitempty"`
+}
+
+// runWarm warms refs, concurrency at a time, and reports on out: a line per
+// image as it ends (with live progress when out is a terminal) and a
+// summary, or, asJSON, one JSON document at the end.
+func runWarm(ctx context.Context, opt warm.Options, refs []string, concurrency int, asJSON bool, out io.Writer) error {
 	start := time.Now()
-	for _, ref := range refs {
-		r := warm.Image(ctx, opt, ref)
-		if r.Err != nil {
-			failed++
-			fmt.Fprintf(out, "FAIL  %s: %v\n", ref, r.Err)
-			continue
-		}
-		bytes += r.Bytes
-		fmt.Fprintf(out, "ok    %s  %s  %d manifests, %d blobs, %s in %s\n", ref, r.Digest, r.Manifests, r.Blobs,
-			humanBytes(r.Bytes), r.Duration.Round(time.Millisecond))
+	progress := make([]*warm.Progress, len(refs))
+	for i := range progress {
+		progress[i] = &warm.Progress{}
 	}
-	fmt.Fprintf(out, "%d of %d images warmed, %s in %s\n", len(refs)-failed, len(refs), humanBytes(bytes), time.Since(start).Round(time.Millisecond))
-	if failed > 0 {
-		return fmt.Errorf("%d image(s) could not be warmed", failed)
+	var done func(int, warm.Result)
+	if !asJSON {
+		tty, width := terminal(out)
+		d := warm.NewDisplay(out, tty, width, refs, progress)
+		done = d.Done
+		if tty {
+			stop := make(chan struct{})
+			redrawn := make(chan struct{})
+			go func() {
+				defer close(redrawn)
+				t := time.NewTicker(200 * time.Millisecond)
+				defer t.Stop()
+				for {
+					select {
+					case <-stop:
+						return
+					case <-t.C:
+						d.Redraw()
+					}
+				}
+			}()
+			defer func() { close(stop); <-redrawn; d.Finish() }()
+		}
+	}
+	results := warm.All(ctx, opt, refs, concurrency, progress, done)
+	rep := warmReport{Seconds: time.Since(start).Seconds()}
+	for _, r := range results {
+		img := warmImage{Ref: r.Ref, Digest: r.Digest, Manifests: r.Manifests, Layers: r.Layers, Blobs: r.Blobs, Bytes: r.Bytes, Seconds: r.Duration.Seconds()}
+		if r.Err != nil {
+			img.Error = r.Err.Error()
+			rep.Failed++
+		} else {
+			rep.Warmed++
+		}
+		rep.Bytes += r.Bytes
+		rep.Images = append(rep.Images, img)
+	}
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(out, "%d of %d images warmed, %s in %s\n", rep.Warmed, len(refs), warm.HumanBytes(rep.Bytes), time.Since(start).Round(time.Millisecond))
+	}
+	if rep.Failed > 0 {
+		return fmt.Errorf("%d image(s) could not be warmed", rep.Failed)
 	}
 	return nil
 }
 
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
+// terminal says whether out is a terminal that understands cursor
+// movement, and how wide it is ($COLUMNS, else 80).
+func terminal(out io.Writer) (bool, int) {
+	f, ok := out.(*os.File)
+	if !ok || os.Getenv("TERM") == "dumb" {
+		return false, 0
 	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
+	fi, err := f.Stat()
+	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return false, 0
 	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+	width, _ := strconv.Atoi(os.Getenv("COLUMNS"))
+	return true, width
 }

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -52,7 +54,7 @@ func TestWarm(t *testing.T) {
 	if err != nil {
 		t.Fatalf("warm: %v\n%s", err, out)
 	}
-	if !strings.Contains(out, "ok    alpine:3.20  "+idx.Digest.String()+"  2 manifests, 2 blobs") {
+	if !strings.Contains(out, "ok    alpine:3.20  "+idx.Digest.String()+"  2 manifests, 1 layer, 2 blobs") {
 		t.Errorf("output does not report the index and the arm64 image:\n%s", out)
 	}
 	if !stored(arm.Layers[0]) || !stored(arm.Config) || stored(amd.Layers[0]) {
@@ -149,4 +151,49 @@ func startApp(t *testing.T, yaml string) (*app.App, *httptest.Server) {
 	srv := httptest.NewServer(a.Handler)
 	t.Cleanup(srv.Close)
 	return a, srv
+}
+
+// --json prints one document with every image, in the order given, and
+// --concurrency warms several at once; a failure is in the document and in
+// the exit status.
+func TestWarmJSON(t *testing.T) {
+	backend := testhub.StartRegistry(t)
+	a1 := backend.PushImage(t, "library/alpine", "3.20", testhub.ImageOptions{Layers: 2})
+	b1 := backend.PushImage(t, "library/busybox", "1.36", testhub.ImageOptions{Layers: 3})
+	hub := testhub.NewHub(t, backend, testhub.Options{})
+	_, srv := startApp(t, "listen: 127.0.0.1:0\nstorage: {root: "+t.TempDir()+"}\nregistries:\n  docker.io: {url: "+hub.URL+"}\n")
+	t.Setenv("DOCKER_CONFIG", t.TempDir())
+	out, err := runCmd(t, "", "warm", "--server", srv.URL, "--concurrency", "2", "--json", "busybox:1.36", "nosuch/image:1", "alpine:3.20")
+	if err == nil {
+		t.Error("warm with a missing image exited 0")
+	}
+	var rep warmReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("--json output is not one JSON document: %v\n%s", err, out)
+	}
+	if rep.Warmed != 2 || rep.Failed != 1 || len(rep.Images) != 3 {
+		t.Fatalf("report %+v", rep)
+	}
+	for i, want := range []struct {
+		ref    string
+		digest string
+		layers int
+	}{{"busybox:1.36", b1.Digest.String(), 3}, {"nosuch/image:1", "", 0}, {"alpine:3.20", a1.Digest.String(), 2}} {
+		got := rep.Images[i]
+		if got.Ref != want.ref || got.Digest != want.digest || got.Layers != want.layers || (want.digest == "") != (got.Error != "") {
+			t.Errorf("images[%d] = %+v, want %s %s with %d layers", i, got, want.ref, want.digest, want.layers)
+		}
+	}
+	if _, err := runCmd(t, "", "warm", "--server", srv.URL, "--concurrency", "0", "alpine:3.20"); err == nil || !strings.Contains(err.Error(), "--concurrency") {
+		t.Errorf("--concurrency 0: %v", err)
+	}
+}
+
+// The platform defaults to linux/<arch> whatever the host OS, as docker
+// pull does on Linux, macOS and Windows.
+func TestWarmDefaultPlatform(t *testing.T) {
+	f := newWarmCmd().Flags().Lookup("platform")
+	if want := "[linux/" + runtime.GOARCH + "]"; f.DefValue != want {
+		t.Errorf("--platform defaults to %s, want %s", f.DefValue, want)
+	}
 }

@@ -7,12 +7,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -154,6 +157,61 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	return build(cfg, log, st)
+}
+
+// Check builds everything New builds from cfg (upstream credentials, which
+// reads password_env variables and password files, client logins, the token
+// key, the TLS pair) and checks the store's settings, for `regcache serve
+// --check-config`: storage.s3 is opened (which makes no network call), and
+// storage.root must be a writable directory or one that can be made. A
+// filesystem store is not opened: opening removes partial downloads, which
+// may belong to a server already running on the same directory.
+func Check(cfg *config.Config, log *slog.Logger) error {
+	var st store.Store
+	if cfg.Storage.S3 != nil {
+		var err error
+		if st, err = openStore(cfg.Storage); err != nil {
+			return err
+		}
+	} else if err := checkStorageRoot(cfg.Storage.Root); err != nil {
+		return err
+	}
+	_, err := build(cfg, log, st)
+	return err
+}
+
+// checkStorageRoot reports whether root, or the nearest directory above it
+// that exists, accepts a new file.
+func checkStorageRoot(root string) error {
+	dir, err := filepath.Abs(root)
+	if err != nil {
+		return fmt.Errorf("storage.root %s: %w", root, err)
+	}
+	for {
+		fi, err := os.Stat(dir)
+		if err == nil {
+			if !fi.IsDir() {
+				return fmt.Errorf("storage.root %s: %s is not a directory", root, dir)
+			}
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) || filepath.Dir(dir) == dir {
+			return fmt.Errorf("storage.root %s: %w", root, err)
+		}
+		dir = filepath.Dir(dir)
+	}
+	f, err := os.CreateTemp(dir, ".regcache-check-*")
+	if err != nil {
+		return fmt.Errorf("storage.root %s: not writable: %w", root, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
+// build wires an App around st; st is nil only for Check, whose App never
+// serves.
+func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 	m := metrics.New()
 	a := &App{Metrics: m, Store: st, Upstreams: map[string]*upstream.Registry{}, identities: map[string]string{}, cfg: cfg, log: log,
 		collectNow: make(chan struct{}, 1)}

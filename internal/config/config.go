@@ -53,6 +53,9 @@ type Config struct {
 	// "mirrors" (default) or "never".
 	TagFallback string `yaml:"tag_fallback"`
 	LogLevel    string `yaml:"log_level"`
+	// LogFormat is "text" (logfmt-style key=value lines) or "json" (one
+	// object per line, for log pipelines such as CloudWatch or Loki).
+	LogFormat string `yaml:"log_format"`
 	// BlobCopy says how cached blobs are sent: "buffered" (1 MiB copies) or
 	// "sendfile" (the kernel's zero-copy path).
 	BlobCopy string `yaml:"blob_copy"`
@@ -385,6 +388,11 @@ func (c *Config) validate() error {
 	case "", "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("log_level: %q is not one of debug, info, warn, error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		return fmt.Errorf("log_format: %q is not one of text, json", c.LogFormat)
 	}
 	names := make([]string, 0, len(c.Registries))
 	for name := range c.Registries {

@@ -13,7 +13,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != ":5000" || c.Storage.Root != "./regcache-data" || c.DefaultRegistry != "docker.io" || c.TagTTL.D() != 5*time.Minute {
+	if c.Listen != ":5000" || c.Storage.Root != "./regcache-data" || c.DefaultRegistry != "docker.io" || c.TagTTL.D() != 5*time.Minute || c.LogFormat != "text" {
 		t.Fatalf("unexpected defaults: %+v", c)
 	}
 	for _, r := range []string{"docker.io", "ghcr.io", "quay.io", "gcr.io", "registry.k8s.io", "public.ecr.aws"} {
@@ -47,6 +47,7 @@ func TestParseErrors(t *testing.T) {
 		{"default not configured", "default_registry: quay.io\nregistries:\n  ghcr.io:\n    url: https://ghcr.io\n", []string{"default_registry", "quay.io"}},
 		{"bad mirror url", "registries:\n  docker.io:\n    url: https://registry-1.docker.io\n    mirrors:\n      - url: nope\n", []string{"registries.docker.io.mirrors[0].url"}},
 		{"bad log level", "log_level: loud\n", []string{"log_level"}},
+		{"bad log format", "log_format: logfmt\n", []string{"log_format", "text, json"}},
 		{"bad size", "storage: {max_size: lots}\n", []string{"lots", "not a size"}},
 		{"bad size unit", "storage: {max_size: 5 parsecs}\n", []string{"unknown unit"}},
 		{"client_auth without htpasswd", "client_auth: {anonymous_registries: [docker.io]}\n", []string{"client_auth.htpasswd"}},

@@ -33,8 +33,8 @@ type Report struct {
 	Registry      string `json:"registry"`
 	Identity      string `json:"identity"`
 	Limited       bool   `json:"limited"`
-	Limit         int    `json:"limit,omitempty"`
-	Remaining     int    `json:"remaining,omitempty"`
+	Limit         int    `json:"limit"`
+	Remaining     int    `json:"remaining"`
 	WindowSeconds int64  `json:"window_seconds,omitempty"`
 	Source        string `json:"source,omitempty"`
 	// RetryAfterSeconds is set when the registry answered 429.

@@ -50,25 +50,77 @@ type Result struct {
 	Ref       string // as given
 	Digest    string // of the top manifest or index
 	Manifests int
+	Layers    int // image layers, a subset of Blobs (which counts configs too)
 	Blobs     int
 	Bytes     int64 // blob bytes read through the server
 	Duration  time.Duration
 	Err       error
 }
 
+// Progress is one image's state while it is warmed. Image updates it as
+// manifests are read and blob bytes arrive; a display reads it with
+// Snapshot from another goroutine.
+type Progress struct {
+	started               atomic.Bool
+	layers, layersDone    atomic.Int64
+	bytesTotal, bytesDone atomic.Int64
+}
+
+// Snapshot is a consistent-enough copy of a Progress for one redraw.
+type Snapshot struct {
+	Started               bool
+	Layers, LayersDone    int
+	BytesTotal, BytesDone int64
+}
+
+// Snapshot reads p.
+func (p *Progress) Snapshot() Snapshot {
+	return Snapshot{Started: p.started.Load(), Layers: int(p.layers.Load()), LayersDone: int(p.layersDone.Load()),
+		BytesTotal: p.bytesTotal.Load(), BytesDone: p.bytesDone.Load()}
+}
+
 // Image pulls ref (as a user writes it: node:21, ghcr.io/org/app@sha256:...)
 // through the server, with every manifest and blob the selected platforms
-// need.
-func Image(ctx context.Context, opt Options, ref string) Result {
+// need. p, if not nil, follows it.
+func Image(ctx context.Context, opt Options, ref string, p *Progress) Result {
 	start := time.Now()
 	res := Result{Ref: ref}
-	w, err := newWalker(ctx, opt, ref)
+	if p == nil {
+		p = &Progress{}
+	}
+	p.started.Store(true)
+	w, err := newWalker(ctx, opt, ref, p)
 	if err == nil {
 		res.Digest, err = w.manifest(w.ref, true)
 	}
-	res.Manifests, res.Blobs, res.Bytes = int(w.manifests.Load()), int(w.blobs.Load()), w.bytes.Load()
+	res.Manifests, res.Blobs, res.Layers, res.Bytes = int(w.manifests.Load()), int(w.blobs.Load()), int(p.layersDone.Load()), p.bytesDone.Load()
 	res.Err, res.Duration = err, time.Since(start)
 	return res
+}
+
+// All warms refs, at most concurrency at once (at least one), and returns
+// their results in the order of refs. progress[i], if progress is not nil,
+// follows refs[i]; done, if not nil, is called as each image ends (from
+// the goroutine that warmed it).
+func All(ctx context.Context, opt Options, refs []string, concurrency int, progress []*Progress, done func(i int, r Result)) []Result {
+	results := make([]Result, len(refs))
+	var g errgroup.Group
+	g.SetLimit(max(concurrency, 1))
+	for i, ref := range refs {
+		var p *Progress
+		if progress != nil {
+			p = progress[i]
+		}
+		g.Go(func() error {
+			results[i] = Image(ctx, opt, ref, p)
+			if done != nil {
+				done(i, results[i])
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return results
 }
 
 type walker struct {
@@ -76,13 +128,13 @@ type walker struct {
 	opt       Options
 	ref       name.Reference
 	remote    []remote.Option
+	progress  *Progress
 	manifests atomic.Int64
 	blobs     atomic.Int64
-	bytes     atomic.Int64
 }
 
-func newWalker(ctx context.Context, opt Options, ref string) (*walker, error) {
-	w := &walker{ctx: ctx, opt: opt}
+func newWalker(ctx context.Context, opt Options, ref string, p *Progress) (*walker, error) {
+	w := &walker{ctx: ctx, opt: opt, progress: p}
 	named, err := reference.ParseNormalizedNamed(strings.TrimSpace(ref))
 	if err != nil {
 		return w, fmt.Errorf("%q is not an image reference: %w", ref, err)
@@ -153,14 +205,21 @@ func (w *walker) manifest(ref name.Reference, top bool) (string, error) {
 		jobs = 4
 	}
 	g.SetLimit(jobs)
-	for _, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
-		g.Go(func() error { return w.blob(ref.Context().Digest(d.Digest.String())) })
+	w.progress.layers.Add(int64(len(m.Layers)))
+	w.progress.bytesTotal.Add(m.Config.Size)
+	for _, l := range m.Layers {
+		w.progress.bytesTotal.Add(l.Size)
+	}
+	g.Go(func() error { return w.blob(ref.Context().Digest(m.Config.Digest.String()), false) })
+	for _, d := range m.Layers {
+		g.Go(func() error { return w.blob(ref.Context().Digest(d.Digest.String()), true) })
 	}
 	return desc.Digest.String(), g.Wait()
 }
 
-// blob reads one blob to the end; go-containerregistry checks its digest.
-func (w *walker) blob(d name.Digest) error {
+// blob reads one blob to the end, counting its bytes as they arrive;
+// go-containerregistry checks its digest.
+func (w *walker) blob(d name.Digest, layer bool) error {
 	l, err := remote.Layer(d, w.remote...)
 	if err != nil {
 		return err
@@ -170,13 +229,22 @@ func (w *walker) blob(d name.Digest) error {
 		return err
 	}
 	defer rc.Close()
-	n, err := io.Copy(io.Discard, rc)
-	if err != nil {
+	if _, err := io.Copy(counter{&w.progress.bytesDone}, rc); err != nil {
 		return fmt.Errorf("blob %s: %w", d.DigestStr(), err)
 	}
 	w.blobs.Add(1)
-	w.bytes.Add(n)
+	if layer {
+		w.progress.layersDone.Add(1)
+	}
 	return nil
+}
+
+// counter discards what it is given and counts it.
+type counter struct{ n *atomic.Int64 }
+
+func (c counter) Write(p []byte) (int, error) {
+	c.n.Add(int64(len(p)))
+	return len(p), nil
 }
 
 func (w *walker) wanted(p *v1.Platform) bool {
