@@ -20,7 +20,8 @@ func TestSystemdUnit(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"DynamicUser=yes", "StateDirectory=regcache", "ProtectSystem=strict", "NoNewPrivileges=yes",
-		"ExecStart=/usr/local/bin/regcache serve", "ExecStartPre=/usr/local/bin/regcache serve --check-config"} {
+		"ExecStart=/usr/local/bin/regcache serve", "ExecStartPre=/usr/local/bin/regcache serve --check-config",
+		"ExecReload=/bin/kill -HUP $MAINPID"} {
 		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(want) + `$`).Match(unit) {
 			t.Errorf("%s has no line %q", unitFile, want)
 		}
@@ -85,6 +86,17 @@ func systemdRoot(t *testing.T, unit []byte) string {
 		t.Fatal(err)
 	}
 	installRegcache(t, bin)
+	// ExecReload's kill, as it is on the host.
+	kill, err := os.ReadFile("/bin/kill")
+	if err != nil {
+		t.Fatalf("reading /bin/kill (from Debian's procps): %v", err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "bin", "kill"), kill, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	return root
 }
 

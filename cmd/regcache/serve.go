@@ -63,7 +63,11 @@ exits 0; an error names the key or file at fault.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return serve(ctx, cfg, cmd.ErrOrStderr())
+			reload := func() (*config.Config, error) {
+				cfg, _, err := loadServeConfig(cfgPath)
+				return cfg, err
+			}
+			return serve(ctx, cfg, reload, cmd.ErrOrStderr())
 		},
 	}
 	cmd.Flags().StringVarP(&cfgPath, "config", "c", "", "YAML config file (default: the text in $"+configYAMLEnv+", else the file $REGCACHE_CONFIG names, else the embedded defaults)")
@@ -97,26 +101,39 @@ func loadServeConfig(flagPath string) (cfg *config.Config, source string, err er
 
 // newLogger builds the server's logger from log_level and log_format.
 func newLogger(level, format string, w io.Writer) *slog.Logger {
-	var l slog.Level
-	switch strings.ToLower(level) {
-	case "debug":
-		l = slog.LevelDebug
-	case "warn":
-		l = slog.LevelWarn
-	case "error":
-		l = slog.LevelError
-	default:
-		l = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: l}
+	lv := new(slog.LevelVar)
+	lv.Set(parseLevel(level))
+	return newLeveledLogger(lv, format, w)
+}
+
+func newLeveledLogger(lv *slog.LevelVar, format string, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: lv}
 	if format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
-	log := newLogger(cfg.LogLevel, cfg.LogFormat, logw)
+func parseLevel(level string) slog.Level {
+	switch strings.ToLower(level) {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// serve runs the server until ctx ends. On SIGHUP it reloads what can
+// change without a restart: log_level (from the config, read again with
+// reload), the htpasswd file and the TLS pair; other changed keys are
+// reported as needing a restart.
+func serve(ctx context.Context, cfg *config.Config, reload func() (*config.Config, error), logw io.Writer) error {
+	level := new(slog.LevelVar)
+	level.Set(parseLevel(cfg.LogLevel))
+	log := newLeveledLogger(level, cfg.LogFormat, logw)
 	a, err := app.New(cfg, log)
 	if err != nil {
 		return err
@@ -160,23 +177,51 @@ func serve(ctx context.Context, cfg *config.Config, logw io.Writer) error {
 		stopBackground()
 		<-background
 	}()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for waiting := true; waiting; {
+		select {
+		case err := <-errc:
+			return err
+		case <-hup:
+			reloadOnSignal(log, level, cfg, reload, a)
+		case <-ctx.Done():
+			waiting = false
+		}
 	}
-	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// One grace period for everything, so the whole shutdown fits in the
+	// orchestrator's (Kubernetes waits 30 s before SIGKILL): first the
+	// requests in progress finish, then the downloads clients were served
+	// from are committed; one that cannot finish in time is fetched again
+	// after a restart.
+	grace := cfg.ShutdownGrace.D()
+	log.Info("shutting down", "grace", grace)
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	// Downloads clients were served from are committed before exit; one
-	// that cannot finish in time is simply fetched again after a restart.
-	dctx, dcancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer dcancel()
-	if err := a.Close(dctx); err != nil {
-		log.Warn("exiting with downloads in flight", "err", err)
+	if err := a.Close(sctx); err != nil {
+		log.Warn("exiting with work in flight", "err", err)
 	}
 	return nil
+}
+
+// reloadOnSignal applies a SIGHUP. A config that no longer loads changes
+// nothing.
+func reloadOnSignal(log *slog.Logger, level *slog.LevelVar, cfg *config.Config, reload func() (*config.Config, error), a *app.App) {
+	a.Reload()
+	next, err := reload()
+	if err != nil {
+		log.Error("SIGHUP: the config does not load; nothing but the htpasswd file and the TLS pair was reloaded", "err", err)
+		return
+	}
+	if next.LogLevel != cfg.LogLevel {
+		level.Set(parseLevel(next.LogLevel))
+		cfg.LogLevel = next.LogLevel
+	}
+	restart := config.Changed(cfg, next, "log_level")
+	log.Info("SIGHUP: reloaded the htpasswd file, the TLS pair and log_level", "log_level", next.LogLevel,
+		"changed_keys_needing_a_restart", strings.Join(restart, ","))
 }

@@ -152,7 +152,7 @@ func TestServeLogFormatJSON(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	w := testhub.NewTailBuffer(0)
-	go func() { done <- serve(ctx, cfg, w) }()
+	go func() { done <- serve(ctx, cfg, func() (*config.Config, error) { return cfg, nil }, w) }()
 	for !strings.Contains(w.String(), "regcache serving") && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -53,7 +53,7 @@ tls: {certificate: %s, key: %s}
 	ctx, cancel := context.WithCancel(t.Context())
 	logs := testhub.NewTailBuffer(0)
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, cfg, logs) }()
+	go func() { done <- serve(ctx, cfg, func() (*config.Config, error) { return cfg, nil }, logs) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/regcache/regcache/internal/buildinfo"
 	"github.com/regcache/regcache/internal/clientauth"
 	"github.com/regcache/regcache/internal/config"
 	"github.com/regcache/regcache/internal/credentials"
@@ -91,17 +92,35 @@ func (a *App) watchUsers(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		changed, err := a.users.Reload()
-		switch {
-		case err != nil:
-			if err.Error() != lastErr {
-				a.log.Error("client_auth.htpasswd not reloaded; the previous users stay in force", "err", err)
-			}
-			lastErr = err.Error()
-		case changed:
-			lastErr = ""
-			a.log.Info("client_auth.htpasswd reloaded", "users", a.users.Users())
+		lastErr = a.reloadUsers(lastErr)
+	}
+}
+
+// reloadUsers reads the htpasswd file again if it changed; it returns the
+// error text it logged, so the same error is logged once.
+func (a *App) reloadUsers(lastErr string) string {
+	changed, err := a.users.Reload()
+	switch {
+	case err != nil:
+		if err.Error() != lastErr {
+			a.log.Error("client_auth.htpasswd not reloaded; the previous users stay in force", "err", err)
 		}
+		return err.Error()
+	case changed:
+		a.log.Info("client_auth.htpasswd reloaded", "users", a.users.Users())
+	}
+	return ""
+}
+
+// Reload reads again what can change without a restart (SIGHUP): the
+// htpasswd file and the TLS certificate and key. Both are also checked on
+// their own every few seconds; the signal makes it immediate.
+func (a *App) Reload() {
+	if a.users != nil {
+		a.reloadUsers("")
+	}
+	if a.certs != nil {
+		a.certs.reloadNow()
 	}
 }
 
@@ -271,8 +290,9 @@ func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 		Metrics:              m,
 	})
 	router := &server.Router{Lookup: cfg.Lookup, DefaultRegistry: cfg.DefaultRegistry}
-	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams))
+	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams), buildinfo.Collector(buildinfo.Read()))
 	sopt := server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(),
+		Ready: &readiness{store: st, now: time.Now},
 		BlobCopy: cfg.BlobCopy, SendTimeout: cfg.SendTimeout.D()}
 	if ca := cfg.ClientAuth; ca != nil {
 		users, err := clientauth.Open(ca.Htpasswd)

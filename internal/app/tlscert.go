@@ -65,6 +65,14 @@ func (r *certReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 	return r.cert, nil
 }
 
+// reloadNow checks the files at once (SIGHUP), not at the next handshake.
+func (r *certReloader) reloadNow() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.checked = r.now()
+	r.reloadIfChangedLocked()
+}
+
 func (r *certReloader) reloadIfChangedLocked() {
 	changed := false
 	for i, f := range []string{r.certFile, r.keyFile} {

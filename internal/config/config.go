@@ -12,6 +12,8 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -79,6 +81,9 @@ type Config struct {
 	// MinTransferRate is the slowest upstream blob transfer tolerated, in
 	// bytes per second averaged over 30 s.
 	MinTransferRate ByteSize `yaml:"min_transfer_rate"`
+	// ShutdownGrace bounds a shutdown: requests in progress finish, then
+	// downloads are committed, within it.
+	ShutdownGrace Duration `yaml:"shutdown_grace"`
 	// MaxRetryAfter is the longest pause an upstream's Retry-After can
 	// impose on regcache.
 	MaxRetryAfter Duration            `yaml:"max_retry_after"`
@@ -355,7 +360,7 @@ func (c *Config) validate() error {
 	for _, d := range []struct {
 		key string
 		v   Duration
-	}{{"send_timeout", c.SendTimeout}, {"max_retry_after", c.MaxRetryAfter},
+	}{{"send_timeout", c.SendTimeout}, {"max_retry_after", c.MaxRetryAfter}, {"shutdown_grace", c.ShutdownGrace},
 		{"upstream_connect_timeout", c.UpstreamConnectTimeout}, {"upstream_header_timeout", c.UpstreamHeaderTimeout}} {
 		if d.v.D() < time.Second {
 			return fmt.Errorf("%s: %s is too short (at least 1s)", d.key, d.v.D())
@@ -586,6 +591,27 @@ func (a *Auth) Secret(key string) (string, error) {
 		return v, nil
 	}
 	return "", fmt.Errorf("%s: no password source", key)
+}
+
+// Changed lists the top-level keys whose values differ between a and b,
+// except those named in ignore, for saying what a reload did not apply.
+func Changed(a, b *Config, ignore ...string) []string {
+	am, bm := topLevel(a), topLevel(b)
+	var out []string
+	for k, v := range bm {
+		if !slices.Contains(ignore, k) && !reflect.DeepEqual(am[k], v) {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func topLevel(c *Config) map[string]any {
+	var m map[string]any
+	b, _ := yaml.Marshal(c)
+	_ = yaml.Unmarshal(b, &m)
+	return m
 }
 
 // Lookup finds a registry by its name or one of its aliases.

@@ -49,8 +49,9 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// Admin holds extra handlers (status endpoints) mounted under /_regcache/.
 	Admin http.Handler
-	// Health answers /healthz and /readyz; nil answers "ok" to both.
-	Health http.Handler
+	// Ready answers /readyz: whether this replica can do its job now (its
+	// store is writable). nil answers "ok". /healthz is liveness only.
+	Ready http.Handler
 	// BlobCopy is "buffered" (default) or "sendfile".
 	BlobCopy string
 	// SendTimeout is the longest a client may take to accept the next
@@ -96,16 +97,17 @@ func New(opt Options) *Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v2/", s.serveV2)
 	mux.HandleFunc("/v2", s.serveV2)
-	health := opt.Health
-	if health == nil {
-		health = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Type", "text/plain")
-			io.WriteString(w, "ok\n")
-		})
+	health := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "ok\n")
+	})
+	ready := opt.Ready
+	if ready == nil {
+		ready = health
 	}
 	// Liveness and readiness stay open: probes carry no login.
 	mux.Handle("/healthz", health)
-	mux.Handle("/readyz", health)
+	mux.Handle("/readyz", ready)
 	var metricsHandler http.Handler = promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{})
 	if opt.MetricsLogin {
 		metricsHandler = s.requireLogin(metricsHandler)
