@@ -292,7 +292,7 @@ func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 	router := &server.Router{Lookup: cfg.Lookup, DefaultRegistry: cfg.DefaultRegistry}
 	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams), buildinfo.Collector(buildinfo.Read()))
 	sopt := server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(),
-		Ready: &readiness{store: st, now: time.Now},
+		Ready:    &readiness{store: st, now: time.Now},
 		BlobCopy: cfg.BlobCopy, SendTimeout: cfg.SendTimeout.D()}
 	if ca := cfg.ClientAuth; ca != nil {
 		users, err := clientauth.Open(ca.Htpasswd)
