@@ -23,6 +23,7 @@ import (
 
 	"github.com/regcache/regcache/internal/buildinfo"
 	"github.com/regcache/regcache/internal/clientauth"
+	"github.com/regcache/regcache/internal/cluster"
 	"github.com/regcache/regcache/internal/config"
 	"github.com/regcache/regcache/internal/credentials"
 	"github.com/regcache/regcache/internal/metrics"
@@ -54,6 +55,8 @@ type App struct {
 	// collectNow asks the collection loop for a pass now: the store ran
 	// out of space.
 	collectNow chan struct{}
+	// coord is this replica's handle on its cluster; nil alone.
+	coord *cluster.Coordinator
 }
 
 // usersReloadEvery is how often the htpasswd file is checked for changes.
@@ -68,12 +71,22 @@ func (a *App) Run(ctx context.Context) {
 		wg.Go(func() { a.watchUsers(ctx) })
 	}
 	wg.Go(func() { a.gcLoop(ctx) })
+	if a.coord != nil {
+		wg.Go(func() { a.coord.Run(ctx) })
+	}
 	wg.Wait()
 }
 
 // Close finishes the downloads in flight, so every blob a client was
-// served is committed, or gives up on them when ctx ends.
-func (a *App) Close(ctx context.Context) error { return a.Cache.Close(ctx) }
+// served is committed, or gives up on them when ctx ends; then it leaves
+// the cluster.
+func (a *App) Close(ctx context.Context) error {
+	err := a.Cache.Close(ctx)
+	if a.coord != nil {
+		a.coord.Close()
+	}
+	return err
+}
 
 // watchUsers reloads the htpasswd file when it changes. A file that does
 // not parse keeps the previous users; the error is logged once, not on
@@ -272,7 +285,17 @@ func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 			}
 		}
 	}
+	var fleet pull.Fleet
+	if cl := cfg.Cluster; cl != nil {
+		c, err := newCoordinator(cl, a.Upstreams, log)
+		if err != nil {
+			return nil, err
+		}
+		a.coord, fleet = c, c
+		m.Registry.MustRegister(newCoordinatorCollector(c))
+	}
 	a.Cache = pull.New(pull.Options{
+		Fleet:                fleet,
 		Store:                st,
 		Sources:              ups,
 		TagTTL:               cfg.TagTTL.D(),
@@ -292,8 +315,11 @@ func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 	router := &server.Router{Lookup: cfg.Lookup, DefaultRegistry: cfg.DefaultRegistry}
 	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams), buildinfo.Collector(buildinfo.Read()))
 	sopt := server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(),
-		Ready:    &readiness{store: st, now: time.Now},
+		Ready:    &readiness{store: st, now: time.Now, coord: a.coord},
 		BlobCopy: cfg.BlobCopy, SendTimeout: cfg.SendTimeout.D()}
+	if a.coord != nil {
+		sopt.Peers = a.coord
+	}
 	if ca := cfg.ClientAuth; ca != nil {
 		users, err := clientauth.Open(ca.Htpasswd)
 		if err != nil {

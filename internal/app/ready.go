@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/regcache/regcache/internal/cluster"
 	"github.com/regcache/regcache/internal/store"
 )
 
@@ -23,6 +24,7 @@ const readyEvery = 5 * time.Second
 // probe: a store that is down is no reason to restart regcache.
 type readiness struct {
 	store store.Store
+	coord *cluster.Coordinator // nil alone
 	now   func() time.Time
 
 	mu      sync.Mutex
@@ -42,6 +44,14 @@ func (rd *readiness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Classified store errors name the backend and key, never a
 		// credential (the S3 store redacts what the SDK says).
 		rep.Checks["store"] = "not writable: " + err.Error()
+	}
+	if rd.coord != nil {
+		// A replica without its coordinator still serves (every job done
+		// here, de-duplicated locally): it stays ready, and says so.
+		rep.Checks["coordinator"] = "ok"
+		if h := rd.coord.Health(); !h.Up {
+			rep.Checks["coordinator"] = "unavailable since " + h.Since.UTC().Format(time.RFC3339) + ": serving alone"
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")

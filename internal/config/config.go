@@ -92,6 +92,29 @@ type Config struct {
 	ClientAuth *ClientAuth `yaml:"client_auth"`
 	// TLS, when set, makes regcache serve HTTPS on listen.
 	TLS *TLS `yaml:"tls"`
+	// Cluster, when set, makes this regcache one of several replicas on a
+	// shared store, coordinating through Redis.
+	Cluster *Cluster `yaml:"cluster"`
+}
+
+// Cluster configures one replica of several that share one object store.
+type Cluster struct {
+	// Redis is the coordinator: host:port or a redis:// URL.
+	Redis string `yaml:"redis"`
+	// Username and the password's source for Redis ACLs, if any.
+	Username     string `yaml:"username"`
+	PasswordEnv  string `yaml:"password_env"`
+	PasswordFile string `yaml:"password_file"`
+	// Advertise is the URL the other replicas reach this one at; or
+	// AdvertiseEnv names the environment variable that holds it (a pod's
+	// address).
+	Advertise    string `yaml:"advertise"`
+	AdvertiseEnv string `yaml:"advertise_env"`
+	// SecretFile holds a secret (at least 32 bytes) shared by every
+	// replica, which authenticates their requests to each other.
+	SecretFile string `yaml:"secret_file"`
+	// Prefix is prepended to every Redis key (default "regcache:").
+	Prefix string `yaml:"prefix"`
 }
 
 // ClientAuth says who may pull through regcache. Without it anyone who can
@@ -461,6 +484,11 @@ func (c *Config) validate() error {
 			return fmt.Errorf("client_auth.metrics: %q is not one of open, login", a.Metrics)
 		}
 	}
+	if cl := c.Cluster; cl != nil {
+		if err := cl.validate(); err != nil {
+			return err
+		}
+	}
 	if t := c.TLS; t != nil {
 		if t.Certificate == "" {
 			return errors.New("tls.certificate: must name a PEM certificate file")
@@ -518,6 +546,64 @@ func checkBucketName(b string) error {
 		}
 	}
 	return nil
+}
+
+func (cl *Cluster) validate() error {
+	if cl.Redis == "" {
+		return errors.New("cluster.redis: must name the Redis coordinator (host:port or redis://...)")
+	}
+	if strings.Contains(cl.Redis, "@") {
+		return errors.New("cluster.redis: credentials in the address are not allowed; use cluster.password_env or password_file")
+	}
+	if (cl.Advertise == "") == (cl.AdvertiseEnv == "") {
+		return errors.New("cluster.advertise: set exactly one of advertise (the URL the other replicas reach this one at) and advertise_env")
+	}
+	if cl.Advertise != "" {
+		if err := checkURL("cluster.advertise", cl.Advertise); err != nil {
+			return err
+		}
+	}
+	if cl.SecretFile == "" {
+		return errors.New("cluster.secret_file: must name a file holding a secret of at least 32 bytes, the same on every replica")
+	}
+	if cl.PasswordEnv != "" && cl.PasswordFile != "" {
+		return errors.New("cluster: set only one of password_env, password_file")
+	}
+	return nil
+}
+
+// Resolve reads the cluster's secrets and address from their sources.
+// Errors name the key or file, never a value.
+func (cl *Cluster) Resolve() (advertise, password string, secret []byte, err error) {
+	advertise = cl.Advertise
+	if cl.AdvertiseEnv != "" {
+		advertise = os.Getenv(cl.AdvertiseEnv)
+		if err := checkURL("cluster.advertise_env ($"+cl.AdvertiseEnv+")", advertise); err != nil {
+			return "", "", nil, err
+		}
+	}
+	switch {
+	case cl.PasswordEnv != "":
+		password = os.Getenv(cl.PasswordEnv)
+		if password == "" {
+			return "", "", nil, fmt.Errorf("cluster.password_env: environment variable %s is not set or empty", cl.PasswordEnv)
+		}
+	case cl.PasswordFile != "":
+		b, err := os.ReadFile(cl.PasswordFile)
+		if err != nil {
+			return "", "", nil, fmt.Errorf("cluster.password_file: cannot read %s: %v", cl.PasswordFile, errors.Unwrap(err))
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+	}
+	secret, err = os.ReadFile(cl.SecretFile)
+	if err != nil {
+		return "", "", nil, fmt.Errorf("cluster.secret_file: cannot read %s: %v", cl.SecretFile, errors.Unwrap(err))
+	}
+	secret = bytes.TrimSpace(secret)
+	if len(secret) < 32 {
+		return "", "", nil, fmt.Errorf("cluster.secret_file %s: the secret is %d bytes; at least 32 are needed", cl.SecretFile, len(secret))
+	}
+	return advertise, password, secret, nil
 }
 
 func checkURL(key, raw string) error {

@@ -7,6 +7,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/regcache/regcache/internal/cluster"
 	"github.com/regcache/regcache/internal/pull/inflight"
 	"github.com/regcache/regcache/internal/ref"
 	"github.com/regcache/regcache/internal/regerr"
@@ -58,8 +59,17 @@ func (c *Cache) Blob(ctx context.Context, repo ref.Repo, d digest.Digest) (*Blob
 	if b, err := c.storedBlob(ctx, src, repo, d); b != nil || err != nil {
 		return b, err
 	}
-	open := func(dctx context.Context) (inflight.Source, error) { return c.openDownload(dctx, src, repo, d) }
+	// The lease, when this replica holds the fleet's one download, is
+	// released when the download ends.
+	var lease *cluster.Lease
+	open := func(dctx context.Context) (inflight.Source, error) {
+		var s inflight.Source
+		var err error
+		s, lease, err = c.openDownload(dctx, src, repo, d)
+		return s, err
+	}
 	r, joined, err := c.downloads.Join(ctx, d, open, func(dctx context.Context, o inflight.Outcome) {
+		defer lease.Release()
 		c.downloaded(dctx, repo, d, o)
 	})
 	if errors.Is(err, errStored) {
@@ -89,11 +99,65 @@ func (c *Cache) Blob(ctx context.Context, repo ref.Repo, d digest.Digest) (*Blob
 var errStored = errors.New("already stored")
 
 // openDownload runs in the download's goroutine: it opens the upstream's
-// verifying body and the store's writer.
-func (c *Cache) openDownload(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest) (inflight.Source, error) {
+// verifying body and the store's writer. In a cluster, one replica
+// downloads each blob: the others stream it from that one (verified here
+// too), and take over only when it cannot serve them (it died).
+func (c *Cache) openDownload(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest) (inflight.Source, *cluster.Lease, error) {
 	if _, err := c.opt.Store.Stat(ctx, d); err == nil {
-		return inflight.Source{}, errStored
+		return inflight.Source{}, nil, errStored
 	}
+	var lease *cluster.Lease
+	if c.opt.Fleet != nil {
+		l, err := c.opt.Fleet.Acquire(ctx, "blob:"+d.String(), blobLease)
+		switch {
+		case err != nil:
+			// No coordinator: download here, de-duplicated locally.
+		case l.Held:
+			lease = l
+		default:
+			s, err := c.fromPeer(ctx, src, repo, d, l.Holder)
+			if err == nil || errors.Is(err, errStored) || regerr.Is(err, regerr.NotFound) {
+				return s, nil, err
+			}
+			c.log.Warn("cannot stream a blob from the replica downloading it; downloading it here", "peer", l.Holder, "digest", d, "err", err)
+		}
+	}
+	s, err := c.fromUpstream(ctx, src, repo, d)
+	if err != nil {
+		lease.Release()
+		return s, nil, err
+	}
+	return s, lease, nil
+}
+
+// fromPeer streams blob d from the replica holding its download.
+func (c *Cache) fromPeer(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest, holder string) (inflight.Source, error) {
+	// That replica's download proves the blob exists upstream, not that it
+	// belongs to this repository.
+	if _, err := c.ensureLinked(ctx, src, repo, d); err != nil {
+		return inflight.Source{}, err
+	}
+	body, size, err := c.peerSource(ctx, holder, d)
+	if errors.Is(err, cluster.ErrPeerNotFound) {
+		if _, serr := c.opt.Store.Stat(ctx, d); serr == nil {
+			return inflight.Source{}, errStored // it finished meanwhile
+		}
+	}
+	if err != nil {
+		return inflight.Source{}, err
+	}
+	s := inflight.Source{Body: body, Size: size, Label: "peer"}
+	if !c.sharedStore() {
+		// Each replica keeps its own copy when stores are not shared.
+		if w, err := c.opt.Store.Create(ctx, d, size); err == nil {
+			s.Sink = w
+		}
+	}
+	return s, nil
+}
+
+// fromUpstream opens the upstream's verifying body and the store's writer.
+func (c *Cache) fromUpstream(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest) (inflight.Source, error) {
 	size := int64(-1)
 	if n, ok := c.sizes.Get(d); ok {
 		size = n

@@ -88,6 +88,9 @@ type Options struct {
 	// OnNoSpace is called when the store ran out of space, so its owner
 	// can evict now rather than at the next collection.
 	OnNoSpace func()
+	// Fleet coordinates this cache with the other replicas of a cluster;
+	// nil for a single regcache.
+	Fleet Fleet
 	Logger    *slog.Logger
 	Metrics   *metrics.Metrics
 	// Now is the clock; nil means time.Now.

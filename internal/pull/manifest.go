@@ -78,9 +78,19 @@ func (c *Cache) ManifestByDigest(ctx context.Context, repo ref.Repo, d digest.Di
 	v, err, shared := c.flow.Do("m:"+repo.String()+"@"+d.String(), func() (any, error) {
 		fctx, cancel := c.detach(ctx, c.opt.FetchTimeout)
 		defer cancel()
-		um, err := src.Manifest(fctx, repo, d, upstream.AnySource)
+		um, err := c.fetchManifest(fctx, src, repo, d, upstream.AnySource)
 		if err != nil {
 			return nil, err
+		}
+		if um.Data == nil {
+			// Another replica fetched and stored it meanwhile.
+			m, ok := c.loadManifest(fctx, d)
+			if !ok {
+				return nil, &regerr.Error{Kind: regerr.Storage, Op: "load manifest", Message: "another replica stored it, but it cannot be read"}
+			}
+			c.index.Link(fctx, repo, d)
+			m.Result = Miss
+			return m, nil
 		}
 		return c.keepManifest(fctx, repo, um), nil
 	})
@@ -213,6 +223,25 @@ var errSlowOrigin = errors.New("the origin did not answer within revalidate_wait
 // cached answer; with none cached, and tag_fallback on, the mirrors are
 // asked too, as soon as the origin fails or is slower than hedge_delay.
 func (c *Cache) revalidate(ctx context.Context, src manifestSource, k index.TagKey) (*Manifest, error) {
+	if c.opt.Fleet != nil {
+		// Once per tag_ttl fleet-wide: another replica may have just
+		// revalidated it, or be doing so now.
+		if m, ok := c.fleetFresh(ctx, k); ok {
+			return m, nil
+		}
+		lease, err := c.opt.Fleet.Acquire(ctx, "tag:"+k.String(), c.opt.FetchTimeout)
+		switch {
+		case err != nil:
+			// No coordinator: revalidate here.
+		case lease.Held:
+			defer lease.Release()
+		default:
+			var m *Manifest
+			if c.awaitFleet(ctx, "tag:"+k.String(), func() bool { var ok bool; m, ok = c.fleetFresh(ctx, k); return ok }) {
+				return m, nil
+			}
+		}
+	}
 	rec, have := c.index.Tag(ctx, k)
 	var old *Manifest
 	if have {
@@ -250,7 +279,7 @@ func (c *Cache) revalidate(ctx context.Context, src manifestSource, k index.TagK
 // if any. The answer is recorded as checked now.
 func (c *Cache) askOrigin(ctx context.Context, src manifestSource, k index.TagKey, rec index.Tag, old *Manifest) (*Manifest, error) {
 	fresh := func(m *Manifest) (*Manifest, error) {
-		c.index.SetTag(ctx, k, index.Tag{Digest: m.Digest, MediaType: m.MediaType, Checked: c.now()})
+		c.setTag(ctx, k, index.Tag{Digest: m.Digest, MediaType: m.MediaType, Checked: c.now()})
 		return m, nil
 	}
 	desc, err := src.HeadManifest(ctx, k.Repo, ref.Manifest{Tag: k.Tag}, k.Mask.Values())
@@ -258,7 +287,7 @@ func (c *Cache) askOrigin(ctx context.Context, src manifestSource, k index.TagKe
 	case regerr.Is(err, regerr.NotFound):
 		// The origin's "no such tag" is authoritative; a deleted tag must
 		// stop resolving here too.
-		c.index.DeleteTag(ctx, k)
+		c.deleteTag(ctx, k)
 		return nil, err
 	case err != nil:
 		return nil, err
@@ -291,12 +320,21 @@ func (c *Cache) askOrigin(ctx context.Context, src manifestSource, k index.TagKe
 		// content nobody has cached, and serve what we have.
 		from = upstream.MirrorsOnly
 	}
-	um, err := src.Manifest(ctx, k.Repo, desc.Digest, from)
+	um, err := c.fetchManifest(ctx, src, k.Repo, desc.Digest, from)
 	if err != nil {
 		if from == upstream.MirrorsOnly {
 			return nil, errReserve
 		}
 		return nil, err
+	}
+	if um.Data == nil {
+		// Another replica fetched and stored it meanwhile.
+		if m, ok := c.loadManifest(ctx, desc.Digest); ok {
+			c.index.Link(ctx, k.Repo, desc.Digest)
+			m.Result = Miss
+			return fresh(m)
+		}
+		return nil, &regerr.Error{Kind: regerr.Storage, Op: "load manifest", Message: "another replica stored it, but it cannot be read"}
 	}
 	return fresh(c.keepManifest(ctx, k.Repo, um))
 }
@@ -386,7 +424,7 @@ func (c *Cache) tagAtMirror(ctx context.Context, src manifestSource, k index.Tag
 	c.m.TagFallbacks.WithLabelValues(k.Repo.Registry(), m.Source).Inc()
 	if _, ok := c.index.Tag(ctx, k); !ok {
 		// The origin's answer, if it came first, stays.
-		c.index.SetTag(ctx, k, index.Tag{Digest: m.Digest, MediaType: m.MediaType})
+		c.setTag(ctx, k, index.Tag{Digest: m.Digest, MediaType: m.MediaType})
 	}
 	m.TagFromMirror = true
 	return m, nil

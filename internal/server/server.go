@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/regcache/regcache/internal/clientauth"
+	"github.com/regcache/regcache/internal/cluster"
 	"github.com/regcache/regcache/internal/metrics"
 	"github.com/regcache/regcache/internal/pull"
 	"github.com/regcache/regcache/internal/regerr"
@@ -35,6 +36,7 @@ type Server struct {
 	log         *slog.Logger
 	metrics     *metrics.Metrics
 	handler     http.Handler
+	peers       PeerAuth
 	// auth is nil when clients need no credentials.
 	auth      ClientAuth
 	tokens    *clientauth.Issuer
@@ -69,13 +71,16 @@ type Options struct {
 	Tokens *clientauth.Issuer
 	// MetricsLogin puts /metrics behind the login too (client_auth.metrics).
 	MetricsLogin bool
+	// Peers, in a cluster, authenticates the other replicas on the peer
+	// endpoint; nil turns the endpoint off.
+	Peers PeerAuth
 }
 
 // New returns a Server.
 func New(opt Options) *Server {
 	s := &Server{
 		sendfile: opt.BlobCopy == "sendfile", sendTimeout: opt.SendTimeout, buffers: newCopyBuffers(opt.LargeBuffers),
-		router: opt.Router, cache: opt.Cache, log: opt.Logger, metrics: opt.Metrics,
+		router: opt.Router, cache: opt.Cache, log: opt.Logger, metrics: opt.Metrics, peers: opt.Peers,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -117,6 +122,7 @@ func New(opt Options) *Server {
 		mux.Handle("/_regcache/", s.requireLogin(opt.Admin))
 	}
 	mux.HandleFunc(tokenPath, s.serveToken)
+	mux.HandleFunc(cluster.PeerPath, s.servePeer)
 	s.handler = noSniff(logRequests(s.log)(mux))
 	return s
 }

@@ -597,3 +597,8 @@ func (c *s3Content) Close() error {
 	c.drop()
 	return nil
 }
+
+// Shared reports that every replica configured with this bucket and prefix
+// reads the same content: a blob one replica commits need not be written
+// by the others.
+func (s *S3) Shared() bool { return true }

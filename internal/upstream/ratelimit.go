@@ -78,6 +78,8 @@ type budgetTracker struct {
 	last429s int // 429s in a row, for the backoff when Retry-After is missing
 	// pausedKind is the kind to report while a class is paused.
 	pausedKind [numClasses]regerr.Kind
+	// onChange hears of every change an answer made (to share it).
+	onChange func(Budget)
 }
 
 func newBudgetTracker(host string, now func() time.Time, maxPause time.Duration) *budgetTracker {
@@ -95,14 +97,47 @@ func (t *budgetTracker) get() Budget {
 
 // observe updates the budget from one origin response.
 func (t *budgetTracker) observe(req *http.Request, resp *http.Response) {
+	t.mu.Lock()
+	before := t.b
+	t.observeLocked(req, resp)
+	after, fn := t.b, t.onChange
+	t.mu.Unlock()
+	if fn != nil && after != before {
+		fn(after)
+	}
+}
+
+// merge applies a budget another replica saw: the newer counts win, and a
+// pause lasts until the later of the two ends.
+func (t *budgetTracker) merge(o Budget) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if o.UpdatedAt.After(t.b.UpdatedAt) {
+		t.b.Limit, t.b.Remaining, t.b.Window, t.b.Source, t.b.Known, t.b.UpdatedAt =
+			o.Limit, o.Remaining, o.Window, o.Source, o.Known, o.UpdatedAt
+	}
+	if o.RetryUntil.After(t.b.RetryUntil) {
+		t.b.RetryUntil = o.RetryUntil
+	}
+	maxUntil := t.now().Add(t.maxPause)
+	for c := range t.b.Paused {
+		if until := o.Paused[c]; until.After(t.b.Paused[c]) {
+			if until.After(maxUntil) {
+				until = maxUntil
+			}
+			t.b.Paused[c] = until
+			t.pausedKind[c] = regerr.RateLimited
+		}
+	}
+}
+
+func (t *budgetTracker) observeLocked(req *http.Request, resp *http.Response) {
 	h := resp.Header
 	limit, lw, hasLimit := parseRateLimit(h.Get("Ratelimit-Limit"))
 	remaining, rw, hasRemaining := parseRateLimit(h.Get("Ratelimit-Remaining"))
 	class := classOf(req.URL.Path)
 	now := t.now()
 
-	t.mu.Lock()
-	defer t.mu.Unlock()
 	switch {
 	case hasLimit || hasRemaining:
 		if hasLimit {
@@ -139,14 +174,12 @@ func (t *budgetTracker) observe(req *http.Request, resp *http.Response) {
 		if pullLimit {
 			t.b.RetryUntil = now.Add(d)
 		} else {
-			t.b.Paused[class] = now.Add(d)
-			t.pausedKind[class] = regerr.RateLimited
+			t.pause(req.URL.Path, class, now.Add(d), regerr.RateLimited)
 		}
 		t.b.UpdatedAt = now
 	case http.StatusServiceUnavailable:
 		if d, ok := parseRetryAfter(h.Get("Retry-After"), now); ok {
-			t.b.Paused[class] = now.Add(min(d, t.maxPause))
-			t.pausedKind[class] = regerr.Unavailable
+			t.pause(req.URL.Path, class, now.Add(min(d, t.maxPause)), regerr.Unavailable)
 			t.b.UpdatedAt = now
 		}
 	default:
@@ -154,6 +187,18 @@ func (t *budgetTracker) observe(req *http.Request, resp *http.Response) {
 			t.last429s = 0
 		}
 	}
+}
+
+// pause holds back class until; a refused ping (GET /v2/), which every
+// request's authentication starts with, holds back every class.
+func (t *budgetTracker) pause(path string, class Class, until time.Time, kind regerr.Kind) {
+	if path == "/v2/" {
+		for c := range t.b.Paused {
+			t.b.Paused[c], t.pausedKind[c] = until, kind
+		}
+		return
+	}
+	t.b.Paused[class], t.pausedKind[class] = until, kind
 }
 
 // gate refuses a request the origin asked us not to send yet, without

@@ -181,8 +181,16 @@ func TestBudgetObserve(t *testing.T) {
 			want:  Budget{UpdatedAt: now, Paused: paused(ClassBlobs, now.Add(maxPause))},
 		},
 		{
-			name:  "503 with Retry-After",
+			// Every request starts with the ping: refused, it holds back
+			// every class.
+			name:  "503 with Retry-After on the ping",
 			resps: []resp{{http.MethodGet, "/v2/", 503, map[string]string{"Retry-After": "30"}}},
+			want: Budget{UpdatedAt: now, Paused: [numClasses]time.Time{
+				ClassManifests: now.Add(30 * time.Second), ClassBlobs: now.Add(30 * time.Second), ClassOther: now.Add(30 * time.Second)}},
+		},
+		{
+			name:  "503 with Retry-After on a tags list",
+			resps: []resp{{http.MethodGet, "/v2/library/alpine/tags/list", 503, map[string]string{"Retry-After": "30"}}},
 			want:  Budget{UpdatedAt: now, Paused: paused(ClassOther, now.Add(30*time.Second))},
 		},
 		{
@@ -371,5 +379,36 @@ func TestRegistryBudget(t *testing.T) {
 	b := r.Budget()
 	if !b.Known || b.Limit != 100 || b.Remaining != 42 || b.Window != 6*time.Hour || b.Source != "192.0.2.1" || b.UpdatedAt.IsZero() {
 		t.Errorf("Budget() = %+v", b)
+	}
+}
+
+// What another replica saw merges in: newer counts win, and a pause lasts
+// until the later of the two ends, never past max_retry_after.
+func TestBudgetMerge(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	paused := func(c Class, until time.Time) (p [numClasses]time.Time) {
+		p[c] = until
+		return p
+	}
+	bt := newBudgetTracker("h", func() time.Time { return now }, time.Hour)
+	bt.b = Budget{Limit: 100, Remaining: 50, Known: true, UpdatedAt: now.Add(-time.Minute), Paused: paused(ClassBlobs, now.Add(10*time.Minute))}
+	bt.merge(Budget{Limit: 100, Remaining: 40, Known: true, UpdatedAt: now, RetryUntil: now.Add(time.Minute),
+		Paused: [numClasses]time.Time{ClassManifests: now.Add(5 * time.Hour), ClassBlobs: now.Add(time.Minute)}})
+	got := bt.get()
+	if got.Remaining != 40 || !got.RetryUntil.Equal(now.Add(time.Minute)) {
+		t.Errorf("newer count or RetryUntil not taken: %+v", got)
+	}
+	if !got.Paused[ClassBlobs].Equal(now.Add(10 * time.Minute)) {
+		t.Errorf("a shorter remote pause shortened ours: %v", got.Paused[ClassBlobs])
+	}
+	if !got.Paused[ClassManifests].Equal(now.Add(time.Hour)) {
+		t.Errorf("a remote pause past max_retry_after was not capped: %v", got.Paused[ClassManifests])
+	}
+	bt.merge(Budget{Remaining: 99, Known: true, UpdatedAt: now.Add(-time.Hour)})
+	if bt.get().Remaining != 40 {
+		t.Error("an older remote count replaced a newer one")
+	}
+	if _, _, ok := bt.gate(http.MethodHead, "/v2/library/alpine/manifests/3.19"); ok {
+		t.Error("a merged manifest pause does not hold back manifest HEADs")
 	}
 }

@@ -263,6 +263,20 @@ func (r *Registry) Name() string { return r.name }
 // Budget is what the origin last said about its pull rate limit.
 func (r *Registry) Budget() Budget { return r.budget.get() }
 
+// OnBudgetChange registers fn to hear of every change the origin's answers
+// make to the budget, for sharing it with other replicas. Call it before
+// the first request.
+func (r *Registry) OnBudgetChange(fn func(Budget)) {
+	r.budget.mu.Lock()
+	r.budget.onChange = fn
+	r.budget.mu.Unlock()
+}
+
+// MergeBudget applies what another replica learnt about the origin: its
+// newer counts, and its pauses, so no replica asks an origin that told
+// another to back off.
+func (r *Registry) MergeBudget(b Budget) { r.budget.merge(b) }
+
 // BelowReserve reports whether the origin's known remaining pulls are at
 // or below Config.Reserve. When it is true the caller should stop spending
 // counted pulls on anything a mirror or its cache can answer (serve cached

@@ -181,6 +181,32 @@ func (g *Group) Join(ctx context.Context, d digest.Digest, open OpenFunc, done D
 	return &Reader{dl: dl}, joined, nil
 }
 
+// Lookup returns a reader of the download of d if one is in flight (and
+// has not failed), never starting one: for other replicas, which must not
+// be able to make this one fetch anything.
+func (g *Group) Lookup(ctx context.Context, d digest.Digest) (*Reader, bool, error) {
+	g.mu.Lock()
+	dl, ok := g.m[d]
+	if ok && !dl.join() {
+		ok = false
+	}
+	g.mu.Unlock()
+	if !ok {
+		return nil, false, nil
+	}
+	select {
+	case <-dl.ready:
+	case <-ctx.Done():
+		dl.release()
+		return nil, false, ctx.Err()
+	}
+	if err := dl.earlyErr(); err != nil {
+		dl.release()
+		return nil, false, nil
+	}
+	return &Reader{dl: dl}, true, nil
+}
+
 func (g *Group) remove(dl *download) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
