@@ -90,9 +90,9 @@ type Options struct {
 	OnNoSpace func()
 	// Fleet coordinates this cache with the other replicas of a cluster;
 	// nil for a single regcache.
-	Fleet Fleet
-	Logger    *slog.Logger
-	Metrics   *metrics.Metrics
+	Fleet   Fleet
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
