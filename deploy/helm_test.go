@@ -20,6 +20,7 @@ import (
 
 	"github.com/regcache/regcache/internal/app"
 	"github.com/regcache/regcache/internal/config"
+	"github.com/regcache/regcache/internal/testhub"
 )
 
 const (
@@ -58,6 +59,9 @@ type container struct {
 		Value     string `yaml:"value"`
 		ValueFrom *struct {
 			SecretKeyRef *struct{ Name, Key string } `yaml:"secretKeyRef"`
+			FieldRef     *struct {
+				FieldPath string `yaml:"fieldPath"`
+			} `yaml:"fieldRef"`
 		} `yaml:"valueFrom"`
 	} `yaml:"env"`
 	Ports []struct {
@@ -161,6 +165,8 @@ func renderPod(t *testing.T, args ...string) chartPod {
 		switch {
 		case e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil:
 			p.env[e.Name] = "secret:" + e.ValueFrom.SecretKeyRef.Name + "/" + e.ValueFrom.SecretKeyRef.Key
+		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil:
+			p.env[e.Name] = "field:" + e.ValueFrom.FieldRef.FieldPath
 		default:
 			p.env[e.Name] = e.Value
 		}
@@ -361,12 +367,31 @@ func checkProbesServed(t *testing.T, p chartPod) {
 			}
 		}
 	}
-	env := []string{"PATH=" + os.Getenv("PATH"), "REGCACHE_CONFIG=" + cfgFile}
-	for name, v := range p.env {
-		if strings.HasPrefix(v, "secret:") {
-			env = append(env, name+"=made-up-"+strings.ToLower(name))
-			t.Setenv(name, "made-up-"+strings.ToLower(name))
+	if cl := cfg.Cluster; cl != nil {
+		if err := os.WriteFile(cl.SecretFile, bytes.Repeat([]byte("c"), 40), 0o600); err != nil {
+			t.Fatalf("cluster.secret_file is not in a mounted volume: %v", err)
 		}
+	}
+	env := []string{"PATH=" + os.Getenv("PATH"), "REGCACHE_CONFIG=" + cfgFile}
+	// The pod's own variables, as the kubelet sets them: secrets made up,
+	// the pod's IP a loopback one, $(NAME) references expanded.
+	podEnv := map[string]string{}
+	for name, v := range p.env {
+		switch {
+		case strings.HasPrefix(v, "secret:"):
+			podEnv[name] = "made-up-" + strings.ToLower(name)
+		case v == "field:status.podIP":
+			podEnv[name] = "127.0.0.1"
+		}
+	}
+	for name, v := range p.env {
+		if !strings.HasPrefix(v, "secret:") && !strings.HasPrefix(v, "field:") && name != "REGCACHE_CONFIG" {
+			podEnv[name] = os.Expand(strings.ReplaceAll(strings.ReplaceAll(v, "$(", "${"), ")", "}"), func(k string) string { return podEnv[k] })
+		}
+	}
+	for name, v := range podEnv {
+		env = append(env, name+"="+v)
+		t.Setenv(name, v)
 	}
 	bin, err := regcacheBin()
 	if err != nil {
@@ -402,6 +427,9 @@ func TestHelmChartRefusesBrokenSetups(t *testing.T) {
 		{"client auth without its Secret", []string{"--set", "clientAuth.enabled=true"}, "clientAuth.htpasswdSecret"},
 		{"replicas sharing one store", []string{"--set", "persistence.enabled=true", "--set", "replicaCount=2"}, "must not share a store"},
 		{"replicas without a shared token key", []string{"--set", "clientAuth.enabled=true", "--set", "clientAuth.htpasswdSecret=h", "--set", "replicaCount=2"}, "tokenKeySecret"},
+		{"cluster without redis", []string{"--set", "cluster.enabled=true"}, "cluster.redis"},
+		{"cluster without its secret", []string{"--set", "cluster.enabled=true", "--set", "cluster.redis=r:6379"}, "cluster.secretName"},
+		{"cluster without a shared store", []string{"--set", "cluster.enabled=true", "--set", "cluster.redis=r:6379", "--set", "cluster.secretName=s"}, "config.storage.s3"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, err := helmTemplate(t, tc.args...)
@@ -420,4 +448,32 @@ func TestHelmChartRefusesBrokenSetups(t *testing.T) {
 	if out, err := run(t, ".", helm, "lint", "--strict", broken); err == nil {
 		t.Errorf("helm lint passed a chart with an unclosed action:\n%s", out)
 	}
+}
+
+// Three replicas on one bucket, coordinated through Redis: the chart
+// renders a config regcache accepts, gives each pod its own advertised
+// address and the shared secret, and the readiness probe passes against a
+// real S3 server and Redis.
+func TestHelmChartCluster(t *testing.T) {
+	requireTool(t, "helm")
+	s3 := testhub.StartS3(t)
+	redis := testhub.StartRedis(t)
+	for _, kv := range s3.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	p := renderPod(t, "--set", "replicaCount=3", "--set", "cluster.enabled=true", "--set", "cluster.redis="+redis.Addr,
+		"--set", "cluster.secretName=rc-cluster", "--set", "config.storage.s3.bucket="+s3.Bucket,
+		"--set", "config.storage.s3.endpoint="+s3.Endpoint, "--set", "config.storage.s3.path_style=true")
+	if p.cfg.Cluster == nil || p.cfg.Cluster.Redis != redis.Addr || p.cfg.Cluster.AdvertiseEnv == "" {
+		t.Fatalf("rendered cluster config: %+v", p.cfg.Cluster)
+	}
+	if got := p.env[p.cfg.Cluster.AdvertiseEnv]; got != "http://$(POD_IP):5000" || p.env["POD_IP"] != "field:status.podIP" {
+		t.Errorf("the advertised address is %q (POD_IP %q), want the pod's IP and port", got, p.env["POD_IP"])
+	}
+	if v, _, ok := p.volumeFor(p.cfg.Cluster.SecretFile); !ok || v.Secret == nil || v.Secret.SecretName != "rc-cluster" {
+		t.Errorf("cluster.secret_file %s is not in the rc-cluster Secret's volume", p.cfg.Cluster.SecretFile)
+	}
+	checkPodAgainstConfig(t, p)
+	checkProbesServed(t, p)
 }

@@ -189,6 +189,8 @@ func New(cfg *config.Config, log *slog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Spool files left by a process that died belong to no download.
+	os.RemoveAll(spoolDir(cfg.Storage))
 	return build(cfg, log, st)
 }
 
@@ -309,6 +311,7 @@ func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 		MaxStale:             cfg.MaxStale.D(),
 		HedgeDelay:           cfg.HedgeDelay.D(),
 		OnNoSpace:            a.requestCollect,
+		SpoolDir:             spoolDir(cfg.Storage),
 		Logger:               log,
 		Metrics:              m,
 	})
@@ -350,6 +353,11 @@ func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 	a.Handler = server.New(sopt)
 	return a, nil
 }
+
+// spoolDir is where downloads whose store cannot read back (S3) keep their
+// bytes for clients who fall behind: under storage.root, which is sized for
+// content, not under /tmp.
+func spoolDir(c config.Storage) string { return filepath.Join(c.Root, "spool") }
 
 // requestCollect asks the collection loop for a pass now, without waiting.
 func (a *App) requestCollect() {

@@ -223,6 +223,9 @@ func TestFleetWithoutCoordinator(t *testing.T) {
 	if !strings.Contains(string(metrics), "regcache_cluster_coordinator_up 0") {
 		t.Fatal("/metrics does not show the coordinator down")
 	}
+	if _, status, _ := f.get(1, "/_regcache/status", nil); !strings.Contains(string(status), `"up": false`) {
+		t.Fatalf("the status page does not show the coordinator down: %s", status)
+	}
 	f.redis.Start()
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/regcache/regcache/internal/cluster"
 	"github.com/regcache/regcache/internal/ratelimit"
 	"github.com/regcache/regcache/internal/upstream"
 )
@@ -15,6 +16,14 @@ import (
 // as last seen in its headers, and the health of each of its sources.
 type Status struct {
 	Registries []RegistryStatus `json:"registries"`
+	// Cluster is this replica's view of its cluster; absent alone.
+	Cluster *ClusterStatus `json:"cluster,omitempty"`
+}
+
+// ClusterStatus says whether this replica coordinates with the others.
+type ClusterStatus struct {
+	Self        string         `json:"self"`
+	Coordinator cluster.Health `json:"coordinator"`
 }
 
 // RegistryStatus is one configured registry.
@@ -82,6 +91,9 @@ func (a *App) status(now time.Time) Status {
 			rs.Sources = append(rs.Sources, ss)
 		}
 		st.Registries = append(st.Registries, rs)
+	}
+	if a.coord != nil {
+		st.Cluster = &ClusterStatus{Self: a.coord.Self(), Coordinator: a.coord.Health()}
 	}
 	return st
 }

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	lru2 "github.com/hashicorp/golang-lru/v2"
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/singleflight"
@@ -107,7 +108,7 @@ type Cache struct {
 	flow      singleflight.Group
 	index     *index.Index
 	downloads *inflight.Group
-	manifests *lru2.Cache[digest.Digest, []byte] // small manifests' bytes
+	manifests *expirable.LRU[digest.Digest, []byte] // small manifests' bytes
 	sizes     *lru2.Cache[digest.Digest, int64]  // blob sizes stated by stored manifests
 	lists     *listCache
 
@@ -145,7 +146,11 @@ func New(opt Options) *Cache {
 		opt.Logger.Warn("no spool directory: clients who fall behind a download from an object store will fail", "dir", opt.SpoolDir, "err", err)
 		opt.SpoolDir = ""
 	}
-	manifests, _ := lru2.New[digest.Digest, []byte](20_000)
+	// A manifest is served from memory at most manifestMemoryTTL after it
+	// was last read from the store, so one evicted there (max_size, or
+	// another replica's collection, which spares content used within its
+	// grace of 15 minutes) is not served on from memory.
+	manifests := expirable.NewLRU[digest.Digest, []byte](20_000, nil, manifestMemoryTTL)
 	sizes, _ := lru2.New[digest.Digest, int64](200_000)
 	return &Cache{
 		opt:       opt,
@@ -196,6 +201,11 @@ var errClosing = &regerr.Error{Kind: regerr.Unavailable, Message: "regcache is s
 
 // Drain waits until no download is in flight (tests, and clean shutdowns).
 func (c *Cache) Drain(ctx context.Context) error { return c.downloads.Drain(ctx) }
+
+// manifestMemoryTTL is how long a manifest's bytes are served from memory
+// without being read from the store again: shorter than the store's
+// in-use grace (15 minutes), within which nothing read is evicted.
+const manifestMemoryTTL = 10 * time.Minute
 
 // Result says how a request was answered, for logs, metrics and headers.
 type Result string

@@ -32,6 +32,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "regcache.authDir" -}}/etc/regcache/auth{{- end }}
 {{- define "regcache.tokenDir" -}}/etc/regcache/token{{- end }}
 {{- define "regcache.storeDir" -}}/var/lib/regcache{{- end }}
+{{- define "regcache.clusterDir" -}}/etc/regcache/cluster{{- end }}
 
 {{/*
 The config file: values.config with the keys the chart owns set from the
@@ -55,6 +56,22 @@ pod's layout, so they cannot disagree with the mounts and ports.
 {{- $_ := set $ca "token_key_file" (printf "%s/%s" (include "regcache.tokenDir" .) .Values.clientAuth.tokenKeyKey) }}
 {{- end }}
 {{- $_ := set $cfg "client_auth" $ca }}
+{{- end }}
+{{- if .Values.cluster.enabled }}
+{{- if not .Values.cluster.redis }}
+{{- fail "cluster.enabled needs cluster.redis: the host:port of the Redis the replicas share" }}
+{{- end }}
+{{- if not .Values.cluster.secretName }}
+{{- fail "cluster.enabled needs cluster.secretName: an existing Secret with a key of at least 32 bytes shared by the replicas" }}
+{{- end }}
+{{- if not (get $storage "s3") }}
+{{- fail "cluster.enabled needs config.storage.s3: the replicas share one object store" }}
+{{- end }}
+{{- $cl := dict "redis" .Values.cluster.redis "advertise_env" "REGCACHE_ADVERTISE" "secret_file" (printf "%s/%s" (include "regcache.clusterDir" .) .Values.cluster.secretKey) }}
+{{- if .Values.cluster.redisPasswordSecret }}
+{{- $_ := set $cl "password_env" "REGCACHE_REDIS_PASSWORD" }}
+{{- end }}
+{{- $_ := set $cfg "cluster" $cl }}
 {{- end }}
 {{- toYaml $cfg }}
 {{- end }}
