@@ -21,6 +21,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/regcache/regcache/internal/buildinfo"
 	"github.com/regcache/regcache/internal/clientauth"
 	"github.com/regcache/regcache/internal/cluster"
@@ -316,7 +318,11 @@ func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 		Metrics:              m,
 	})
 	router := &server.Router{Lookup: cfg.Lookup, DefaultRegistry: cfg.DefaultRegistry}
-	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams), buildinfo.Collector(buildinfo.Read()))
+	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams), buildinfo.Collector(buildinfo.Read()),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_downloads_in_flight", Help: "Blob downloads running now."},
+			func() float64 { n, _ := a.Cache.Downloads(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_downloads_memory_bytes", Help: "Memory the downloads in flight hold for the clients streaming them (bounded)."},
+			func() float64 { _, b := a.Cache.Downloads(); return float64(b) }))
 	sopt := server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(),
 		Ready:    &readiness{store: st, now: time.Now, coord: a.coord},
 		BlobCopy: cfg.BlobCopy, SendTimeout: cfg.SendTimeout.D()}

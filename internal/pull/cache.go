@@ -199,6 +199,12 @@ func (c *Cache) leave() { c.bg.Done() }
 // errClosing answers requests that arrive while the cache shuts down.
 var errClosing = &regerr.Error{Kind: regerr.Unavailable, Message: "regcache is shutting down"}
 
+// Downloads reports the downloads in flight and the memory their windows
+// hold, for metrics.
+func (c *Cache) Downloads() (n int, memory int64) {
+	return c.downloads.InFlight(), c.downloads.Memory()
+}
+
 // Drain waits until no download is in flight (tests, and clean shutdowns).
 func (c *Cache) Drain(ctx context.Context) error { return c.downloads.Drain(ctx) }
 

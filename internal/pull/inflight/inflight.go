@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -84,8 +85,12 @@ var ErrClosed = errors.New("shutting down: no new downloads")
 // Options configures a Group.
 type Options struct {
 	// Window is how many of a download's latest bytes stay in memory for
-	// readers who keep up. Default 16 MiB.
+	// readers who keep up. Default 4 MiB.
 	Window int64
+	// MemoryMax bounds the memory all downloads' windows hold together;
+	// past it, each keeps only its newest chunk (readers behind read back).
+	// Default 256 MiB.
+	MemoryMax int64
 	// Chunk is the size of the memory chunks, and of one read. Default 1 MiB.
 	Chunk int
 	// HoldAll is the size up to which a download releases nothing before
@@ -109,12 +114,20 @@ type Group struct {
 	m      map[digest.Digest]*download
 	closed bool
 	idle   chan struct{} // closed while no download runs
+
+	mem atomic.Int64 // bytes held in all downloads' chunks
 }
+
+// Memory is the bytes all downloads hold in memory now.
+func (g *Group) Memory() int64 { return g.mem.Load() }
 
 // New returns a Group.
 func New(opt Options) *Group {
 	if opt.Window <= 0 {
-		opt.Window = 16 << 20
+		opt.Window = 4 << 20
+	}
+	if opt.MemoryMax <= 0 {
+		opt.MemoryMax = 256 << 20
 	}
 	if opt.Chunk <= 0 {
 		opt.Chunk = 1 << 20
@@ -309,6 +322,9 @@ func (dl *download) release() {
 	last := dl.refs == 0
 	cleanup := dl.cleanup
 	if last {
+		for _, c := range dl.chunks {
+			dl.g.mem.Add(-int64(cap(c)))
+		}
 		dl.chunks, dl.back, dl.cleanup = nil, nil, nil
 	}
 	dl.mu.Unlock()
@@ -349,6 +365,7 @@ func (dl *download) run(ctx context.Context, open OpenFunc, done DoneFunc) {
 	for {
 		if len(cur) == cap(cur) {
 			cur = make([]byte, 0, dl.g.opt.Chunk)
+			dl.g.mem.Add(int64(cap(cur)))
 			dl.mu.Lock()
 			dl.chunks = append(dl.chunks, cur)
 			dl.trimLocked()
@@ -481,20 +498,31 @@ func (k *keeper) close() {
 	}
 }
 
-// trimLocked drops the oldest chunks beyond the memory window; the newest
-// chunk always stays, since it holds the held-back byte.
+// trimLocked drops the oldest chunks beyond the memory window (a single
+// chunk while all downloads together are over MemoryMax); the newest chunk
+// always stays, since it holds the held-back byte.
 func (dl *download) trimLocked() {
+	window := dl.g.opt.Window
+	if dl.g.mem.Load() > dl.g.opt.MemoryMax {
+		window = 0
+	}
 	var inMem int64
 	for _, c := range dl.chunks {
 		inMem += int64(cap(c))
 	}
-	for len(dl.chunks) > 1 && inMem > dl.g.opt.Window {
-		n := int64(len(dl.chunks[0]))
+	for len(dl.chunks) > 1 && inMem > window {
 		inMem -= int64(cap(dl.chunks[0]))
-		dl.chunks[0] = nil
-		dl.chunks = dl.chunks[1:]
-		dl.memStart += n
+		dl.dropOldestLocked()
 	}
+}
+
+// dropOldestLocked frees the oldest chunk from the window.
+func (dl *download) dropOldestLocked() {
+	c := dl.chunks[0]
+	dl.g.mem.Add(-int64(cap(c)))
+	dl.chunks[0] = nil
+	dl.chunks = dl.chunks[1:]
+	dl.memStart += int64(len(c))
 }
 
 func (dl *download) finish(err error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"sync"
@@ -518,4 +519,46 @@ func TestReaderSeekAndLimit(t *testing.T) {
 		t.Fatalf("Seek end = %d, %v", end, err)
 	}
 	outs.wait(t)
+}
+
+// The memory all downloads hold is bounded: past MemoryMax each keeps only
+// its newest chunk, and what a download held is given back when it ends.
+func TestMemoryBounded(t *testing.T) {
+	g := New(Options{Chunk: 1024, Window: 8 * 1024, MemoryMax: 16 * 1024, HoldAll: -1})
+	const downloads = 8
+	var bodies []*body
+	var readers []*Reader
+	outs := newOutcomes()
+	for i := range downloads {
+		b := newBody()
+		d := digest.FromString(fmt.Sprint("blob", i))
+		r, _, err := g.Join(context.Background(), d, opener(b, 20*1024, readBackSink{&sink{}}, nil), outs.record)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies, readers = append(bodies, b), append(readers, r)
+	}
+	for _, b := range bodies {
+		b.send(t, bytes.Repeat([]byte("x"), 20*1024))
+	}
+	// Each download holds at most its newest chunk past the bound, plus
+	// the one it is filling: the total stays near MemoryMax, not 8 windows.
+	if m := g.Memory(); m > 16*1024+2*downloads*1024 {
+		t.Fatalf("downloads hold %d bytes, bound %d", m, 16*1024)
+	}
+	for i, b := range bodies {
+		b.end(nil)
+		got, err := readAll(t, readers[i])
+		if err != nil || len(got) != 20*1024 {
+			t.Fatalf("reader %d: %d bytes, %v", i, len(got), err)
+		}
+		readers[i].Close()
+		outs.wait(t)
+	}
+	if err := g.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if m := g.Memory(); m != 0 {
+		t.Fatalf("%d bytes held after every download ended", m)
+	}
 }
