@@ -59,6 +59,11 @@ type SourceStatus struct {
 	// BadDigests counts digests a mirror served wrong bytes for, which it
 	// is not asked for again for an hour.
 	BadDigests int `json:"bad_digests,omitempty"`
+	// LastError is the latest failure that counted against the breaker,
+	// in regcache's own words (never the upstream's text), kept after the
+	// source recovers.
+	LastError   string     `json:"last_error,omitempty"`
+	LastErrorAt *time.Time `json:"last_error_at,omitempty"`
 }
 
 // status collects the figures; it makes no upstream request, so the page is
@@ -78,6 +83,10 @@ func (a *App) status(now time.Time) Status {
 			if !s.OpenUntil.IsZero() {
 				t := s.OpenUntil
 				ss.OpenUntil = &t
+			}
+			if s.LastError != "" {
+				t := s.LastErrorAt
+				ss.LastError, ss.LastErrorAt = s.LastError, &t
 			}
 			rs.Sources = append(rs.Sources, ss)
 		}
