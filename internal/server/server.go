@@ -20,6 +20,7 @@ import (
 	"github.com/regcache/regcache/internal/clientauth"
 	"github.com/regcache/regcache/internal/metrics"
 	"github.com/regcache/regcache/internal/pull"
+	"github.com/regcache/regcache/internal/ref"
 	"github.com/regcache/regcache/internal/regerr"
 )
 
@@ -39,6 +40,14 @@ type Server struct {
 	auth      ClientAuth
 	tokens    *clientauth.Issuer
 	anonymous map[string]bool
+	pulls     Pulls
+}
+
+// Pulls is told of each image pulled by tag, for the most-pulled list. It
+// runs on every manifest request by tag, so it must be cheap and never
+// block; repository names never become metric labels.
+type Pulls interface {
+	Pulled(repo ref.Repo, tag ref.Tag)
 }
 
 // Options configures a Server.
@@ -49,6 +58,11 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// Admin holds extra handlers (status endpoints) mounted under /_regcache/.
 	Admin http.Handler
+	// Dashboard answers GET / (the status page); nil leaves / unanswered.
+	// Like Admin it needs a login when client logins are on.
+	Dashboard http.Handler
+	// Pulls, when set, is told of each manifest request by tag answered.
+	Pulls Pulls
 	// Health answers /healthz and /readyz; nil answers "ok" to both.
 	Health http.Handler
 	// BlobCopy is "buffered" (default) or "sendfile".
@@ -74,7 +88,7 @@ type Options struct {
 func New(opt Options) *Server {
 	s := &Server{
 		sendfile: opt.BlobCopy == "sendfile", sendTimeout: opt.SendTimeout, buffers: newCopyBuffers(opt.LargeBuffers),
-		router: opt.Router, cache: opt.Cache, log: opt.Logger, metrics: opt.Metrics,
+		router: opt.Router, cache: opt.Cache, log: opt.Logger, metrics: opt.Metrics, pulls: opt.Pulls,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -113,6 +127,10 @@ func New(opt Options) *Server {
 	mux.Handle("/metrics", metricsHandler)
 	if opt.Admin != nil {
 		mux.Handle("/_regcache/", s.requireLogin(opt.Admin))
+	}
+	if opt.Dashboard != nil {
+		// "/{$}" is / alone: every other unknown path stays a 404.
+		mux.Handle("GET /{$}", s.requireLogin(opt.Dashboard))
 	}
 	mux.HandleFunc(tokenPath, s.serveToken)
 	s.handler = noSniff(logRequests(s.log)(mux))
