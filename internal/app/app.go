@@ -21,9 +21,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/regcache/regcache/internal/buildinfo"
 	"github.com/regcache/regcache/internal/clientauth"
 	"github.com/regcache/regcache/internal/config"
 	"github.com/regcache/regcache/internal/credentials"
+	"github.com/regcache/regcache/internal/dashboard"
 	"github.com/regcache/regcache/internal/metrics"
 	"github.com/regcache/regcache/internal/pull"
 	"github.com/regcache/regcache/internal/server"
@@ -53,6 +55,8 @@ type App struct {
 	// collectNow asks the collection loop for a pass now: the store ran
 	// out of space.
 	collectNow chan struct{}
+	// pulls ranks the images pulled most, for the dashboard.
+	pulls *pullCounter
 }
 
 // usersReloadEvery is how often the htpasswd file is checked for changes.
@@ -214,7 +218,7 @@ func checkStorageRoot(root string) error {
 func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 	m := metrics.New()
 	a := &App{Metrics: m, Store: st, Upstreams: map[string]*upstream.Registry{}, identities: map[string]string{}, cfg: cfg, log: log,
-		collectNow: make(chan struct{}, 1)}
+		collectNow: make(chan struct{}, 1), pulls: newPullCounter()}
 	ups := map[string]pull.Source{}
 	limits := upstream.Limits{
 		MaxBlobSize:    int64(cfg.MaxBlobSize),
@@ -272,8 +276,9 @@ func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 	})
 	router := &server.Router{Lookup: cfg.Lookup, DefaultRegistry: cfg.DefaultRegistry}
 	m.Registry.MustRegister(newUpstreamCollector(a.Upstreams))
-	sopt := server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(),
-		BlobCopy: cfg.BlobCopy, SendTimeout: cfg.SendTimeout.D()}
+	dash := dashboard.New(dashboard.Options{Data: dashboardData{a}, Metrics: m.Registry, Version: buildinfo.Read().Version})
+	sopt := server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(dash),
+		Dashboard: dash, Pulls: a.pulls, BlobCopy: cfg.BlobCopy, SendTimeout: cfg.SendTimeout.D()}
 	if ca := cfg.ClientAuth; ca != nil {
 		users, err := clientauth.Open(ca.Htpasswd)
 		if err != nil {

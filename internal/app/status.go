@@ -19,9 +19,14 @@ type Status struct {
 
 // RegistryStatus is one configured registry.
 type RegistryStatus struct {
-	Name         string           `json:"name"`
-	Budget       ratelimit.Report `json:"budget"`
-	BelowReserve bool             `json:"below_reserve"`
+	Name   string           `json:"name"`
+	Budget ratelimit.Report `json:"budget"`
+	// BudgetUpdatedAt is when an origin's answer last changed the budget;
+	// absent before any did.
+	BudgetUpdatedAt *time.Time `json:"budget_updated_at,omitempty"`
+	// Reserve is the counted pulls kept for true misses (registries.*.reserve).
+	Reserve      int  `json:"reserve"`
+	BelowReserve bool `json:"below_reserve"`
 	// Pauses are the classes of request the origin asked regcache to hold
 	// back (Retry-After), and when each pause ends.
 	Pauses  []Pause        `json:"pauses"`
@@ -78,6 +83,13 @@ func (a *App) status(now time.Time) Status {
 		}
 		b := u.Budget()
 		rs := RegistryStatus{Name: name, Budget: ratelimit.FromBudget(name, identity, b, now), BelowReserve: u.BelowReserve(), Pauses: pauses(b, now)}
+		if rc, ok := a.cfg.Registries[name]; ok {
+			rs.Reserve = rc.Reserve
+		}
+		if !b.UpdatedAt.IsZero() {
+			t := b.UpdatedAt
+			rs.BudgetUpdatedAt = &t
+		}
 		for _, s := range u.Sources() {
 			ss := SourceStatus{Name: s.Name, URL: s.URL, State: string(s.State), Failures: s.Failures, BadDigests: s.BadDigests}
 			if !s.OpenUntil.IsZero() {
@@ -95,8 +107,9 @@ func (a *App) status(now time.Time) Status {
 	return st
 }
 
-func (a *App) adminHandler() http.Handler {
+func (a *App) adminHandler(dash http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /_regcache/{$}", dash)
 	mux.HandleFunc("GET /_regcache/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
