@@ -292,7 +292,7 @@ func source(s Source, now time.Time) sourceView {
 		}
 	case "half-open":
 		v.StateText, v.Level = "Probing", "warn"
-		v.Detail = "one request lets it back in"
+		v.Detail = "the next request is a probe"
 	case "open":
 		v.StateText, v.Level = "Open", "bad"
 		v.Detail = "skipped until " + clock(s.OpenUntil, now) + " (in " + duration(s.OpenUntil.Sub(now)) + ")"
