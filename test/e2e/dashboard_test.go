@@ -27,8 +27,9 @@ import (
 // and a second registry with no limit, after real pulls. The rendered DOM
 // must show the budget /_regcache/status reports, the counted pulls saved
 // and spent as /metrics counts them, each source's breaker state and the
-// images pulled; the screenshot is kept in the test's logs directory
-// (dashboard.png), which REGCACHE_E2E_KEEP_LOGS keeps.
+// images pulled, after the page has refreshed itself once; the screenshot
+// is kept in the test's logs directory (dashboard.png), which
+// REGCACHE_E2E_KEEP_LOGS keeps.
 func TestDashboardInBrowser(t *testing.T) {
 	chromium := requireBinary(t, "chromium", "chromium")
 	crane := requireBinary(t, "crane", "crane")
@@ -74,8 +75,14 @@ func TestDashboardInBrowser(t *testing.T) {
 	before := fetchStatus(t, rc, nil)
 	page := filepath.Join(w.logs, "dashboard.png")
 	runChromium(t, w, chromium, rc.url()+"/", "--screenshot="+page, "--window-size=1280,1600")
-	dom := runChromium(t, w, chromium, rc.url()+"/", "--dump-dom")
+	// Past the page's 10 s refresh, in Chromium's virtual time: the DOM is
+	// the refreshed one, which proves the script runs under the page's
+	// Content-Security-Policy.
+	dom := runChromium(t, w, chromium, rc.url()+"/", "--virtual-time-budget=12000", "--dump-dom")
 	after := fetchStatus(t, rc, nil)
+	if !regexp.MustCompile(`<body data-refresh="10" data-refreshed="[^"]+">`).MatchString(dom) {
+		t.Error("the page did not refresh itself")
+	}
 	if err := os.WriteFile(filepath.Join(w.logs, "dashboard.html"), []byte(dom), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -189,12 +196,15 @@ func TestDashboardNeedsLogin(t *testing.T) {
 	}
 	u, _ := url.Parse(rc.url() + "/")
 	u.User = url.UserPassword(user, password)
-	dom := runChromium(t, w, chromium, u.String(), "--dump-dom")
+	dom := runChromium(t, w, chromium, u.String(), "--virtual-time-budget=12000", "--dump-dom")
 	if err := os.WriteFile(filepath.Join(w.logs, "dashboard-login.html"), []byte(dom), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(dom, `data-registry="docker.io"`) || !strings.Contains(dom, "Pull budget") {
 		t.Errorf("Chromium with a login did not render the page:\n%s", dom)
+	}
+	if !strings.Contains(dom, "data-refreshed=") {
+		t.Error("the page did not refresh itself with the browser's login")
 	}
 	for _, s := range []string{password, rc.cfg.password} {
 		if strings.Contains(dom, s) {

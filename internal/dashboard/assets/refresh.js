@@ -5,7 +5,10 @@
   if (!every || !window.fetch || !window.DOMParser) return;
   function refresh() {
     if (document.hidden) return;
-    fetch(location.href, { credentials: "same-origin", cache: "no-store" })
+    // Not location.href, nor a relative URL (which inherits the base's):
+    // a URL with a login in it cannot be fetched. The browser sends the
+    // login it holds for this origin.
+    fetch(location.origin + location.pathname + location.search, { credentials: "same-origin", cache: "no-store" })
       .then(function (r) {
         if (!r.ok) throw new Error(r.status);
         return r.text();
@@ -16,6 +19,7 @@
         if (next) document.querySelector("main").replaceWith(next);
         document.title = doc.title;
         document.body.classList.remove("refresh-failed");
+        document.body.setAttribute("data-refreshed", new Date().toISOString());
       })
       .catch(function () {
         document.body.classList.add("refresh-failed");
