@@ -41,8 +41,11 @@ vet:
 unit:
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /test/e2e)
 
+# Every e2e test's logs (and the dashboard's screenshot) are kept here.
+E2E_LOGS ?= $(CURDIR)/e2e-logs
+
 e2e:
-	@set -o pipefail; $(GO) test -count=1 -timeout 30m -v ./test/e2e/ 2>&1 | tee e2e.log | grep -E '^\s*(--- |PASS|FAIL|ok|panic)' \
+	@set -o pipefail; REGCACHE_E2E_KEEP_LOGS=$(E2E_LOGS) $(GO) test -count=1 -timeout 30m -v ./test/e2e/ 2>&1 | tee e2e.log | grep -E '^\s*(--- |PASS|FAIL|ok|panic)' \
 	  || { echo "e2e failed; last lines of e2e.log:"; tail -n 150 e2e.log; \
 	       echo "==== e2e failures (from e2e.log, without the log dumps) ===="; \
 	       grep -E -- '--- FAIL|^panic:|^\s+[a-z0-9_]+_test\.go:[0-9]+: ' e2e.log \

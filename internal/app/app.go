@@ -28,6 +28,7 @@ import (
 	"github.com/regcache/regcache/internal/cluster"
 	"github.com/regcache/regcache/internal/config"
 	"github.com/regcache/regcache/internal/credentials"
+	"github.com/regcache/regcache/internal/dashboard"
 	"github.com/regcache/regcache/internal/metrics"
 	"github.com/regcache/regcache/internal/pull"
 	"github.com/regcache/regcache/internal/server"
@@ -59,6 +60,8 @@ type App struct {
 	collectNow chan struct{}
 	// coord is this replica's handle on its cluster; nil alone.
 	coord *cluster.Coordinator
+	// pulls ranks the images pulled most, for the dashboard.
+	pulls *pullCounter
 }
 
 // usersReloadEvery is how often the htpasswd file is checked for changes.
@@ -250,7 +253,7 @@ func checkStorageRoot(root string) error {
 func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 	m := metrics.New()
 	a := &App{Metrics: m, Store: st, Upstreams: map[string]*upstream.Registry{}, identities: map[string]string{}, cfg: cfg, log: log,
-		collectNow: make(chan struct{}, 1)}
+		collectNow: make(chan struct{}, 1), pulls: newPullCounter()}
 	ups := map[string]pull.Source{}
 	limits := upstream.Limits{
 		MaxBlobSize:    int64(cfg.MaxBlobSize),
@@ -323,8 +326,9 @@ func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 			func() float64 { n, _ := a.Cache.Downloads(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "regcache_downloads_memory_bytes", Help: "Memory the downloads in flight hold for the clients streaming them (bounded)."},
 			func() float64 { _, b := a.Cache.Downloads(); return float64(b) }))
-	sopt := server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(),
-		Ready:    &readiness{store: st, now: time.Now, coord: a.coord},
+	dash := dashboard.New(dashboard.Options{Data: dashboardData{a}, Metrics: m.Registry, Version: buildinfo.Read().Version})
+	sopt := server.Options{Router: router, Cache: a.Cache, Logger: log, Metrics: m, Admin: a.adminHandler(dash),
+		Dashboard: dash, Pulls: a.pulls, Ready: &readiness{store: st, now: time.Now, coord: a.coord},
 		BlobCopy: cfg.BlobCopy, SendTimeout: cfg.SendTimeout.D()}
 	if a.coord != nil {
 		sopt.Peers = a.coord

@@ -448,6 +448,11 @@ func TestClientAuthPagesNeedLogin(t *testing.T) {
 				{"/_regcache/status", good, 200},
 				{"/_regcache/status", map[string]string{"Authorization": "Bearer " + s.token(t, good)}, 200},
 				{"/_regcache/nothing-here", nil, 401},
+				{"/", nil, 401},
+				{"/", basic("ci", "wrong"), 401},
+				{"/", good, 200},
+				{"/_regcache/", nil, 401},
+				{"/_regcache/", good, 200},
 				{"/healthz", nil, 200},
 				{"/metrics", nil, tc.metricsNoLog},
 				{"/metrics", good, 200},
@@ -455,6 +460,9 @@ func TestClientAuthPagesNeedLogin(t *testing.T) {
 				resp, body := s.do("GET", c.path, c.hdr)
 				if resp.StatusCode != c.want {
 					t.Errorf("GET %s (%v): %d, want %d", c.path, c.hdr != nil, resp.StatusCode, c.want)
+				}
+				if s.secret != "" && strings.Contains(string(body), s.secret) {
+					t.Errorf("GET %s shows the upstream password", c.path)
 				}
 				if resp.StatusCode == 401 {
 					if got := resp.Header.Get("WWW-Authenticate"); got != `Basic realm="regcache"` {

@@ -28,9 +28,14 @@ type ClusterStatus struct {
 
 // RegistryStatus is one configured registry.
 type RegistryStatus struct {
-	Name         string           `json:"name"`
-	Budget       ratelimit.Report `json:"budget"`
-	BelowReserve bool             `json:"below_reserve"`
+	Name   string           `json:"name"`
+	Budget ratelimit.Report `json:"budget"`
+	// BudgetUpdatedAt is when an origin's answer last changed the budget;
+	// absent before any did.
+	BudgetUpdatedAt *time.Time `json:"budget_updated_at,omitempty"`
+	// Reserve is the counted pulls kept for true misses (registries.*.reserve).
+	Reserve      int  `json:"reserve"`
+	BelowReserve bool `json:"below_reserve"`
 	// Pauses are the classes of request the origin asked regcache to hold
 	// back (Retry-After), and when each pause ends.
 	Pauses  []Pause        `json:"pauses"`
@@ -68,6 +73,11 @@ type SourceStatus struct {
 	// BadDigests counts digests a mirror served wrong bytes for, which it
 	// is not asked for again for an hour.
 	BadDigests int `json:"bad_digests,omitempty"`
+	// LastError is the latest failure that counted against the breaker,
+	// in regcache's own words (never the upstream's text), kept after the
+	// source recovers.
+	LastError   string     `json:"last_error,omitempty"`
+	LastErrorAt *time.Time `json:"last_error_at,omitempty"`
 }
 
 // status collects the figures; it makes no upstream request, so the page is
@@ -82,11 +92,22 @@ func (a *App) status(now time.Time) Status {
 		}
 		b := u.Budget()
 		rs := RegistryStatus{Name: name, Budget: ratelimit.FromBudget(name, identity, b, now), BelowReserve: u.BelowReserve(), Pauses: pauses(b, now)}
+		if rc, ok := a.cfg.Registries[name]; ok {
+			rs.Reserve = rc.Reserve
+		}
+		if !b.UpdatedAt.IsZero() {
+			t := b.UpdatedAt
+			rs.BudgetUpdatedAt = &t
+		}
 		for _, s := range u.Sources() {
 			ss := SourceStatus{Name: s.Name, URL: s.URL, State: string(s.State), Failures: s.Failures, BadDigests: s.BadDigests}
 			if !s.OpenUntil.IsZero() {
 				t := s.OpenUntil
 				ss.OpenUntil = &t
+			}
+			if s.LastError != "" {
+				t := s.LastErrorAt
+				ss.LastError, ss.LastErrorAt = s.LastError, &t
 			}
 			rs.Sources = append(rs.Sources, ss)
 		}
@@ -98,8 +119,9 @@ func (a *App) status(now time.Time) Status {
 	return st
 }
 
-func (a *App) adminHandler() http.Handler {
+func (a *App) adminHandler(dash http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /_regcache/{$}", dash)
 	mux.HandleFunc("GET /_regcache/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

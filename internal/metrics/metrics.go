@@ -32,6 +32,11 @@ type Metrics struct {
 	// CountedPulls counts manifest GETs sent to an origin: the requests that
 	// Docker Hub counts against the pull limit.
 	CountedPulls *prometheus.CounterVec
+	// ClientManifestGETs counts manifest GETs answered to clients with
+	// 200: what the origin would have counted as pulls had the clients
+	// gone to it directly. Less CountedPulls, it is the pulls the cache
+	// saved.
+	ClientManifestGETs *prometheus.CounterVec
 	// StaleServed counts cached tags served because the upstream failed.
 	StaleServed *prometheus.CounterVec
 	// SharedFetches counts requests that joined an upstream fetch already
@@ -88,6 +93,9 @@ func New() *Metrics {
 		CountedPulls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_upstream_counted_pulls_total", Help: "Manifest GETs sent to an origin registry (what Docker Hub counts as pulls).",
 		}, []string{"registry"}),
+		ClientManifestGETs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_client_manifest_gets_total", Help: "Manifest GETs answered to clients with 200: the pulls the origin would have counted without the cache.",
+		}, []string{"registry"}),
 		StaleServed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_stale_served_total", Help: "Cached tags served past their TTL because the upstream failed or was limited.",
 		}, []string{"registry", "reason"}),
@@ -125,7 +133,7 @@ func New() *Metrics {
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.Requests, m.RequestSeconds, m.BytesServed, m.UpstreamBytes, m.UpstreamRequests, m.CountedPulls,
+		m.Requests, m.RequestSeconds, m.BytesServed, m.UpstreamBytes, m.UpstreamRequests, m.CountedPulls, m.ClientManifestGETs,
 		m.StaleServed, m.SharedFetches, m.TagRevalidations, m.DigestMismatches, m.MirrorHits, m.TagFallbacks,
 		m.StoreBytes, m.EvictedBytes, m.Uncached, m.ClientAuthFailures, m.ClientAuthChecks,
 	)

@@ -109,7 +109,7 @@ type Cache struct {
 	index     *index.Index
 	downloads *inflight.Group
 	manifests *expirable.LRU[digest.Digest, []byte] // small manifests' bytes
-	sizes     *lru2.Cache[digest.Digest, int64]  // blob sizes stated by stored manifests
+	sizes     *lru2.Cache[digest.Digest, int64]     // blob sizes stated by stored manifests
 	lists     *listCache
 
 	// bg is the background work the cache owns (revalidations that

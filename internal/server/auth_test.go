@@ -49,6 +49,7 @@ func newAuthFixture(t *testing.T, metricsLogin bool) *authFixture {
 	fx.s = New(Options{
 		Router: testRouter(), Logger: slog.New(slog.NewTextHandler(fx.logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Metrics: fx.metrics, Admin: admin, Tokens: fx.tokens, MetricsLogin: metricsLogin,
+		Dashboard:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, adminSecret) }),
 		ClientAuth:          clientauth.NewLogins(fx.users, clientauth.Options{Checked: fx.metrics.ClientAuthChecks.Inc}),
 		AnonymousRegistries: []string{"docker.io"},
 	})
@@ -179,6 +180,10 @@ func TestStrangerLearnsNothing(t *testing.T) {
 		{"status with an anonymous token", "/_regcache/status", req{token: fx.token(req{target: tokenPath})}, 401, `Basic realm="regcache"`},
 		{"status with a login", "/_regcache/status", req{user: "ci", pw: "ci-pw"}, 200, ""},
 		{"status with a token", "/_regcache/status", req{token: goodToken}, 200, ""},
+		{"dashboard without a login", "/", req{}, 401, `Basic realm="regcache"`},
+		{"dashboard with a wrong password", "/", req{user: "ci", pw: "nope"}, 401, `Basic realm="regcache"`},
+		{"dashboard with a login", "/", req{user: "ci", pw: "ci-pw"}, 200, ""},
+		{"another path stays unknown", "/favicon.ico", req{user: "ci", pw: "ci-pw"}, 404, ""},
 		{"metrics stay open", "/metrics", req{}, 200, ""},
 		{"healthz stays open", "/healthz", req{}, 200, ""},
 	} {
@@ -189,7 +194,7 @@ func TestStrangerLearnsNothing(t *testing.T) {
 			if w.Code != tc.want || w.Header().Get("WWW-Authenticate") != tc.challenge {
 				t.Fatalf("%d %q, want %d %q", w.Code, w.Header().Get("WWW-Authenticate"), tc.want, tc.challenge)
 			}
-			if leaked := strings.Contains(w.Body.String(), "ghcr.io"); leaked != (tc.want == 200 && tc.path == "/_regcache/status") {
+			if leaked := strings.Contains(w.Body.String(), "ghcr.io"); leaked != (tc.want == 200 && (tc.path == "/_regcache/status" || tc.path == "/")) {
 				t.Errorf("body names a registry: %v: %s", leaked, w.Body)
 			}
 		})

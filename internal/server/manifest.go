@@ -22,6 +22,11 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, rt Route)
 	if err != nil {
 		return s.fail(w, r, rt, err)
 	}
+	if s.pulls != nil && !rt.Manifest.Tag.IsZero() {
+		// A pull starts with its tag (a GET, or containerd's HEAD); the
+		// manifests it then fetches by digest are the same pull.
+		s.pulls.Pulled(rt.Repo, rt.Manifest.Tag)
+	}
 	h := w.Header()
 	h.Set("Content-Type", m.MediaType)
 	h.Set("Docker-Content-Digest", m.Digest.String())

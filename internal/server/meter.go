@@ -33,6 +33,10 @@ func (m *meter) WriteHeader(code int) {
 	if !m.counted {
 		m.counted = true
 		m.s.metrics.Requests.WithLabelValues(m.rt.Repo.Registry(), string(m.rt.Kind), resultLabel(m.res)).Inc()
+		if m.rt.Kind == KindManifest && m.r.Method == http.MethodGet && code == http.StatusOK {
+			// What the origin would have counted as a pull.
+			m.s.metrics.ClientManifestGETs.WithLabelValues(m.rt.Repo.Registry()).Inc()
+		}
 		if m.r.Method != http.MethodHead && (code == http.StatusOK || code == http.StatusPartialContent) {
 			if n, err := strconv.ParseInt(m.Header().Get("Content-Length"), 10, 64); err == nil {
 				m.served(n)

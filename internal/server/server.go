@@ -21,6 +21,7 @@ import (
 	"github.com/regcache/regcache/internal/cluster"
 	"github.com/regcache/regcache/internal/metrics"
 	"github.com/regcache/regcache/internal/pull"
+	"github.com/regcache/regcache/internal/ref"
 	"github.com/regcache/regcache/internal/regerr"
 )
 
@@ -41,6 +42,14 @@ type Server struct {
 	auth      ClientAuth
 	tokens    *clientauth.Issuer
 	anonymous map[string]bool
+	pulls     Pulls
+}
+
+// Pulls is told of each image pulled by tag, for the most-pulled list. It
+// runs on every manifest request by tag, so it must be cheap and never
+// block; repository names never become metric labels.
+type Pulls interface {
+	Pulled(repo ref.Repo, tag ref.Tag)
 }
 
 // Options configures a Server.
@@ -54,6 +63,11 @@ type Options struct {
 	// Ready answers /readyz: whether this replica can do its job now (its
 	// store is writable). nil answers "ok". /healthz is liveness only.
 	Ready http.Handler
+	// Dashboard answers GET / (the status page); nil leaves / unanswered.
+	// Like Admin it needs a login when client logins are on.
+	Dashboard http.Handler
+	// Pulls, when set, is told of each manifest request by tag answered.
+	Pulls Pulls
 	// BlobCopy is "buffered" (default) or "sendfile".
 	BlobCopy string
 	// SendTimeout is the longest a client may take to accept the next
@@ -80,7 +94,7 @@ type Options struct {
 func New(opt Options) *Server {
 	s := &Server{
 		sendfile: opt.BlobCopy == "sendfile", sendTimeout: opt.SendTimeout, buffers: newCopyBuffers(opt.LargeBuffers),
-		router: opt.Router, cache: opt.Cache, log: opt.Logger, metrics: opt.Metrics, peers: opt.Peers,
+		router: opt.Router, cache: opt.Cache, log: opt.Logger, metrics: opt.Metrics, peers: opt.Peers, pulls: opt.Pulls,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -120,6 +134,10 @@ func New(opt Options) *Server {
 	mux.Handle("/metrics", metricsHandler)
 	if opt.Admin != nil {
 		mux.Handle("/_regcache/", s.requireLogin(opt.Admin))
+	}
+	if opt.Dashboard != nil {
+		// "/{$}" is / alone: every other unknown path stays a 404.
+		mux.Handle("GET /{$}", s.requireLogin(opt.Dashboard))
 	}
 	mux.HandleFunc(tokenPath, s.serveToken)
 	mux.HandleFunc(cluster.PeerPath, s.servePeer)

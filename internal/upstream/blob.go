@@ -187,7 +187,7 @@ func (v *verifier) Read(p []byte) (int, error) {
 			v.onMismatch()
 			return n, v.fail(outcomeFailure, v.c.err(regerr.BadContent, fmt.Sprintf("the blob hashes to %s; discarded", got)))
 		}
-		v.settle(outcomeSuccess)
+		v.settle(outcomeSuccess, nil)
 		v.err = io.EOF
 		return n, io.EOF
 	default:
@@ -201,14 +201,15 @@ func (v *verifier) Read(p []byte) (int, error) {
 }
 
 func (v *verifier) fail(oc outcome, err error) error {
-	v.settle(oc)
+	v.settle(oc, err)
 	v.err = err
 	return err
 }
 
-// settle records the outcome once and stops the watchdog.
-func (v *verifier) settle(oc outcome) {
-	v.t.finish(oc, 0)
+// settle records the outcome once (err is the failure, if it is one) and
+// stops the watchdog.
+func (v *verifier) settle(oc outcome, err error) {
+	v.t.finish(oc, 0, err)
 	v.mu.Lock()
 	if v.timer != nil {
 		v.timer.Stop()
@@ -219,7 +220,7 @@ func (v *verifier) settle(oc outcome) {
 // Close abandons the body; a body not read to its end says nothing about
 // the source.
 func (v *verifier) Close() error {
-	v.settle(outcomeNeutral)
+	v.settle(outcomeNeutral, nil)
 	v.mu.Lock()
 	v.done = true
 	v.mu.Unlock()

@@ -37,6 +37,11 @@ type breaker struct {
 	opened    int       // consecutive openings, for the backoff
 	openUntil time.Time // zero when closed
 	probing   bool      // a half-open probe is in flight
+	// lastFailure is the latest failure in regcache's own words (see
+	// failureText), and when it happened; kept after the breaker closes,
+	// so a status page can say what went wrong last.
+	lastFailure   string
+	lastFailureAt time.Time
 }
 
 func newBreaker(now func() time.Time) *breaker { return &breaker{now: now} }
@@ -59,8 +64,9 @@ func (b *breaker) allow() (ok, probe bool) {
 // done records the outcome of an allowed request. A healthy answer,
 // including a 404, closes the breaker: the source is up even if it lacks this
 // content. A neutral outcome (the caller gave up) frees the probe's slot
-// without moving the breaker either way.
-func (b *breaker) done(probe bool, outcome outcome, retryAfter time.Duration) {
+// without moving the breaker either way. why describes a failure (see
+// failureText); other outcomes ignore it.
+func (b *breaker) done(probe bool, outcome outcome, retryAfter time.Duration, why string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if probe {
@@ -71,6 +77,7 @@ func (b *breaker) done(probe bool, outcome outcome, retryAfter time.Duration) {
 		b.failures, b.opened, b.openUntil = 0, 0, time.Time{}
 	case outcomeFailure:
 		b.failures++
+		b.lastFailure, b.lastFailureAt = why, b.now()
 		if probe || b.failures >= breakerThreshold {
 			b.opened++
 			d := min(breakerMinBackoff<<min(b.opened-1, 16), breakerMaxBackoff)
@@ -79,6 +86,13 @@ func (b *breaker) done(probe bool, outcome outcome, retryAfter time.Duration) {
 			b.openUntil = b.now().Add(d)
 		}
 	}
+}
+
+// lastError reports the latest failure and when it happened; "" if none.
+func (b *breaker) lastError() (string, time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.lastFailure, b.lastFailureAt
 }
 
 // state reports the breaker's state for status pages and tests.

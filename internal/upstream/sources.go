@@ -118,7 +118,7 @@ func (e *endpoint) run(ctx context.Context, c call, op func(t *ticket) error) er
 		// regcache will ask again, not the upstream's longer wish.
 		re.RetryAfter = e.maxPause
 	}
-	t.finish(oc, regerr.RetryAfter(err))
+	t.finish(oc, regerr.RetryAfter(err), err)
 	return err
 }
 
@@ -131,8 +131,37 @@ type ticket struct {
 	once     sync.Once
 }
 
-func (t *ticket) finish(oc outcome, retryAfter time.Duration) {
-	t.once.Do(func() { t.breaker.done(t.probe, oc, retryAfter) })
+func (t *ticket) finish(oc outcome, retryAfter time.Duration, err error) {
+	t.once.Do(func() {
+		why := ""
+		if oc == outcomeFailure {
+			why = failureText(err)
+		}
+		t.breaker.done(t.probe, oc, retryAfter, why)
+	})
+}
+
+// failureText describes a failed request for status pages: the client's
+// view of the error (which source, what was asked, the status and code,
+// regcache's own message), never the upstream's free text or a network
+// error's, which can carry addresses or echo credentials.
+func failureText(err error) string {
+	var re *regerr.Error
+	if !errors.As(err, &re) {
+		return regerr.KindOf(err).String()
+	}
+	msg := re.ClientMessage()
+	if re.Status == 0 && re.Message == "" {
+		// A transport failure: its cause is kept out, so say what kind
+		// of failure it was.
+		switch re.Kind {
+		case regerr.Unavailable:
+			msg += ": no answer (connection failed or timed out)"
+		default:
+			msg += ": " + re.Kind.String()
+		}
+	}
+	return msg
 }
 
 // classify says how a result counts for a breaker.
@@ -235,6 +264,11 @@ type SourceStatus struct {
 	// BadDigests counts the digests this mirror served wrong bytes for
 	// and is not asked for again yet (within the hour).
 	BadDigests int
+	// LastError is the latest failure that counted against the breaker,
+	// in regcache's own words (never the upstream's text), and
+	// LastErrorAt when it happened; empty if there was none.
+	LastError   string
+	LastErrorAt time.Time
 }
 
 // Sources reports the mirrors, in order, then the origin.
@@ -243,6 +277,7 @@ func (r *Registry) Sources() []SourceStatus {
 	for _, e := range append(append([]*endpoint(nil), r.mirrors...), r.origin) {
 		st, failures, until := e.breaker.state()
 		ss := SourceStatus{Name: e.source, URL: e.base.String(), State: st, Failures: failures, OpenUntil: until}
+		ss.LastError, ss.LastErrorAt = e.breaker.lastError()
 		if e.bad != nil {
 			ss.BadDigests = e.bad.size()
 		}

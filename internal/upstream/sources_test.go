@@ -240,7 +240,7 @@ func TestBreaker(t *testing.T) {
 		if !ok {
 			t.Fatal("refused while it should allow")
 		}
-		b.done(probe, outcomeFailure, 0)
+		b.done(probe, outcomeFailure, 0, "")
 	}
 	for range breakerThreshold {
 		fail()
@@ -262,7 +262,7 @@ func TestBreaker(t *testing.T) {
 	if ok, _ := b.allow(); ok {
 		t.Fatal("half-open breaker let a second request through during the probe")
 	}
-	b.done(true, outcomeFailure, 0)
+	b.done(true, outcomeFailure, 0, "")
 	// A failed probe reopens for twice as long.
 	clock.Advance(breakerMinBackoff)
 	if ok, _ := b.allow(); ok {
@@ -274,7 +274,7 @@ func TestBreaker(t *testing.T) {
 		t.Fatal("no probe after the doubled backoff")
 	}
 	// A 404 proves the source is up.
-	b.done(true, outcomeSuccess, 0)
+	b.done(true, outcomeSuccess, 0, "")
 	if st, f, _ := b.state(); st != BreakerClosed || f != 0 {
 		t.Fatalf("state %s failures %d after good probe, want closed 0", st, f)
 	}
@@ -284,14 +284,14 @@ func TestBreaker(t *testing.T) {
 		if !ok {
 			t.Fatal("neutral outcomes opened the breaker")
 		}
-		b.done(probe, outcomeNeutral, 0)
+		b.done(probe, outcomeNeutral, 0, "")
 	}
 	// Retry-After longer than the backoff wins.
 	for range breakerThreshold - 1 {
 		fail()
 	}
 	ok, probe = b.allow()
-	b.done(probe, outcomeFailure, time.Hour)
+	b.done(probe, outcomeFailure, time.Hour, "")
 	clock.Advance(30 * time.Minute)
 	if ok, _ := b.allow(); ok {
 		t.Fatal("breaker reopened before the source's Retry-After")
@@ -354,8 +354,8 @@ func TestMirrorBreakerOpensAndHalfOpens(t *testing.T) {
 	if src := get(); src != "m" {
 		t.Errorf("after recovery Source = %q, want the mirror", src)
 	}
-	if st := r.Sources()[0]; st.State != BreakerClosed {
-		t.Errorf("after a good probe: %+v", st)
+	if st := r.Sources()[0]; st.State != BreakerClosed || !strings.Contains(st.LastError, "status 500") {
+		t.Errorf("after a good probe: %+v (the last failure stays on record)", st)
 	}
 }
 
@@ -831,5 +831,82 @@ func TestBadContentBounded(t *testing.T) {
 	clock.Advance(badContentTTL)
 	if b.has(last) {
 		t.Error("a digest was still remembered after the TTL")
+	}
+}
+
+// TestSourceLastError: a source's status names its latest failure in
+// regcache's own words (status page), never in the upstream's, and keeps it
+// after the source recovers; a healthy "not found" is no failure.
+func TestSourceLastError(t *testing.T) {
+	blob := []byte("layer")
+	d := digest.FromBytes(blob)
+	const upstreamText = "token=leaked-by-upstream"
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+	for _, tc := range []struct {
+		name    string
+		mirror  func(t *testing.T) string // the mirror's URL
+		want    []string                  // in LastError
+		wantNot []string
+	}{
+		{"5xx with the upstream's own text", func(t *testing.T) string {
+			f := newFakeRegistry(t, "anon")
+			f.hook = func(w http.ResponseWriter, r *http.Request) bool {
+				if r.URL.Path == "/v2/" {
+					return false
+				}
+				ociError(w, http.StatusBadGateway, "UNKNOWN", upstreamText)
+				return true
+			}
+			return f.srv.URL
+		}, []string{"upstream m", "GET blob library/node@" + d.String(), "status 502 UNKNOWN"}, []string{upstreamText}},
+		{"unreachable", func(t *testing.T) string { return closed.URL },
+			[]string{"upstream m", "no answer"}, []string{"127.0.0.1", "refused"}},
+		{"wrong bytes", func(t *testing.T) string {
+			f := newFakeRegistry(t, "anon")
+			f.blobs[d] = []byte("LAYER")
+			return f.srv.URL
+		}, []string{"upstream m", "hashes to"}, nil},
+		{"not found is no failure", func(t *testing.T) string { return newFakeRegistry(t, "anon").srv.URL }, nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			origin := newFakeRegistry(t, "anon")
+			origin.putBlob(blob)
+			clock := newFakeClock()
+			r := newRegistryT(t, Config{URL: origin.srv.URL, Mirrors: []MirrorConfig{{Name: "m", URL: tc.mirror(t)}}}, clock)
+			b, err := r.Blob(context.Background(), repo(t, "library/node"), d, int64(len(blob)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Wrong bytes fail at the end of the body; the others are
+			// served by the origin.
+			_, readErr := readBlob(b)
+			if (readErr != nil) != (tc.name == "wrong bytes") {
+				t.Fatalf("reading the blob: %v", readErr)
+			}
+			st := r.Sources()[0]
+			if len(tc.want) == 0 {
+				if st.LastError != "" || !st.LastErrorAt.IsZero() {
+					t.Errorf("LastError = %q at %v, want none", st.LastError, st.LastErrorAt)
+				}
+				return
+			}
+			for _, s := range tc.want {
+				if !strings.Contains(st.LastError, s) {
+					t.Errorf("LastError = %q, want it to contain %q", st.LastError, s)
+				}
+			}
+			for _, s := range tc.wantNot {
+				if strings.Contains(st.LastError, s) {
+					t.Errorf("LastError = %q shows %q", st.LastError, s)
+				}
+			}
+			if !st.LastErrorAt.Equal(clock.Now()) {
+				t.Errorf("LastErrorAt = %v, want %v", st.LastErrorAt, clock.Now())
+			}
+			if o := r.Sources()[1]; o.LastError != "" {
+				t.Errorf("the origin served; its LastError = %q", o.LastError)
+			}
+		})
 	}
 }

@@ -32,6 +32,10 @@ type regcacheConfig struct {
 	// anonymous registries.
 	htpasswd  string
 	anonymous []string
+	// extra is appended to the config right after docker.io's entry, so
+	// it can add keys to that entry (at four spaces: mirrors, reserve),
+	// more registries (at two) or top-level keys (at none).
+	extra string
 }
 
 // regcache is a regcache server process on a fixed loopback port and data
@@ -112,7 +116,7 @@ log_level: debug
 registries:
   docker.io:
     url: %s
-%s`, r.port, strconv.Quote(r.dataDir), r.cfg.tagTTL, strconv.Quote(r.cfg.upstreamURL), auth)
+%s%s`, r.port, strconv.Quote(r.dataDir), r.cfg.tagTTL, strconv.Quote(r.cfg.upstreamURL), auth, r.cfg.extra)
 	if r.cfg.htpasswd != "" {
 		yaml += fmt.Sprintf("client_auth: {htpasswd: %s, anonymous_registries: [%s]}\n", strconv.Quote(r.cfg.htpasswd), strings.Join(r.cfg.anonymous, ", "))
 	}
