@@ -68,6 +68,13 @@ func TestTagPullsCostOneCountedGet(t *testing.T) {
 			if got := testutil.ToFloat64(s.app.Metrics.CountedPulls.WithLabelValues("docker.io")); got != 1 {
 				t.Errorf("counted pulls metric = %v, want 1", got)
 			}
+			// Every request regcache sends is counted, as the hub saw it.
+			if got := testutil.ToFloat64(s.app.Metrics.UpstreamRequests.WithLabelValues("docker.io", "origin", "GET", "manifests", "200")); got != 1 {
+				t.Errorf("upstream_requests_total{GET manifests 200} = %v, want 1", got)
+			}
+			if got := testutil.ToFloat64(s.app.Metrics.UpstreamRequests.WithLabelValues("docker.io", "origin", "HEAD", "manifests", "200")); int(got) != c.ManifestHEADs {
+				t.Errorf("upstream_requests_total{HEAD manifests 200} = %v, the hub saw %d", got, c.ManifestHEADs)
+			}
 		})
 	}
 }

@@ -187,7 +187,7 @@ func newRegistry(cfg Config, now func() time.Time) (*Registry, error) {
 		wire = newBaseTransport(newDialGuard(regName, allow, limits.ConnectTimeout, hosts...), limits)
 	}
 	budget := newBudgetTracker(base.Host, now, limits.MaxRetryAfter)
-	var rt http.RoundTripper = &loggingTransport{inner: wire, logger: logger, source: SourceOrigin}
+	var rt http.RoundTripper = &loggingTransport{inner: wire, logger: logger, source: SourceOrigin, registry: regName, m: cfg.Metrics}
 	rt = &rateLimitTransport{inner: rt, tracker: budget}
 
 	r := &Registry{
@@ -212,7 +212,7 @@ func newRegistry(cfg Config, now func() time.Time) (*Registry, error) {
 	}
 	seen := map[string]bool{SourceOrigin: true}
 	for i, mc := range cfg.Mirrors {
-		m, err := newMirror(mc, wire, logger, now, limits.MaxRetryAfter)
+		m, err := newMirror(mc, wire, logger, now, limits.MaxRetryAfter, regName, cfg.Metrics)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %q: mirrors[%d]: %w", regName, i, err)
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regcache/regcache/internal/metrics"
 	"github.com/regcache/regcache/internal/ref"
 	"github.com/regcache/regcache/internal/regerr"
 )
@@ -38,7 +39,7 @@ type MirrorConfig struct {
 	Auth authn.Authenticator
 }
 
-func newMirror(mc MirrorConfig, wire http.RoundTripper, logger *slog.Logger, now func() time.Time, maxPause time.Duration) (*endpoint, error) {
+func newMirror(mc MirrorConfig, wire http.RoundTripper, logger *slog.Logger, now func() time.Time, maxPause time.Duration, registry string, m *metrics.Metrics) (*endpoint, error) {
 	base, reg, err := parseRegistryURL(mc.URL)
 	if err != nil {
 		return nil, err
@@ -60,7 +61,7 @@ func newMirror(mc MirrorConfig, wire http.RoundTripper, logger *slog.Logger, now
 		}
 	}
 	logger = logger.With("mirror", name)
-	rt := &loggingTransport{inner: wire, logger: logger, source: name}
+	rt := &loggingTransport{inner: wire, logger: logger, source: name, registry: registry, m: m}
 	return &endpoint{
 		source:   name,
 		name:     name,

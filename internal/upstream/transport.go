@@ -10,8 +10,11 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/regcache/regcache/internal/metrics"
 )
 
 // newBaseTransport is the wire-level transport used when Config.Transport is
@@ -34,13 +37,15 @@ func newBaseTransport(guard *dialGuard, l Limits) *http.Transport {
 	}
 }
 
-// loggingTransport logs one debug line per request: method, host, path and
-// status. It never logs headers or query strings, which is where credentials
-// and tokens travel.
+// loggingTransport logs one debug line per request (method, host, path and
+// status) and counts it in regcache_upstream_requests_total. It never logs
+// headers or query strings, which is where credentials and tokens travel.
 type loggingTransport struct {
-	inner  http.RoundTripper
-	logger *slog.Logger
-	source string
+	inner    http.RoundTripper
+	logger   *slog.Logger
+	source   string
+	registry string
+	m        *metrics.Metrics // nil: not counted
 }
 
 func (t *loggingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -52,6 +57,13 @@ func (t *loggingTransport) RoundTrip(req *http.Request) (*http.Response, error) 
 		"host", req.URL.Host,
 		"path", req.URL.Path,
 		"duration", time.Since(start),
+	}
+	status := "error"
+	if err == nil {
+		status = strconv.Itoa(resp.StatusCode)
+	}
+	if t.m != nil {
+		t.m.UpstreamRequests.WithLabelValues(t.registry, t.source, req.Method, classOf(req.URL.Path).String(), status).Inc()
 	}
 	if err != nil {
 		t.logger.DebugContext(req.Context(), "upstream request failed", append(attrs, "err", err)...)
