@@ -134,3 +134,13 @@ func (c *Coordinator) Delete(ctx context.Context, key string) error {
 		return c.rdb.Del(ctx, c.prefix+"rec:"+key).Err()
 	})
 }
+
+// Claim is Acquire in plain values: held, or the holder's URL; release
+// gives a held job back (and does nothing otherwise).
+func (c *Coordinator) Claim(ctx context.Context, name string, ttl time.Duration) (held bool, holder string, release func(), err error) {
+	l, err := c.Acquire(ctx, name, ttl)
+	if err != nil {
+		return false, "", func() {}, err
+	}
+	return l.Held, l.Holder, l.Release, nil
+}

@@ -61,15 +61,15 @@ func (c *Cache) Blob(ctx context.Context, repo ref.Repo, d digest.Digest) (*Blob
 	}
 	// The lease, when this replica holds the fleet's one download, is
 	// released when the download ends.
-	var lease *cluster.Lease
+	release := func() {}
 	open := func(dctx context.Context) (inflight.Source, error) {
 		var s inflight.Source
 		var err error
-		s, lease, err = c.openDownload(dctx, src, repo, d)
+		s, release, err = c.openDownload(dctx, src, repo, d)
 		return s, err
 	}
 	r, joined, err := c.downloads.Join(ctx, d, open, func(dctx context.Context, o inflight.Outcome) {
-		defer lease.Release()
+		defer release()
 		c.downloaded(dctx, repo, d, o)
 	})
 	if errors.Is(err, errStored) {
@@ -102,32 +102,32 @@ var errStored = errors.New("already stored")
 // verifying body and the store's writer. In a cluster, one replica
 // downloads each blob: the others stream it from that one (verified here
 // too), and take over only when it cannot serve them (it died).
-func (c *Cache) openDownload(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest) (inflight.Source, *cluster.Lease, error) {
+func (c *Cache) openDownload(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest) (s inflight.Source, release func(), err error) {
+	release = func() {}
 	if _, err := c.opt.Store.Stat(ctx, d); err == nil {
-		return inflight.Source{}, nil, errStored
+		return inflight.Source{}, release, errStored
 	}
-	var lease *cluster.Lease
 	if c.opt.Fleet != nil {
-		l, err := c.opt.Fleet.Acquire(ctx, "blob:"+d.String(), blobLease)
+		held, holder, rel, err := c.opt.Fleet.Claim(ctx, "blob:"+d.String(), blobLease)
 		switch {
 		case err != nil:
 			// No coordinator: download here, de-duplicated locally.
-		case l.Held:
-			lease = l
+		case held:
+			release = rel
 		default:
-			s, err := c.fromPeer(ctx, src, repo, d, l.Holder)
+			s, err := c.fromPeer(ctx, src, repo, d, holder)
 			if err == nil || errors.Is(err, errStored) || regerr.Is(err, regerr.NotFound) {
-				return s, nil, err
+				return s, release, err
 			}
-			c.log.Warn("cannot stream a blob from the replica downloading it; downloading it here", "peer", l.Holder, "digest", d, "err", err)
+			c.log.Warn("cannot stream a blob from the replica downloading it; downloading it here", "peer", holder, "digest", d, "err", err)
 		}
 	}
-	s, err := c.fromUpstream(ctx, src, repo, d)
+	s, err = c.fromUpstream(ctx, src, repo, d)
 	if err != nil {
-		lease.Release()
-		return s, nil, err
+		release()
+		return s, func() {}, err
 	}
-	return s, lease, nil
+	return s, release, nil
 }
 
 // fromPeer streams blob d from the replica holding its download.

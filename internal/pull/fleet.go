@@ -9,7 +9,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
-	"github.com/regcache/regcache/internal/cluster"
 	"github.com/regcache/regcache/internal/pull/index"
 	"github.com/regcache/regcache/internal/ref"
 	"github.com/regcache/regcache/internal/regerr"
@@ -24,7 +23,9 @@ import (
 // may fail (the coordinator is down): the cache then does the job itself.
 type Fleet interface {
 	Self() string
-	Acquire(ctx context.Context, name string, ttl time.Duration) (*cluster.Lease, error)
+	// Claim takes the job name for ttl (renewed until release): held, or
+	// the advertised URL of the replica that holds it.
+	Claim(ctx context.Context, name string, ttl time.Duration) (held bool, holder string, release func(), err error)
 	HolderOf(ctx context.Context, name string) (string, error)
 	Get(ctx context.Context, key string) ([]byte, bool, error)
 	Set(ctx context.Context, key string, value []byte, ttl time.Duration) error
@@ -156,16 +157,27 @@ func (c *Cache) deleteTag(ctx context.Context, k index.TagKey) {
 // it". If the holder lets go without storing it, the caller fetches it.
 func (c *Cache) fetchManifest(ctx context.Context, src manifestSource, repo ref.Repo, d digest.Digest, from upstream.From) (upstream.Manifest, error) {
 	if c.opt.Fleet != nil {
-		lease, err := c.opt.Fleet.Acquire(ctx, "manifest:"+d.String(), c.opt.FetchTimeout)
-		switch {
-		case err != nil:
-		case lease.Held:
-			defer lease.Release()
-		default:
-			if c.awaitFleet(ctx, "manifest:"+d.String(), func() bool { _, ok := c.loadManifest(ctx, d); return ok }) {
-				return upstream.Manifest{}, nil
-			}
+		release, done := c.fleetJob(ctx, "manifest:"+d.String(), func() bool { _, ok := c.loadManifest(ctx, d); return ok })
+		if done {
+			return upstream.Manifest{}, nil
 		}
+		defer release()
 	}
 	return src.Manifest(ctx, repo, d, from)
+}
+
+// fleetJob claims the job name fleet-wide for one FetchTimeout. done is
+// true when another replica held it and result now reports its outcome;
+// otherwise this replica does the job and calls release when finished (the
+// coordinator may be down: then no one else is asked, and release does
+// nothing).
+func (c *Cache) fleetJob(ctx context.Context, name string, result func() bool) (release func(), done bool) {
+	held, _, release, err := c.opt.Fleet.Claim(ctx, name, c.opt.FetchTimeout)
+	if err != nil || held {
+		return release, false
+	}
+	if c.awaitFleet(ctx, name, result) {
+		return nil, true
+	}
+	return func() {}, false
 }

@@ -229,18 +229,12 @@ func (c *Cache) revalidate(ctx context.Context, src manifestSource, k index.TagK
 		if m, ok := c.fleetFresh(ctx, k); ok {
 			return m, nil
 		}
-		lease, err := c.opt.Fleet.Acquire(ctx, "tag:"+k.String(), c.opt.FetchTimeout)
-		switch {
-		case err != nil:
-			// No coordinator: revalidate here.
-		case lease.Held:
-			defer lease.Release()
-		default:
-			var m *Manifest
-			if c.awaitFleet(ctx, "tag:"+k.String(), func() bool { var ok bool; m, ok = c.fleetFresh(ctx, k); return ok }) {
-				return m, nil
-			}
+		var m *Manifest
+		release, done := c.fleetJob(ctx, "tag:"+k.String(), func() bool { var ok bool; m, ok = c.fleetFresh(ctx, k); return ok })
+		if done {
+			return m, nil
 		}
+		defer release()
 	}
 	rec, have := c.index.Tag(ctx, k)
 	var old *Manifest
