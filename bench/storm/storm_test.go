@@ -14,6 +14,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regcache/regcache/bench/internal/pullclient"
 	"github.com/regcache/regcache/internal/testhub"
 )
 
@@ -30,7 +31,7 @@ const originLimit = 10
 type pullRecord struct {
 	idx     int
 	spec    *seeded
-	got     pulled
+	got     pullclient.Pulled
 	err     error
 	elapsed time.Duration
 }
@@ -306,9 +307,9 @@ func sumBlobGETs(c *testhub.Counts) int {
 func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*seeded, seq []int, moveAt, jobs int) (r *result) {
 	t.Helper()
 	resetTags(t, reg, work)
-	p := newPuller(base)
-	defer p.close()
-	defer func() { r.manifestReqs, r.blobReqs = p.manifestReqs.Load(), p.blobReqs.Load() }()
+	p := pullclient.New(base, 60*time.Second)
+	defer p.Close()
+	defer func() { r.manifestReqs, r.blobReqs = p.ManifestReqs.Load(), p.BlobReqs.Load() }()
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 
@@ -323,7 +324,7 @@ func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*se
 				for i := range next {
 					s := work[seq[i]]
 					t0 := time.Now()
-					got, err := p.pull(ctx, s.repo, s.tag)
+					got, err := p.Pull(ctx, s.repo, s.tag)
 					records[i] = pullRecord{idx: i, spec: s, got: got, err: err, elapsed: time.Since(t0)}
 				}
 			}()
@@ -348,9 +349,9 @@ func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*se
 		if rec.err != nil {
 			r.failures++
 			class := "other"
-			var pe *pullError
+			var pe *pullclient.Error
 			if errors.As(rec.err, &pe) {
-				class = pe.class
+				class = pe.Class
 			}
 			r.classes[class]++
 			if len(r.examples) < 3 {
@@ -358,7 +359,7 @@ func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*se
 			}
 			continue
 		}
-		s, d := rec.spec, rec.got.digest
+		s, d := rec.spec, rec.got.Digest
 		valid := d == s.orig.digest || (s.move && d == s.next.digest)
 		if !valid {
 			r.failures++
@@ -369,11 +370,11 @@ func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*se
 			continue
 		}
 		r.okByTag[s.name()]++
-		r.clientBytes += rec.got.bytes
+		r.clientBytes += rec.got.Bytes
 		if s.official() {
 			r.offManifests[d] = true
-			if rec.got.child != "" {
-				r.offManifests[rec.got.child] = true
+			if rec.got.Child != "" {
+				r.offManifests[rec.got.Child] = true
 			}
 		} else {
 			r.nonOffDigs[d] = true
