@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os/exec"
 	"sort"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/regcache/regcache/bench/internal/pullclient"
+	"github.com/regcache/regcache/bench/internal/systems"
 	"github.com/regcache/regcache/internal/testhub"
 )
 
@@ -112,9 +112,9 @@ func TestStorm(t *testing.T) {
 	if want("distribution") {
 		hub := testhub.NewHub(t, backend, testhub.Options{AnonymousLimit: originLimit})
 		tap := newOriginTap(t, hub)
-		d := startDistribution(t, tap.URL)
+		d := systems.StartDistribution(t, tap.URL)
 		hub.ResetCounts() // startup pings are not part of the storm
-		r := runStorm(t, distributionName(), d.URL, backend, work, seq, moveAt, jobs)
+		r := runStorm(t, systems.DistributionName(), d.URL, backend, work, seq, moveAt, jobs)
 		r.origin, r.tapMBytes, r.tapBBytes = hub.Counts(), tap.manifestBytes.Load(), tap.blobBytes.Load()
 		results = append(results, r)
 		if r.failures > 0 {
@@ -122,7 +122,7 @@ func TestStorm(t *testing.T) {
 		}
 	}
 
-	var rc *regcache
+	var rc *systems.Regcache
 	var rcRes *result
 	var rcHub, rcMirror *testhub.Hub
 	if want("regcache") {
@@ -154,7 +154,7 @@ func TestStorm(t *testing.T) {
 	t.Run("acceptance5", func(t *testing.T) { acceptance5(t, rc, rcRes, rcHub) })
 	t.Run("official_moved_tags_fresh", func(t *testing.T) { officialFresh(t, rcRes) })
 	if t.Failed() {
-		t.Logf("regcache log (tail):\n%s", tail(rc.logs.String(), 6000))
+		t.Logf("regcache log (tail):\n%s", tail(rc.Logs.String(), 6000))
 	}
 	t.Logf("total time %v", time.Since(start).Round(time.Millisecond))
 }
@@ -186,7 +186,7 @@ func acceptance1(t *testing.T, rc *result, all []*result) {
 
 // acceptance5: /metrics after the storm shows the counted-pull, stale,
 // mirror-hit and shared-fetch counters, and they agree with the hubs.
-func acceptance5(t *testing.T, rc *regcache, res *result, hub *testhub.Hub) {
+func acceptance5(t *testing.T, rc *systems.Regcache, res *result, hub *testhub.Hub) {
 	m := scrape(t, rc.URL)
 	t.Logf("regcache /metrics after the storm:\n  %s", strings.Join(m.lines(
 		"regcache_upstream_counted_pulls_total", "regcache_stale_served_total", "regcache_mirror_hits_total",
@@ -429,21 +429,6 @@ func countMoves(w []*seeded) int {
 		}
 	}
 	return n
-}
-
-func distributionName() string {
-	bin, err := testhub.FindRegistryBinary()
-	if err != nil {
-		return "Distribution proxy"
-	}
-	out, _ := exec.Command(bin, "--version").Output()
-	f := strings.Fields(string(out))
-	for _, x := range f {
-		if strings.HasPrefix(x, "v3.") {
-			return "Distribution " + x + " proxy"
-		}
-	}
-	return "Distribution proxy"
 }
 
 func tail(s string, n int) string {
