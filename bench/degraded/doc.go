@@ -15,8 +15,8 @@
 //
 // It is a Go test, to use internal/testhub and run regcache in process:
 //
-//	go test ./bench/degraded -run Degraded -v -count=1 -degraded.full   # the recorded table (~3 min)
-//	go test ./bench/degraded -run Degraded -v -count=1                   # quick: regcache only (~20 s)
+//	go test ./bench/degraded -run Degraded -v -count=1 -degraded.full   # the recorded table (~3.5 min)
+//	go test ./bench/degraded -run Degraded -v -count=1                   # quick: regcache only (~25 s)
 //
 // The quick variant is what `go test ./...` and `make test` run: a smaller
 // workload, regcache only (Distribution waits up to 15 s per pull of a hung
