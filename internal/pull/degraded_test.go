@@ -222,12 +222,14 @@ func TestMaxStale(t *testing.T) {
 	}
 
 	// Within max_stale: a failing origin, then a hanging one, are outwaited
-	// by the cache.
+	// by the cache. (The failure must not race revalidate_wait.)
 	h.clock.Advance(5 * time.Minute)
 	h.src.setOriginErr(errDown)
+	h.cache.opt.RevalidateWait = time.Hour
 	if m, err := h.tag(t, "someone/app", "v1"); err != nil || m.Result != Stale || staleReason(m.StaleReason) != "error" {
 		t.Fatalf("within max_stale, origin down: %+v, %v", m, err)
 	}
+	h.cache.opt.RevalidateWait = 20 * time.Millisecond
 	release := h.src.stall()
 	if m, err := h.tag(t, "someone/app", "v1"); err != nil || m.Result != Stale || staleReason(m.StaleReason) != "slow_origin" {
 		t.Fatalf("within max_stale, origin hanging: %+v, %v", m, err)
