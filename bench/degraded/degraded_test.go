@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/regcache/regcache/bench/internal/pullclient"
 	"github.com/regcache/regcache/bench/internal/systems"
@@ -393,7 +392,11 @@ func regcacheNotes(t *testing.T, a *app.App) []string {
 	var out []string
 	for _, f := range families {
 		for _, m := range f.GetMetric() {
-			labels := labelString(m)
+			var l []string
+			for _, p := range m.GetLabel() {
+				l = append(l, p.GetName()+"="+p.GetValue())
+			}
+			labels := strings.Join(l, ",")
 			switch f.GetName() {
 			case "regcache_request_duration_seconds":
 				h := m.GetHistogram()
@@ -407,14 +410,6 @@ func regcacheNotes(t *testing.T, a *app.App) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-func labelString(m *dto.Metric) string {
-	var l []string
-	for _, p := range m.GetLabel() {
-		l = append(l, p.GetName()+"="+p.GetValue())
-	}
-	return strings.Join(l, ",")
 }
 
 func tail(s string, n int) string {
