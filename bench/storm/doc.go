@@ -32,9 +32,10 @@
 //     install`), configured with proxy.remoteurl only (anonymous);
 //   - regcache is internal/app.New with tag_ttl 0s (every pull revalidates
 //     with a HEAD), reserve 1, and the mirror for library/*;
-//   - the clients (puller) pull like docker: manifest by tag with all four
-//     manifest types accepted, the linux/amd64 child of an index by digest,
-//     then config and layers, verifying every digest; they never retry.
+//   - the clients (bench/internal/pullclient) pull like docker: manifest
+//     by tag with all four manifest types accepted, the linux/amd64 child of
+//     an index by digest, then config and layers, verifying every digest;
+//     they never retry.
 //
 // Everything listens on 127.0.0.1 only.
 package storm

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os/exec"
 	"sort"
 	"strings"
 	"sync"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regcache/regcache/bench/internal/pullclient"
+	"github.com/regcache/regcache/bench/internal/systems"
 	"github.com/regcache/regcache/internal/testhub"
 )
 
@@ -30,7 +31,7 @@ const originLimit = 10
 type pullRecord struct {
 	idx     int
 	spec    *seeded
-	got     pulled
+	got     pullclient.Pulled
 	err     error
 	elapsed time.Duration
 }
@@ -111,9 +112,9 @@ func TestStorm(t *testing.T) {
 	if want("distribution") {
 		hub := testhub.NewHub(t, backend, testhub.Options{AnonymousLimit: originLimit})
 		tap := newOriginTap(t, hub)
-		d := startDistribution(t, tap.URL)
+		d := systems.StartDistribution(t, tap.URL)
 		hub.ResetCounts() // startup pings are not part of the storm
-		r := runStorm(t, distributionName(), d.URL, backend, work, seq, moveAt, jobs)
+		r := runStorm(t, systems.DistributionName(), d.URL, backend, work, seq, moveAt, jobs)
 		r.origin, r.tapMBytes, r.tapBBytes = hub.Counts(), tap.manifestBytes.Load(), tap.blobBytes.Load()
 		results = append(results, r)
 		if r.failures > 0 {
@@ -121,7 +122,7 @@ func TestStorm(t *testing.T) {
 		}
 	}
 
-	var rc *regcache
+	var rc *systems.Regcache
 	var rcRes *result
 	var rcHub, rcMirror *testhub.Hub
 	if want("regcache") {
@@ -153,7 +154,7 @@ func TestStorm(t *testing.T) {
 	t.Run("acceptance5", func(t *testing.T) { acceptance5(t, rc, rcRes, rcHub) })
 	t.Run("official_moved_tags_fresh", func(t *testing.T) { officialFresh(t, rcRes) })
 	if t.Failed() {
-		t.Logf("regcache log (tail):\n%s", tail(rc.logs.String(), 6000))
+		t.Logf("regcache log (tail):\n%s", tail(rc.Logs.String(), 6000))
 	}
 	t.Logf("total time %v", time.Since(start).Round(time.Millisecond))
 }
@@ -185,7 +186,7 @@ func acceptance1(t *testing.T, rc *result, all []*result) {
 
 // acceptance5: /metrics after the storm shows the counted-pull, stale,
 // mirror-hit and shared-fetch counters, and they agree with the hubs.
-func acceptance5(t *testing.T, rc *regcache, res *result, hub *testhub.Hub) {
+func acceptance5(t *testing.T, rc *systems.Regcache, res *result, hub *testhub.Hub) {
 	m := scrape(t, rc.URL)
 	t.Logf("regcache /metrics after the storm:\n  %s", strings.Join(m.lines(
 		"regcache_upstream_counted_pulls_total", "regcache_stale_served_total", "regcache_mirror_hits_total",
@@ -306,9 +307,9 @@ func sumBlobGETs(c *testhub.Counts) int {
 func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*seeded, seq []int, moveAt, jobs int) (r *result) {
 	t.Helper()
 	resetTags(t, reg, work)
-	p := newPuller(base)
-	defer p.close()
-	defer func() { r.manifestReqs, r.blobReqs = p.manifestReqs.Load(), p.blobReqs.Load() }()
+	p := pullclient.New(base, 60*time.Second)
+	defer p.Close()
+	defer func() { r.manifestReqs, r.blobReqs = p.ManifestReqs.Load(), p.BlobReqs.Load() }()
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 
@@ -323,7 +324,7 @@ func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*se
 				for i := range next {
 					s := work[seq[i]]
 					t0 := time.Now()
-					got, err := p.pull(ctx, s.repo, s.tag)
+					got, err := p.Pull(ctx, s.repo, s.tag)
 					records[i] = pullRecord{idx: i, spec: s, got: got, err: err, elapsed: time.Since(t0)}
 				}
 			}()
@@ -348,9 +349,9 @@ func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*se
 		if rec.err != nil {
 			r.failures++
 			class := "other"
-			var pe *pullError
+			var pe *pullclient.Error
 			if errors.As(rec.err, &pe) {
-				class = pe.class
+				class = pe.Class
 			}
 			r.classes[class]++
 			if len(r.examples) < 3 {
@@ -358,7 +359,7 @@ func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*se
 			}
 			continue
 		}
-		s, d := rec.spec, rec.got.digest
+		s, d := rec.spec, rec.got.Digest
 		valid := d == s.orig.digest || (s.move && d == s.next.digest)
 		if !valid {
 			r.failures++
@@ -369,11 +370,11 @@ func runStorm(t *testing.T, name, base string, reg *testhub.Registry, work []*se
 			continue
 		}
 		r.okByTag[s.name()]++
-		r.clientBytes += rec.got.bytes
+		r.clientBytes += rec.got.Bytes
 		if s.official() {
 			r.offManifests[d] = true
-			if rec.got.child != "" {
-				r.offManifests[rec.got.child] = true
+			if rec.got.Child != "" {
+				r.offManifests[rec.got.Child] = true
 			}
 		} else {
 			r.nonOffDigs[d] = true
@@ -428,21 +429,6 @@ func countMoves(w []*seeded) int {
 		}
 	}
 	return n
-}
-
-func distributionName() string {
-	bin, err := testhub.FindRegistryBinary()
-	if err != nil {
-		return "Distribution proxy"
-	}
-	out, _ := exec.Command(bin, "--version").Output()
-	f := strings.Fields(string(out))
-	for _, x := range f {
-		if strings.HasPrefix(x, "v3.") {
-			return "Distribution " + x + " proxy"
-		}
-	}
-	return "Distribution proxy"
 }
 
 func tail(s string, n int) string {

@@ -4,20 +4,17 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 
-	"github.com/regcache/regcache/internal/app"
-	"github.com/regcache/regcache/internal/config"
+	"github.com/regcache/regcache/bench/internal/systems"
 	"github.com/regcache/regcache/internal/testhub"
 )
 
@@ -82,24 +79,6 @@ func (c *countingBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// ---- CNCF Distribution v3 in proxy mode ----
-
-// startDistribution runs the registry binary testhub would use (Distribution
-// v3.1.2 from `go install`) as a pull-through cache of remote, anonymous
-// (no proxy username/password: it fetches anonymous tokens from the realm
-// the origin challenges with).
-func startDistribution(t testing.TB, remote string) *testhub.Registry {
-	t.Helper()
-	bin, err := testhub.FindRegistryBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(bin, "--version").CombinedOutput(); err != nil || !strings.Contains(string(out), "v3.") {
-		t.Fatalf("%s is not Distribution v3 (%v): %s; install it with `go install github.com/distribution/distribution/v3/cmd/registry@v3.1.2`", bin, err, out)
-	}
-	return testhub.StartProxy(t, remote)
-}
-
 // ---- regcache ----
 
 // regcacheConfig is the regcache configuration of the storm: tags are
@@ -124,27 +103,9 @@ registries:
 
 const regcacheReserve = 1
 
-type regcache struct {
-	URL  string
-	app  *app.App
-	logs *testhub.TailBuffer
-}
-
-func startRegcache(t testing.TB, origin, mirror string) *regcache {
+func startRegcache(t testing.TB, origin, mirror string) *systems.Regcache {
 	t.Helper()
-	yaml := fmt.Sprintf(regcacheConfig, t.TempDir(), origin, regcacheReserve, mirror)
-	cfg, err := config.Parse([]byte(yaml), "storm config")
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := testhub.NewTailBuffer(0)
-	a, err := app.New(cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(a.Handler)
-	t.Cleanup(srv.Close)
-	return &regcache{URL: srv.URL, app: a, logs: logs}
+	return systems.StartRegcache(t, fmt.Sprintf(regcacheConfig, t.TempDir(), origin, regcacheReserve, mirror), "storm config")
 }
 
 // scrape GETs /metrics and returns every sample by its full series name

@@ -26,6 +26,11 @@ type mirrorOptions struct {
 	tagFallback string
 	reserve     int
 	origin      testhub.Options
+	// originURL, if set, replaces the origin hub's URL in the config (an
+	// address nothing listens on: an origin refusing connections).
+	originURL string
+	// extra is appended to the config: top-level keys.
+	extra string
 }
 
 func newMirrorStack(t testing.TB, opt mirrorOptions) *mirrorStack {
@@ -39,6 +44,9 @@ func newMirrorStack(t testing.TB, opt mirrorOptions) *mirrorStack {
 	}
 	if opt.tagFallback == "" {
 		opt.tagFallback = "mirrors"
+	}
+	if opt.originURL == "" {
+		opt.originURL = s.hub.URL
 	}
 	yaml := fmt.Sprintf(`listen: 127.0.0.1:0
 storage: {root: %s}
@@ -54,7 +62,7 @@ registries:
       - url: %s
         repo_prefix: docker/
         repositories: ["library/*"]
-`, t.TempDir(), opt.tagTTL, opt.tagFallback, s.hub.URL, opt.reserve, mirror.URL)
+`, t.TempDir(), opt.tagTTL, opt.tagFallback, opt.originURL, opt.reserve, mirror.URL) + opt.extra
 	cfg, err := config.Parse([]byte(yaml), "test config")
 	if err != nil {
 		t.Fatal(err)

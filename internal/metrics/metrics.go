@@ -18,8 +18,8 @@ type Metrics struct {
 	// tags, referrers) and result (hit, miss, stale, error).
 	Requests *prometheus.CounterVec
 	// RequestSeconds is the latency of /v2/ requests by kind and result:
-	// cache hits apart from answers that waited on an upstream (miss,
-	// stale) and failures.
+	// cache hits apart from answers that waited on an upstream
+	// (revalidated, miss, stale) and failures.
 	RequestSeconds *prometheus.HistogramVec
 	// BytesServed counts body bytes sent to clients, by registry.
 	BytesServed *prometheus.CounterVec
@@ -78,7 +78,7 @@ func New() *Metrics {
 			Name: "regcache_requests_total", Help: "Client requests by registry, kind and result (hit, miss, stale, error).",
 		}, []string{"registry", "kind", "result"}),
 		RequestSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "regcache_request_duration_seconds", Help: "Time to answer /v2/ requests (headers and body), by kind and result (hit, miss, stale, error).",
+			Name: "regcache_request_duration_seconds", Help: "Time to answer /v2/ requests (headers and body), by kind and result (hit, revalidated, miss, stale, error).",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
 		}, []string{"kind", "result"}),
 		BytesServed: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -35,6 +35,11 @@ type fakeSource struct {
 	calls     map[string]int
 	// gate, when set, blocks blob bodies until closed.
 	gate chan struct{}
+	// hold, when set, stalls every origin call until it is closed or the
+	// call's context ends: a slow or hanging origin. held counts the calls
+	// it has stalled.
+	hold chan struct{}
+	held int
 }
 
 func newFakeSource() *fakeSource {
@@ -81,10 +86,50 @@ func (f *fakeSource) push(repo, tag string, blob []byte) (digest.Digest, digest.
 	return md, bd
 }
 
-func (f *fakeSource) origin() error {
+// origin is what every origin call meets first: the hold, then the fault.
+func (f *fakeSource) origin(ctx context.Context) error {
+	f.mu.Lock()
+	hold := f.hold
+	if hold != nil {
+		f.held++
+	}
+	f.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			// What the upstream client says when a deadline passes.
+			return &regerr.Error{Kind: regerr.Unavailable, Registry: "docker.io", Message: "no answer", Err: ctx.Err()}
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.originErr
+}
+
+// stall makes the origin hang from now on; the returned function lets every
+// held call go on (and is safe to call twice).
+func (f *fakeSource) stall() (release func()) {
+	ch := make(chan struct{})
+	f.mu.Lock()
+	f.hold = ch
+	f.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			f.hold = nil
+			f.mu.Unlock()
+			close(ch)
+		})
+	}
+}
+
+// nHeld is how many origin calls the hold has stalled.
+func (f *fakeSource) nHeld() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.held
 }
 
 func (f *fakeSource) manifest(d digest.Digest, source string) upstream.Manifest {
@@ -96,9 +141,9 @@ func (f *fakeSource) manifest(d digest.Digest, source string) upstream.Manifest 
 
 func notFound() error { return &regerr.Error{Kind: regerr.NotFound, Registry: "docker.io"} }
 
-func (f *fakeSource) HeadManifest(_ context.Context, repo ref.Repo, m ref.Manifest, _ []string) (ocispec.Descriptor, error) {
+func (f *fakeSource) HeadManifest(ctx context.Context, repo ref.Repo, m ref.Manifest, _ []string) (ocispec.Descriptor, error) {
 	f.count("HEAD manifest")
-	if err := f.origin(); err != nil {
+	if err := f.origin(ctx); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	d := m.Digest
@@ -114,9 +159,9 @@ func (f *fakeSource) HeadManifest(_ context.Context, repo ref.Repo, m ref.Manife
 	return ocispec.Descriptor{Digest: d, MediaType: ocispec.MediaTypeImageManifest}, nil
 }
 
-func (f *fakeSource) ManifestByTag(_ context.Context, repo ref.Repo, tag ref.Tag, _ []string) (upstream.Manifest, error) {
+func (f *fakeSource) ManifestByTag(ctx context.Context, repo ref.Repo, tag ref.Tag, _ []string) (upstream.Manifest, error) {
 	f.count("GET manifest by tag")
-	if err := f.origin(); err != nil {
+	if err := f.origin(ctx); err != nil {
 		return upstream.Manifest{}, err
 	}
 	f.mu.Lock()
@@ -128,7 +173,7 @@ func (f *fakeSource) ManifestByTag(_ context.Context, repo ref.Repo, tag ref.Tag
 	return f.manifest(d, upstream.SourceOrigin), nil
 }
 
-func (f *fakeSource) Manifest(_ context.Context, _ ref.Repo, d digest.Digest, from upstream.From) (upstream.Manifest, error) {
+func (f *fakeSource) Manifest(ctx context.Context, _ ref.Repo, d digest.Digest, from upstream.From) (upstream.Manifest, error) {
 	f.mu.Lock()
 	atMirror := f.mirror[d]
 	f.mu.Unlock()
@@ -140,7 +185,7 @@ func (f *fakeSource) Manifest(_ context.Context, _ ref.Repo, d digest.Digest, fr
 		return upstream.Manifest{}, notFound()
 	}
 	f.count("GET manifest by digest")
-	if err := f.origin(); err != nil {
+	if err := f.origin(ctx); err != nil {
 		return upstream.Manifest{}, err
 	}
 	f.mu.Lock()
@@ -169,9 +214,9 @@ func (f *fakeSource) BelowReserve() bool {
 	return f.below
 }
 
-func (f *fakeSource) Blob(_ context.Context, _ ref.Repo, d digest.Digest, _ int64) (*upstream.Blob, error) {
+func (f *fakeSource) Blob(ctx context.Context, _ ref.Repo, d digest.Digest, _ int64) (*upstream.Blob, error) {
 	f.count("GET blob")
-	if err := f.origin(); err != nil {
+	if err := f.origin(ctx); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
@@ -192,9 +237,9 @@ type gatedReader struct{ gate chan struct{} }
 
 func (g gatedReader) Read([]byte) (int, error) { <-g.gate; return 0, io.EOF }
 
-func (f *fakeSource) StatBlob(_ context.Context, _ ref.Repo, d digest.Digest) (ocispec.Descriptor, error) {
+func (f *fakeSource) StatBlob(ctx context.Context, _ ref.Repo, d digest.Digest) (ocispec.Descriptor, error) {
 	f.count("HEAD blob")
-	if err := f.origin(); err != nil {
+	if err := f.origin(ctx); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	f.mu.Lock()
@@ -206,9 +251,9 @@ func (f *fakeSource) StatBlob(_ context.Context, _ ref.Repo, d digest.Digest) (o
 	return ocispec.Descriptor{Digest: d, Size: int64(len(data))}, nil
 }
 
-func (f *fakeSource) List(_ context.Context, repo ref.Repo, req upstream.ListRequest) (upstream.List, error) {
+func (f *fakeSource) List(ctx context.Context, repo ref.Repo, req upstream.ListRequest) (upstream.List, error) {
 	f.count("GET list")
-	if err := f.origin(); err != nil {
+	if err := f.origin(ctx); err != nil {
 		return upstream.List{}, err
 	}
 	f.mu.Lock()

@@ -111,8 +111,10 @@ func (c *Cache) ManifestByDigest(ctx context.Context, repo ref.Repo, d digest.Di
 // revalidation per tag at a time, however many clients), but a client with
 // a cached answer waits for it at most revalidate_wait: then it gets the
 // cached answer, marked stale, and the revalidation finishes in the
-// background, so the next pull sees what it found. Past tag_ttl+max_stale
-// (when set) a cached answer is never served stale.
+// background, so the next pull sees what it found; with
+// stale_while_revalidate it gets the cached answer at once. Past
+// tag_ttl+max_stale (when set) a cached answer is never served: the pull
+// waits for the tag to be resolved as a cold one is.
 func (c *Cache) ManifestByTag(ctx context.Context, k index.TagKey) (*Manifest, error) {
 	src, err := c.source(k.Repo)
 	if err != nil {
@@ -139,34 +141,30 @@ func (c *Cache) ManifestByTag(ctx context.Context, k index.TagKey) (*Manifest, e
 		defer cancel()
 		return c.revalidate(fctx, src, k)
 	})
+	stale := func(reason error) *Manifest {
+		c.log.Debug("serving the cached tag while it is revalidated", "tag", k.String(), "digest", rec.Digest, "reason", reason)
+		return &Manifest{Digest: cached.Digest, MediaType: cached.MediaType, Data: cached.Data, Result: Stale, StaleReason: reason}
+	}
 	var res singleflight.Result
-	if have && !c.tooStale(rec) && (c.opt.StaleWhileRevalidate || c.opt.RevalidateWait > 0) {
-		var budget <-chan time.Time
-		if c.opt.StaleWhileRevalidate {
-			now := make(chan time.Time)
-			close(now)
-			budget = now
-		} else {
-			t := time.NewTimer(c.opt.RevalidateWait)
-			defer t.Stop()
-			budget = t.C
-		}
+	mayServe := have && !c.tooStale(rec)
+	switch {
+	case mayServe && c.opt.StaleWhileRevalidate:
+		// At once, whatever the origin: the revalidation just started goes
+		// on without this client.
+		res.Val = stale(errRevalidating)
+	case mayServe && c.opt.RevalidateWait > 0:
+		t := time.NewTimer(c.opt.RevalidateWait)
+		defer t.Stop()
 		select {
 		case res = <-ch:
-		case <-budget:
-			// The origin is slow: answer now, from the cache; the
-			// revalidation goes on without this client.
-			c.log.Debug("serving the cached tag while it is revalidated", "tag", k.String(), "digest", rec.Digest)
-			reason := errSlowOrigin
-			if c.opt.StaleWhileRevalidate {
-				reason = errRevalidating
-			}
-			res.Val = &Manifest{Digest: cached.Digest, MediaType: cached.MediaType, Data: cached.Data,
-				Result: Stale, StaleReason: reason}
+		case <-t.C:
+			// The origin is slow: answer from the cache; the revalidation
+			// goes on without this client.
+			res.Val = stale(errSlowOrigin)
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-	} else {
+	default:
 		select {
 		case res = <-ch:
 		case <-ctx.Done():
@@ -241,7 +239,10 @@ func (c *Cache) revalidate(ctx context.Context, src manifestSource, k index.TagK
 	if have {
 		old, have = c.loadManifest(ctx, rec.Digest)
 	}
-	if !have {
+	if !have || c.tooStale(rec) {
+		// Nothing cached, or nothing that may be served any more (past
+		// max_stale; a tag a mirror resolved is always past it): resolve
+		// the tag as for a cold pull, at the origin, hedged to the mirrors.
 		return c.resolve(ctx, src, k)
 	}
 	m, err := c.askOrigin(ctx, src, k, rec, old)
@@ -251,6 +252,7 @@ func (c *Cache) revalidate(ctx context.Context, src manifestSource, k index.TagK
 	case regerr.Is(err, regerr.NotFound):
 		return nil, err
 	case c.tooStale(rec):
+		// It went past max_stale while the origin was being asked.
 		c.log.Warn("cached tag is past max_stale and the origin failed", "tag", k.String(), "digest", rec.Digest, "err", err)
 		return nil, err
 	}

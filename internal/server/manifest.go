@@ -38,7 +38,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, rt Route)
 	if m.TagFromMirror {
 		// A mirror's tag can lag the origin's: say so.
 		h.Set("X-Regcache-Tag-Source", "mirror")
-		h.Add("Warning", `199 regcache "tag resolved at mirror `+m.Source+` because the origin failed"`)
+		h.Add("Warning", `199 regcache "tag resolved at mirror `+m.Source+` because the origin failed or was slower than hedge_delay"`)
 	}
 	// Conditional and Range requests, HEAD and Content-Length, done once
 	// and correctly by net/http.

@@ -190,7 +190,17 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 	case KindTags, KindReferrers:
 		res = s.serveList(w, r, rt)
 	}
-	s.metrics.RequestSeconds.WithLabelValues(string(rt.Kind), resultLabel(res)).Observe(time.Since(start).Seconds())
+	s.metrics.RequestSeconds.WithLabelValues(string(rt.Kind), latencyLabel(res)).Observe(time.Since(start).Seconds())
+}
+
+// latencyLabel is the latency histogram's result label. Unlike the request
+// counter it keeps revalidated answers apart from hits: they waited for the
+// origin's HEAD, and a slow origin must show as such, not as slow hits.
+func latencyLabel(res pull.Result) string {
+	if res == "" {
+		return "error"
+	}
+	return string(res)
 }
 
 // resultLabel folds results into the request metric's labels: a

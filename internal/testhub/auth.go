@@ -80,7 +80,7 @@ func (h *Hub) challenge(w http.ResponseWriter, r *http.Request, repo string) {
 // OAuth2 POST form (password and refresh_token grants).
 func (h *Hub) serveToken(w http.ResponseWriter, r *http.Request) {
 	h.count(func(c *Counts) { c.TokenRequests++ })
-	if h.injectStatusFault(w, h.takeFault(ScopeAll, Fault429, Fault500, FaultDrop)) {
+	if h.injectStatusFault(w, r, h.takeFault(ScopeAll, wholeResponse...)) {
 		return
 	}
 	var (

@@ -4,7 +4,8 @@
 // front (NewHub) that sits in front of that registry and reproduces the parts
 // of Docker Hub that regcache has to cope with: Bearer token auth, pull rate
 // limits and their headers, blob redirects to a CDN host, and injectable
-// faults, delays and throttling.
+// faults (errors, dropped connections, damaged bodies, and a hang: a request
+// read and never answered), delays (a slow origin) and throttling.
 //
 // Storage is never faked: every manifest and blob the hub serves comes from the
 // real registry, so digests, media types and headers are exactly what a real
@@ -18,6 +19,8 @@
 //	// point the code under test at hub.URL, pull library/alpine:3.19, then
 //	if got := hub.Counts().ManifestGETs; got != 1 { ... }
 //	hub.SetFault(testhub.Fault500) // upstream outage from now on
+//	hub.SetFault(testhub.FaultHang) // or: connections accepted, never answered
+//	hub.SetFault(testhub.FaultNone); hub.Release() // recovered; held requests answered
 //
 // Counters and transfers are updated before the client can observe the
 // response they describe, so checking them right after a pull is not racy.

@@ -70,7 +70,7 @@ type Options struct {
 // On repository requests a fault applies after authentication, so a client
 // without a token still gets its 401 challenge first. ScopeAll also covers
 // the token realm and the /v2/ ping, for the faults that replace a whole
-// response (429, 500, Drop). The body faults (DropMidBody, Corrupt) only
+// response (429, 500, Drop, Hang). The body faults (DropMidBody, Corrupt) only
 // touch manifest and blob GET bodies; with BlobRedirect they are applied by
 // the CDN listener.
 type Fault int
@@ -89,7 +89,15 @@ const (
 	// FaultCorrupt flips one byte in the middle of manifest and blob bodies;
 	// length and headers are unchanged.
 	FaultCorrupt
+	// FaultHang is an origin that accepts a connection, reads the request
+	// and never answers: nothing is written until Release (which lets the
+	// request be answered as if no fault applied), the client gives up, or
+	// the test ends (then the connection is closed, still silent).
+	FaultHang
 )
+
+// wholeResponse are the faults that replace a whole response.
+var wholeResponse = []Fault{Fault429, Fault500, FaultDrop, FaultHang}
 
 func (f Fault) String() string {
 	switch f {
@@ -105,6 +113,8 @@ func (f Fault) String() string {
 		return "FaultDropMidBody"
 	case FaultCorrupt:
 		return "FaultCorrupt"
+	case FaultHang:
+		return "FaultHang"
 	}
 	return "Fault(" + strconv.Itoa(int(f)) + ")"
 }
@@ -146,6 +156,9 @@ type Counts struct {
 	CDNAuthHeaders int
 	// Faults counts responses replaced or damaged by an injected fault.
 	Faults int
+	// Hung counts requests FaultHang held (released since or not);
+	// Hanging is how many it holds now.
+	Hung, Hanging int
 }
 
 // Transfer is one completed blob body transfer.
@@ -182,6 +195,7 @@ type Hub struct {
 	faultScope Scope
 	faultLeft  int // remaining injections; 0 = unlimited
 	delay      time.Duration
+	release    chan struct{} // closed by Release, then replaced
 	counts     Counts
 	transfers  []transferRec
 	nextID     uint64
@@ -227,6 +241,7 @@ func NewHub(t testing.TB, backend *Registry, opts Options) *Hub {
 		refresh: map[string]string{},
 		buckets: map[string]*bucket{},
 		counts:  Counts{ManifestGETsByRepo: map[string]int{}, BlobGETs: map[digest.Digest]int{}},
+		release: make(chan struct{}),
 	}
 
 	// Handlers may be sleeping (delay, throttle); cancelling the base context
@@ -309,7 +324,19 @@ func (h *Hub) SetFaultN(f Fault, scope Scope, n int) {
 	h.fault, h.faultScope, h.faultLeft = f, scope, max(n, 0)
 }
 
-// SetDelay delays every /v2/ response by d.
+// Release lets every request FaultHang holds now be answered, as if no
+// fault applied; requests that arrive later still hang while the fault is
+// set. A hanging origin that recovers is SetFault(FaultNone), then Release.
+func (h *Hub) Release() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	close(h.release)
+	h.release = make(chan struct{})
+}
+
+// SetDelay delays every /v2/ response by d (a slow origin): the request is
+// read, then nothing is written for d. It applies to requests that arrive
+// after the call.
 func (h *Hub) SetDelay(d time.Duration) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -340,7 +367,7 @@ func (h *Hub) Counts() Counts {
 func (h *Hub) ResetCounts() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.counts = Counts{ManifestGETsByRepo: map[string]int{}, BlobGETs: map[digest.Digest]int{}}
+	h.counts = Counts{ManifestGETsByRepo: map[string]int{}, BlobGETs: map[digest.Digest]int{}, Hanging: h.counts.Hanging}
 	h.transfers = nil
 }
 
@@ -408,7 +435,7 @@ func (h *Hub) serveFront(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if r.URL.Path == "/v2/" || r.URL.Path == "/v2" {
-		if h.injectStatusFault(w, h.takeFault(ScopeAll, Fault429, Fault500, FaultDrop)) {
+		if h.injectStatusFault(w, r, h.takeFault(ScopeAll, wholeResponse...)) {
 			return
 		}
 		if _, ok := h.authorize(r, ""); !ok {
@@ -448,7 +475,7 @@ func (h *Hub) serveFront(w http.ResponseWriter, r *http.Request) {
 	case "blobs":
 		h.serveBlob(w, r, backendRepo, rest, backendPath)
 	default:
-		if h.injectStatusFault(w, h.takeFault(ScopeAll, Fault429, Fault500, FaultDrop)) {
+		if h.injectStatusFault(w, r, h.takeFault(ScopeAll, wholeResponse...)) {
 			return
 		}
 		h.forward(w, r, backendPath, bodyPlan{}, nil)
@@ -459,7 +486,7 @@ func (h *Hub) serveFront(w http.ResponseWriter, r *http.Request) {
 // damage, and must not use up a SetFaultN budget meant for GETs.
 func (h *Hub) faultsFor(r *http.Request) []Fault {
 	if r.Method == http.MethodHead {
-		return []Fault{Fault429, Fault500, FaultDrop}
+		return wholeResponse
 	}
 	return nil
 }
@@ -470,7 +497,7 @@ func (h *Hub) serveManifest(w http.ResponseWriter, r *http.Request, identity, re
 		h.count(func(c *Counts) { c.ManifestHEADs++ })
 	}
 	f := h.takeFault(ScopeManifests, h.faultsFor(r)...)
-	if h.injectStatusFault(w, f) {
+	if h.injectStatusFault(w, r, f) {
 		return
 	}
 	plan := bodyPlan{corrupt: f == FaultCorrupt, dropMid: f == FaultDropMidBody}
@@ -515,7 +542,7 @@ func (h *Hub) serveBlob(w http.ResponseWriter, r *http.Request, backendRepo, res
 		h.count(func(c *Counts) { c.BlobGETs[d]++ })
 	}
 	if h.opts.BlobRedirect && get {
-		if h.injectStatusFault(w, h.takeFault(ScopeBlobs, Fault429, Fault500, FaultDrop)) {
+		if h.injectStatusFault(w, r, h.takeFault(ScopeBlobs, wholeResponse...)) {
 			return
 		}
 		// Only redirect what exists, so errors keep the registry's body.
@@ -528,7 +555,7 @@ func (h *Hub) serveBlob(w http.ResponseWriter, r *http.Request, backendRepo, res
 		return
 	}
 	f := h.takeFault(ScopeBlobs, h.faultsFor(r)...)
-	if h.injectStatusFault(w, f) {
+	if h.injectStatusFault(w, r, f) {
 		return
 	}
 	h.forward(w, r, backendPath, bodyPlan{blob: true, digest: d, corrupt: f == FaultCorrupt, dropMid: f == FaultDropMidBody}, nil)
@@ -578,9 +605,17 @@ func (h *Hub) backendHas(ctx context.Context, path string) bool {
 }
 
 // injectStatusFault answers the request itself for the faults that replace a
-// response entirely and reports whether it did.
-func (h *Hub) injectStatusFault(w http.ResponseWriter, f Fault) bool {
+// response entirely and reports whether it did. A released hang did not:
+// the request goes on as if no fault applied.
+func (h *Hub) injectStatusFault(w http.ResponseWriter, r *http.Request, f Fault) bool {
 	switch f {
+	case FaultHang:
+		if h.hang(r) {
+			return false
+		}
+		// Still silent: the client gave up or the test ended.
+		dropConn(w)
+		return true
 	case Fault429:
 		w.Header().Set("Retry-After", strconv.Itoa(int(h.opts.FaultRetryAfter/time.Second)))
 		writeError(w, http.StatusTooManyRequests, "TOOMANYREQUESTS",
@@ -594,6 +629,23 @@ func (h *Hub) injectStatusFault(w http.ResponseWriter, f Fault) bool {
 		return true
 	}
 	return false
+}
+
+// hang holds a request until Release (true) or until the client goes or
+// the test ends (false), writing nothing.
+func (h *Hub) hang(r *http.Request) bool {
+	h.mu.Lock()
+	h.counts.Hung++
+	h.counts.Hanging++
+	release := h.release
+	h.mu.Unlock()
+	defer h.count(func(c *Counts) { c.Hanging-- })
+	select {
+	case <-release:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
 }
 
 // dropConn closes the client connection without writing anything.

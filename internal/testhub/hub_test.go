@@ -2,9 +2,11 @@ package testhub
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -704,5 +706,185 @@ func TestThrottleAndDelay(t *testing.T) {
 	tr := hub.Transfers()
 	if len(tr) != 1 || tr[0].Bytes != 64<<10 || tr[0].CDN || hub.Counts().BlobBytes != 64<<10 {
 		t.Errorf("transfers %+v", tr)
+	}
+}
+
+// TestHang: FaultHang reads a request and writes nothing until Release,
+// which lets it be answered intact; a client that gives up, or the end of
+// the test, leaves the hub silent to the last.
+func TestHang(t *testing.T) {
+	reg := StartRegistry(t)
+	img := reg.PushImage(t, "library/alpine", "3.19", ImageOptions{LayerSize: 8 << 10})
+	manifestPath := "/v2/library/alpine/manifests/3.19"
+	blobPath := "/v2/library/alpine/blobs/" + img.Layers[0].String()
+
+	// async sends a request; its answer arrives on the channel.
+	async := func(ctx context.Context, method, u string, hdr http.Header) <-chan response {
+		ch := make(chan response, 1)
+		go func() {
+			req, _ := http.NewRequestWithContext(ctx, method, u, nil)
+			for k, v := range hdr {
+				req.Header[k] = v
+			}
+			req.Header.Set("Accept", manifestAccept())
+			resp, err := newClient().Do(req)
+			if err != nil {
+				ch <- response{err: err}
+				return
+			}
+			defer resp.Body.Close()
+			body, err := io.ReadAll(resp.Body)
+			ch <- response{status: resp.StatusCode, hdr: resp.Header, body: body, err: err}
+		}()
+		return ch
+	}
+	waitHanging := func(t *testing.T, h *Hub, n int) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); h.Counts().Hanging != n; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("hanging = %d, want %d", h.Counts().Hanging, n)
+			}
+		}
+	}
+
+	t.Run("scopes", func(t *testing.T) {
+		for _, tc := range []struct {
+			name                   string
+			scope                  Scope
+			manifest, blob, tokens bool // which hang
+		}{
+			{"manifests", ScopeManifests, true, false, false},
+			{"blobs", ScopeBlobs, false, true, false},
+			{"all", ScopeAll, true, true, true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				hub := NewHub(t, reg, Options{})
+				tok, _ := token(t, hub, pullScope("library/alpine"), "", "")
+				hub.SetFaultFor(FaultHang, tc.scope)
+				reqs := []struct {
+					hangs  bool
+					method string
+					url    string
+					hdr    http.Header
+				}{
+					{tc.manifest, http.MethodGet, hub.URL + manifestPath, bearer(tok)},
+					{tc.manifest, http.MethodHead, hub.URL + manifestPath, bearer(tok)},
+					{tc.blob, http.MethodGet, hub.URL + blobPath, bearer(tok)},
+					{tc.tokens, http.MethodGet, hub.Realm + "?service=registry.docker.io", nil},
+					{tc.tokens, http.MethodGet, hub.URL + "/v2/", nil},
+				}
+				var held []<-chan response
+				for _, rq := range reqs {
+					ch := async(t.Context(), rq.method, rq.url, rq.hdr)
+					if !rq.hangs {
+						if r := <-ch; r.err != nil || r.status == 0 {
+							t.Errorf("%s %s: %v, want an answer", rq.method, rq.url, r.err)
+						}
+						continue
+					}
+					held = append(held, ch)
+					waitHanging(t, hub, len(held))
+				}
+				for _, ch := range held {
+					select {
+					case r := <-ch:
+						t.Fatalf("a hanging request was answered: %d %v", r.status, r.err)
+					default:
+					}
+				}
+				if c := hub.Counts(); c.Hung != len(held) {
+					t.Errorf("Hung = %d, want %d", c.Hung, len(held))
+				}
+				// Released, each is answered as if nothing had happened;
+				// the fault still holds new requests.
+				hub.Release()
+				for _, ch := range held {
+					if r := <-ch; r.err != nil || r.status == 0 {
+						t.Errorf("released request: %d %v", r.status, r.err)
+					}
+				}
+				waitHanging(t, hub, 0)
+				late := async(t.Context(), http.MethodGet, hub.URL+manifestPath, bearer(tok))
+				if tc.manifest {
+					waitHanging(t, hub, 1)
+					hub.SetFault(FaultNone)
+					hub.Release()
+				}
+				if r := <-late; r.status != 200 || digest.FromBytes(r.body) != img.Digest {
+					t.Errorf("manifest after release: %d %v", r.status, r.err)
+				}
+			})
+		}
+	})
+
+	t.Run("client gives up", func(t *testing.T) {
+		hub := NewHub(t, reg, Options{NoAuth: true})
+		hub.SetFaultFor(FaultHang, ScopeManifests)
+		ctx, cancel := context.WithCancel(t.Context())
+		ch := async(ctx, http.MethodGet, hub.URL+manifestPath, nil)
+		waitHanging(t, hub, 1)
+		cancel()
+		if r := <-ch; !errors.Is(r.err, context.Canceled) {
+			t.Errorf("cancelled request: %d %v", r.status, r.err)
+		}
+		waitHanging(t, hub, 0)
+	})
+
+	// The end of the test closes the connection without a word: the raw
+	// bytes the client read are none at all.
+	t.Run("test ends", func(t *testing.T) {
+		var read chan []byte
+		t.Run("hub", func(t *testing.T) {
+			hub := NewHub(t, reg, Options{NoAuth: true})
+			hub.SetFault(FaultHang)
+			conn, err := net.Dial("tcp", hub.Host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { conn.Close() })
+			if _, err := io.WriteString(conn, "GET "+manifestPath+" HTTP/1.1\r\nHost: "+hub.Host+"\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			read = make(chan []byte, 1)
+			go func() { b, _ := io.ReadAll(conn); read <- b }()
+			waitHanging(t, hub, 1)
+		})
+		if b := <-read; len(b) != 0 {
+			t.Errorf("a hanging hub wrote %q as the test ended", b)
+		}
+	})
+}
+
+// TestDelay: a slow hub answers every /v2/ request, intact, after the delay;
+// requests are counted as they arrive, before their answer.
+func TestDelay(t *testing.T) {
+	reg := StartRegistry(t)
+	img := reg.PushImage(t, "library/alpine", "3.19", ImageOptions{})
+	hub := NewHub(t, reg, Options{NoAuth: true})
+	hub.SetDelay(time.Hour)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, hub.URL+"/v2/library/alpine/manifests/3.19", nil)
+		resp, err := newClient().Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	for hub.Counts().Requests == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("answered within the delay (err %v)", err)
+	default:
+	}
+	cancel()
+	<-done
+	hub.SetDelay(time.Millisecond)
+	r := do(t, http.MethodGet, hub.URL+"/v2/library/alpine/manifests/3.19", nil)
+	if r.err != nil || r.status != 200 || digest.FromBytes(r.body) != img.Digest {
+		t.Errorf("delayed manifest: %d %v", r.status, r.err)
 	}
 }

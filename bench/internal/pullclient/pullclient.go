@@ -1,4 +1,9 @@
-package storm
+// Package pullclient is the benchmarks' CI job: it pulls an image the way
+// docker or containerd does (manifest by tag with every manifest type
+// accepted, the linux/amd64 child of an index by digest, then config and
+// layers), verifies every digest, answers a Bearer challenge with an
+// anonymous token, and never retries: a pull that fails is a failed job.
+package pullclient
 
 import (
 	"context"
@@ -22,20 +27,20 @@ var acceptAll = strings.Join([]string{
 	"application/vnd.docker.distribution.manifest.v2+json",
 }, ", ")
 
-// puller pulls images the way a CI job's docker/containerd does: manifest by
-// tag, the linux/amd64 child by digest for an index, then config and layers
-// by digest, verifying every digest. It does anonymous token auth when
-// challenged. It never retries: a CI job whose pull fails is a failed job.
-type puller struct {
+// Puller pulls images from one registry (base, scheme://host). Safe for
+// concurrent use.
+type Puller struct {
 	base string
 	hc   *http.Client
-	// manifestReqs and blobReqs count GETs sent to base (401s included).
-	manifestReqs, blobReqs atomic.Int64
+	// ManifestReqs and BlobReqs count GETs sent to base (401s included).
+	ManifestReqs, BlobReqs atomic.Int64
 }
 
-func newPuller(base string) *puller {
-	return &puller{base: base, hc: &http.Client{
-		Timeout: 60 * time.Second,
+// New returns a Puller for base whose requests each give up after timeout
+// (a CI job's patience).
+func New(base string, timeout time.Duration) *Puller {
+	return &Puller{base: base, hc: &http.Client{
+		Timeout: timeout,
 		Transport: &http.Transport{
 			Proxy:               nil,
 			DisableCompression:  true,
@@ -44,41 +49,43 @@ func newPuller(base string) *puller {
 	}}
 }
 
-func (p *puller) close() { p.hc.CloseIdleConnections() }
+// Close closes idle connections.
+func (p *Puller) Close() { p.hc.CloseIdleConnections() }
 
-// pullError is a failed client pull; class groups failures in the report.
-type pullError struct {
-	class string
-	msg   string
+// Error is a failed pull; Class groups failures in a report ("manifest 503
+// UNAVAILABLE", "transport", "digest mismatch", ...).
+type Error struct {
+	Class string
+	Msg   string
 }
 
-func (e *pullError) Error() string { return e.msg }
+func (e *Error) Error() string { return e.Msg }
 
 // session is one `docker pull`: it holds the token it got, if any.
 type session struct {
-	p     *puller
+	p     *Puller
 	ctx   context.Context
 	token string
 }
 
-// pulled is what one successful (or partial) pull received.
-type pulled struct {
-	// digest is what the tag resolved to (the index digest for an index).
-	digest digest.Digest
-	// child is the linux/amd64 manifest digest when the tag is an index.
-	child digest.Digest
-	bytes int64
+// Pulled is what one successful (or partial) pull received.
+type Pulled struct {
+	// Digest is what the tag resolved to (the index digest for an index).
+	Digest digest.Digest
+	// Child is the linux/amd64 manifest digest when the tag is an index.
+	Child digest.Digest
+	Bytes int64
 }
 
-// pull pulls repo:tag for linux/amd64.
-func (p *puller) pull(ctx context.Context, repo, tag string) (res pulled, err error) {
+// Pull pulls repo:tag for linux/amd64.
+func (p *Puller) Pull(ctx context.Context, repo, tag string) (res Pulled, err error) {
 	s := &session{p: p, ctx: ctx}
-	n := &res.bytes
+	n := &res.Bytes
 	body, d, err := s.manifest(repo, tag, "")
 	if err != nil {
 		return res, err
 	}
-	res.digest = d
+	res.Digest = d
 	*n += int64(len(body))
 	var m struct {
 		MediaType string `json:"mediaType"`
@@ -93,7 +100,7 @@ func (p *puller) pull(ctx context.Context, repo, tag string) (res pulled, err er
 		Layers []struct{ Digest digest.Digest } `json:"layers"`
 	}
 	if err := json.Unmarshal(body, &m); err != nil {
-		return res, &pullError{"bad manifest", fmt.Sprintf("%s:%s: manifest: %v", repo, tag, err)}
+		return res, &Error{"bad manifest", fmt.Sprintf("%s:%s: manifest: %v", repo, tag, err)}
 	}
 	if len(m.Manifests) > 0 {
 		var child digest.Digest
@@ -103,9 +110,9 @@ func (p *puller) pull(ctx context.Context, repo, tag string) (res pulled, err er
 			}
 		}
 		if child == "" {
-			return res, &pullError{"bad manifest", fmt.Sprintf("%s:%s: no linux/amd64 in index", repo, tag)}
+			return res, &Error{"bad manifest", fmt.Sprintf("%s:%s: no linux/amd64 in index", repo, tag)}
 		}
-		res.child = child
+		res.Child = child
 		cb, _, err := s.manifest(repo, child.String(), child)
 		if err != nil {
 			return res, err
@@ -113,7 +120,7 @@ func (p *puller) pull(ctx context.Context, repo, tag string) (res pulled, err er
 		*n += int64(len(cb))
 		m.Config.Digest, m.Layers = "", nil
 		if err := json.Unmarshal(cb, &m); err != nil {
-			return res, &pullError{"bad manifest", fmt.Sprintf("%s@%s: %v", repo, child, err)}
+			return res, &Error{"bad manifest", fmt.Sprintf("%s@%s: %v", repo, child, err)}
 		}
 	}
 	blobs := []digest.Digest{m.Config.Digest}
@@ -140,17 +147,17 @@ func (s *session) manifest(repo, ref string, want digest.Digest) ([]byte, digest
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, "", &pullError{"transport", fmt.Sprintf("GET manifest %s:%s: body: %v", repo, ref, err)}
+		return nil, "", &Error{"transport", fmt.Sprintf("GET manifest %s:%s: body: %v", repo, ref, err)}
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, "", statusError("manifest", repo, ref, resp.StatusCode, body)
 	}
 	got := digest.FromBytes(body)
 	if want != "" && got != want {
-		return nil, "", &pullError{"digest mismatch", fmt.Sprintf("manifest %s@%s: content hashes to %s", repo, want, got)}
+		return nil, "", &Error{"digest mismatch", fmt.Sprintf("manifest %s@%s: content hashes to %s", repo, want, got)}
 	}
 	if h := resp.Header.Get("Docker-Content-Digest"); h != "" && h != got.String() {
-		return nil, "", &pullError{"digest mismatch", fmt.Sprintf("manifest %s:%s: Docker-Content-Digest %s, content hashes to %s", repo, ref, h, got)}
+		return nil, "", &Error{"digest mismatch", fmt.Sprintf("manifest %s:%s: Docker-Content-Digest %s, content hashes to %s", repo, ref, h, got)}
 	}
 	return body, got, nil
 }
@@ -168,10 +175,10 @@ func (s *session) blob(repo string, d digest.Digest) (int64, error) {
 	h := sha256.New()
 	n, err := io.Copy(h, resp.Body)
 	if err != nil {
-		return n, &pullError{"transport", fmt.Sprintf("GET blob %s@%s: body after %d bytes: %v", repo, d, n, err)}
+		return n, &Error{"transport", fmt.Sprintf("GET blob %s@%s: body after %d bytes: %v", repo, d, n, err)}
 	}
 	if got := digest.NewDigest(digest.SHA256, h); got != d {
-		return n, &pullError{"digest mismatch", fmt.Sprintf("blob %s@%s: content hashes to %s", repo, d, got)}
+		return n, &Error{"digest mismatch", fmt.Sprintf("blob %s@%s: content hashes to %s", repo, d, got)}
 	}
 	return n, nil
 }
@@ -184,9 +191,9 @@ func statusError(kind, repo, ref string, status int, body []byte) error {
 	if json.Unmarshal(body, &e) == nil && len(e.Errors) > 0 {
 		code = " " + e.Errors[0].Code
 	}
-	return &pullError{
-		class: fmt.Sprintf("%s %d%s", kind, status, code),
-		msg:   fmt.Sprintf("GET %s %s %s: %d %s", kind, repo, ref, status, strings.TrimSpace(string(body))),
+	return &Error{
+		Class: fmt.Sprintf("%s %d%s", kind, status, code),
+		Msg:   fmt.Sprintf("GET %s %s %s: %d %s", kind, repo, ref, status, strings.TrimSpace(string(body))),
 	}
 }
 
@@ -204,13 +211,13 @@ func (s *session) get(path, accept, repo string) (*http.Response, error) {
 			req.Header.Set("Authorization", "Bearer "+s.token)
 		}
 		if strings.Contains(path, "/manifests/") {
-			s.p.manifestReqs.Add(1)
+			s.p.ManifestReqs.Add(1)
 		} else {
-			s.p.blobReqs.Add(1)
+			s.p.BlobReqs.Add(1)
 		}
 		resp, err := s.p.hc.Do(req)
 		if err != nil {
-			return nil, &pullError{"transport", fmt.Sprintf("GET %s: %v", path, err)}
+			return nil, &Error{"transport", fmt.Sprintf("GET %s: %v", path, err)}
 		}
 		if resp.StatusCode != http.StatusUnauthorized || attempt > 0 {
 			return resp, nil
@@ -227,7 +234,7 @@ func (s *session) get(path, accept, repo string) (*http.Response, error) {
 func (s *session) authenticate(challenge string) error {
 	scheme, params, _ := strings.Cut(challenge, " ")
 	if !strings.EqualFold(scheme, "Bearer") {
-		return &pullError{"auth", "unsupported challenge " + challenge}
+		return &Error{"auth", "unsupported challenge " + challenge}
 	}
 	p := parseParams(params)
 	q := url.Values{}
@@ -239,23 +246,23 @@ func (s *session) authenticate(challenge string) error {
 	}
 	req, err := http.NewRequestWithContext(s.ctx, http.MethodGet, p["realm"]+"?"+q.Encode(), nil)
 	if err != nil {
-		return &pullError{"auth", err.Error()}
+		return &Error{"auth", err.Error()}
 	}
 	resp, err := s.p.hc.Do(req)
 	if err != nil {
-		return &pullError{"auth", fmt.Sprintf("token: %v", err)}
+		return &Error{"auth", fmt.Sprintf("token: %v", err)}
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
-		return &pullError{fmt.Sprintf("token %d", resp.StatusCode), fmt.Sprintf("token: %d %s", resp.StatusCode, body)}
+		return &Error{fmt.Sprintf("token %d", resp.StatusCode), fmt.Sprintf("token: %d %s", resp.StatusCode, body)}
 	}
 	var tok struct {
 		Token       string `json:"token"`
 		AccessToken string `json:"access_token"`
 	}
 	if err := json.Unmarshal(body, &tok); err != nil {
-		return &pullError{"auth", fmt.Sprintf("token: %v", err)}
+		return &Error{"auth", fmt.Sprintf("token: %v", err)}
 	}
 	s.token = tok.Token
 	if s.token == "" {
