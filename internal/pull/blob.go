@@ -101,7 +101,8 @@ var errStored = errors.New("already stored")
 // openDownload runs in the download's goroutine: it opens the upstream's
 // verifying body and the store's writer. In a cluster, one replica
 // downloads each blob: the others stream it from that one (verified here
-// too), and take over only when it cannot serve them (it died).
+// too). When the holder cannot serve them (it died), one of them takes the
+// download over and the rest stream from it in turn.
 func (c *Cache) openDownload(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest) (inflight.Source, *cluster.Lease, error) {
 	if _, err := c.opt.Store.Stat(ctx, d); err == nil {
 		return inflight.Source{}, nil, errStored
@@ -109,17 +110,24 @@ func (c *Cache) openDownload(ctx context.Context, src blobSource, repo ref.Repo,
 	var lease *cluster.Lease
 	if c.opt.Fleet != nil {
 		l, err := c.opt.Fleet.Acquire(ctx, "blob:"+d.String(), blobLease)
-		switch {
-		case err != nil:
-			// No coordinator: download here, de-duplicated locally.
-		case l.Held:
-			lease = l
-		default:
-			s, err := c.fromPeer(ctx, src, repo, d, l.Holder)
-			if err == nil || errors.Is(err, errStored) || regerr.Is(err, regerr.NotFound) {
-				return s, nil, err
+		for tries := 0; err == nil && !l.Held && tries < maxTakeOvers; tries++ {
+			s, perr := c.fromPeer(ctx, src, repo, d, l.Holder)
+			if perr == nil || errors.Is(perr, errStored) || regerr.Is(perr, regerr.NotFound) {
+				return s, nil, perr
 			}
-			c.log.Warn("cannot stream a blob from the replica downloading it; downloading it here", "peer", l.Holder, "digest", d, "err", err)
+			c.log.Warn("cannot stream a blob from the replica downloading it; taking the download over", "peer", l.Holder, "digest", d, "err", perr)
+			l, err = l.TakeOver(ctx, blobLease)
+		}
+		// Without a coordinator, or after holders that kept failing, the
+		// download is done here, de-duplicated locally.
+		if err == nil && l.Held {
+			lease = l
+			// The previous holder may have committed it and let go between
+			// our look and our claim.
+			if _, err := c.opt.Store.Stat(ctx, d); err == nil {
+				lease.Release()
+				return inflight.Source{}, nil, errStored
+			}
 		}
 	}
 	s, err := c.fromUpstream(ctx, src, repo, d)
@@ -129,6 +137,11 @@ func (c *Cache) openDownload(ctx context.Context, src blobSource, repo ref.Repo,
 	}
 	return s, lease, nil
 }
+
+// maxTakeOvers bounds the holders a replica tries to stream a blob from
+// (each one that fails, it tries to replace) before it downloads the blob
+// itself, leased or not.
+const maxTakeOvers = 3
 
 // fromPeer streams blob d from the replica holding its download.
 func (c *Cache) fromPeer(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest, holder string) (inflight.Source, error) {

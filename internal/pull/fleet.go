@@ -161,6 +161,11 @@ func (c *Cache) fetchManifest(ctx context.Context, src manifestSource, repo ref.
 		case err != nil:
 		case lease.Held:
 			defer lease.Release()
+			// The previous holder may have stored it and let go between
+			// the caller's look and our claim: that GET would count twice.
+			if _, ok := c.loadManifest(ctx, d); ok {
+				return upstream.Manifest{}, nil
+			}
 		default:
 			if c.awaitFleet(ctx, "manifest:"+d.String(), func() bool { _, ok := c.loadManifest(ctx, d); return ok }) {
 				return upstream.Manifest{}, nil
