@@ -150,11 +150,12 @@ func (c *Cache) deleteTag(ctx context.Context, k index.TagKey) {
 	}
 }
 
-// fetchManifest fetches manifest d once fleet-wide: the replica holding its
-// lease spends the (possibly counted) GET; the others wait until it is in
-// the shared store, and then return a Manifest with no Data, meaning "load
-// it". If the holder lets go without storing it, the caller fetches it.
-func (c *Cache) fetchManifest(ctx context.Context, src manifestSource, repo ref.Repo, d digest.Digest, from upstream.From) (upstream.Manifest, error) {
+// fetchManifest fetches manifest d once fleet-wide and keeps it, linked to
+// repo: the replica holding its lease spends the (possibly counted) GET and
+// lets go only once the manifest is stored; the others wait for it and
+// load it from the shared store. If the holder lets go without storing
+// it, the caller fetches it.
+func (c *Cache) fetchManifest(ctx context.Context, src manifestSource, repo ref.Repo, d digest.Digest, from upstream.From) (*Manifest, error) {
 	if c.opt.Fleet != nil {
 		lease, err := c.opt.Fleet.Acquire(ctx, "manifest:"+d.String(), c.opt.FetchTimeout)
 		switch {
@@ -163,14 +164,26 @@ func (c *Cache) fetchManifest(ctx context.Context, src manifestSource, repo ref.
 			defer lease.Release()
 			// The previous holder may have stored it and let go between
 			// the caller's look and our claim: that GET would count twice.
-			if _, ok := c.loadManifest(ctx, d); ok {
-				return upstream.Manifest{}, nil
+			if m, ok := c.loadManifest(ctx, d); ok {
+				return c.storedElsewhere(ctx, repo, m), nil
 			}
 		default:
-			if c.awaitFleet(ctx, "manifest:"+d.String(), func() bool { _, ok := c.loadManifest(ctx, d); return ok }) {
-				return upstream.Manifest{}, nil
+			var m *Manifest
+			if c.awaitFleet(ctx, "manifest:"+d.String(), func() bool { var ok bool; m, ok = c.loadManifest(ctx, d); return ok }) {
+				return c.storedElsewhere(ctx, repo, m), nil
 			}
 		}
 	}
-	return src.Manifest(ctx, repo, d, from)
+	um, err := src.Manifest(ctx, repo, d, from)
+	if err != nil {
+		return nil, err
+	}
+	return c.keepManifest(ctx, repo, um), nil
+}
+
+// storedElsewhere answers with a manifest another replica fetched.
+func (c *Cache) storedElsewhere(ctx context.Context, repo ref.Repo, m *Manifest) *Manifest {
+	c.index.Link(ctx, repo, m.Digest)
+	m.Result = Miss
+	return m
 }
