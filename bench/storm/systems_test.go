@@ -106,8 +106,8 @@ func startDistribution(t testing.TB, remote string) *testhub.Registry {
 // revalidated on every pull (tag_ttl 0s, the strictest setting: a HEAD at
 // the origin each time), one pull of the 10 is kept in reserve, and the
 // ECR Public–style mirror carries library/*.
-const regcacheConfig = `listen: 127.0.0.1:0
-storage: {root: %s}
+const regcacheConfig = `listen: %s
+storage: %s
 tag_ttl: 0s
 tag_fallback: mirrors
 upstream_timeout: 30s
@@ -132,7 +132,7 @@ type regcache struct {
 
 func startRegcache(t testing.TB, origin, mirror string) *regcache {
 	t.Helper()
-	yaml := fmt.Sprintf(regcacheConfig, t.TempDir(), origin, regcacheReserve, mirror)
+	yaml := fmt.Sprintf(regcacheConfig, "127.0.0.1:0", "{root: "+t.TempDir()+"}", origin, regcacheReserve, mirror)
 	cfg, err := config.Parse([]byte(yaml), "storm config")
 	if err != nil {
 		t.Fatal(err)
