@@ -21,7 +21,7 @@ import (
 var (
 	flagPulls = flag.Int("storm.pulls", 500, "client pulls in all (the recorded table uses 500)")
 	flagJobs  = flag.Int("storm.jobs", 8, "concurrent CI jobs (the recorded table uses 8)")
-	flagOnly  = flag.String("storm.only", "", "comma-separated systems to run: direct,distribution,regcache (default all)")
+	flagOnly  = flag.String("storm.only", "", "comma-separated systems to run: direct,distribution,regcache,fleet (default all)")
 )
 
 // The origin's anonymous budget: 10 counted pulls per (6 h) window.
@@ -64,6 +64,8 @@ type result struct {
 	oldAfterOfficial map[string]int
 	wall             time.Duration
 	p50, p95         time.Duration
+	// originBlobs and mirrorBlobs are the blob traffic from each upstream.
+	originBlobs, mirrorBlobs blobTraffic
 }
 
 func (r *result) countedOfficial() int {
@@ -134,7 +136,23 @@ func TestStorm(t *testing.T) {
 		rcRes.origin, rcRes.tapMBytes, rcRes.tapBBytes = rcHub.Counts(), tap.manifestBytes.Load(), tap.blobBytes.Load()
 		m := rcMirror.Counts()
 		rcRes.mirror = &m
+		rcRes.originBlobs, rcRes.mirrorBlobs = blobTrafficOf(rcHub), blobTrafficOf(rcMirror)
 		results = append(results, rcRes)
+	}
+
+	var fl *regcacheFleet
+	var flRes *result
+	if want("fleet") {
+		hub := testhub.NewHub(t, backend, testhub.Options{AnonymousLimit: originLimit})
+		tap := newOriginTap(t, hub)
+		mirror := testhub.NewHub(t, backend, testhub.Options{RepoPrefix: "docker/", Service: "public.ecr.aws", Scope: "aws"})
+		fl = startRegcacheFleet(t, fleetReplicas, tap.URL, mirror.URL)
+		flRes = runStorm(t, fmt.Sprintf("regcache ×%d (S3, Redis)", fleetReplicas), fl.URL, backend, work, seq, moveAt, jobs)
+		flRes.origin, flRes.tapMBytes, flRes.tapBBytes = hub.Counts(), tap.manifestBytes.Load(), tap.blobBytes.Load()
+		m := mirror.Counts()
+		flRes.mirror = &m
+		flRes.originBlobs, flRes.mirrorBlobs = blobTrafficOf(hub), blobTrafficOf(mirror)
+		results = append(results, flRes)
 	}
 
 	t.Logf("\n%s", table(results))
@@ -147,14 +165,17 @@ func TestStorm(t *testing.T) {
 			t.Errorf("%s: tap counted %d origin blob bytes, hub %d", r.name, r.tapBBytes, r.origin.BlobBytes)
 		}
 	}
-	if rc == nil {
-		return
+	if fl != nil {
+		t.Run("fleet", func(t *testing.T) { fleetAcceptance(t, fl, flRes, rcRes) })
+		t.Run("fleet_official_moved_tags_fresh", func(t *testing.T) { officialFresh(t, flRes) })
 	}
-	t.Run("acceptance1", func(t *testing.T) { acceptance1(t, rcRes, results) })
-	t.Run("acceptance5", func(t *testing.T) { acceptance5(t, rc, rcRes, rcHub) })
-	t.Run("official_moved_tags_fresh", func(t *testing.T) { officialFresh(t, rcRes) })
-	if t.Failed() {
-		t.Logf("regcache log (tail):\n%s", tail(rc.Logs.String(), 6000))
+	if rc != nil {
+		t.Run("acceptance1", func(t *testing.T) { acceptance1(t, rcRes, results) })
+		t.Run("acceptance5", func(t *testing.T) { acceptance5(t, rc, rcRes, rcHub) })
+		t.Run("official_moved_tags_fresh", func(t *testing.T) { officialFresh(t, rcRes) })
+		if t.Failed() {
+			t.Logf("regcache log (tail):\n%s", tail(rc.Logs.String(), 6000))
+		}
 	}
 	t.Logf("total time %v", time.Since(start).Round(time.Millisecond))
 }
@@ -210,17 +231,7 @@ func acceptance5(t *testing.T, rc *systems.Regcache, res *result, hub *testhub.H
 	if res.oldAfter == 0 {
 		t.Errorf("no client got a stale digest after the move, but the reserve should have kept one")
 	}
-	// Requests and bytes served agree with what the clients sent and got
-	// (every pull succeeded, so every byte served was received).
-	if got, _ := m.sum("regcache_requests_total", `kind="manifest"`); int64(got) != res.manifestReqs {
-		t.Errorf("requests_total{kind=manifest} = %v, clients sent %d manifest GETs", got, res.manifestReqs)
-	}
-	if got, _ := m.sum("regcache_requests_total", `kind="blob"`); int64(got) != res.blobReqs {
-		t.Errorf("requests_total{kind=blob} = %v, clients sent %d blob GETs", got, res.blobReqs)
-	}
-	if got, _ := m.sum("regcache_served_bytes_total"); int64(got) != res.clientBytes {
-		t.Errorf("served_bytes_total = %v, clients received %d bytes", got, res.clientBytes)
-	}
+	checkServed(t, m, res)
 	// regcache_stale_served_total counts stale decisions (one per shared
 	// revalidation); requests_total{result="stale"} counts the responses,
 	// which must be exactly the pulls that got a moved tag's old digest.
@@ -280,6 +291,20 @@ func acceptance5(t *testing.T, rc *systems.Regcache, res *result, hub *testhub.H
 				t.Errorf("mirror asked for %s, which the config does not route to it", repo)
 			}
 		}
+	}
+}
+
+// checkServed: requests and bytes served agree with what the clients sent
+// and got (every pull succeeded, so every byte served was received).
+func checkServed(t *testing.T, m promSamples, res *result) {
+	if got, _ := m.sum("regcache_requests_total", `kind="manifest"`); int64(got) != res.manifestReqs {
+		t.Errorf("requests_total{kind=manifest} = %v, clients sent %d manifest GETs", got, res.manifestReqs)
+	}
+	if got, _ := m.sum("regcache_requests_total", `kind="blob"`); int64(got) != res.blobReqs {
+		t.Errorf("requests_total{kind=blob} = %v, clients sent %d blob GETs", got, res.blobReqs)
+	}
+	if got, _ := m.sum("regcache_served_bytes_total"); int64(got) != res.clientBytes {
+		t.Errorf("served_bytes_total = %v, clients received %d bytes", got, res.clientBytes)
 	}
 }
 

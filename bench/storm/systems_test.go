@@ -85,8 +85,8 @@ func (c *countingBody) Read(p []byte) (int, error) {
 // revalidated on every pull (tag_ttl 0s, the strictest setting: a HEAD at
 // the origin each time), one pull of the 10 is kept in reserve, and the
 // ECR Public–style mirror carries library/*.
-const regcacheConfig = `listen: 127.0.0.1:0
-storage: {root: %s}
+const regcacheConfig = `listen: %s
+storage: %s
 tag_ttl: 0s
 tag_fallback: mirrors
 upstream_timeout: 30s
@@ -105,7 +105,8 @@ const regcacheReserve = 1
 
 func startRegcache(t testing.TB, origin, mirror string) *systems.Regcache {
 	t.Helper()
-	return systems.StartRegcache(t, fmt.Sprintf(regcacheConfig, t.TempDir(), origin, regcacheReserve, mirror), "storm config")
+	yaml := fmt.Sprintf(regcacheConfig, "127.0.0.1:0", "{root: "+t.TempDir()+"}", origin, regcacheReserve, mirror)
+	return systems.StartRegcache(t, yaml, "storm config")
 }
 
 // scrape GETs /metrics and returns every sample by its full series name

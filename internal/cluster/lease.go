@@ -17,33 +17,60 @@ type Lease struct {
 	Held   bool
 	Holder string
 
-	c     *Coordinator
-	key   string
+	c   *Coordinator
+	key string
+	// value is what Redis holds under key: ours when Held, the holder's
+	// otherwise (TakeOver replaces only that one).
 	value string
 	stop  chan struct{}
 	once  sync.Once
 	wg    sync.WaitGroup
 }
 
-// Scripts: renew and release only a lease that is still ours.
+// Scripts: renew and release only a lease that is still ours; take over
+// only the lease the caller saw (or none, if it lapsed meanwhile).
 var (
 	renewScript = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) end return 0`)
 	dropScript  = redis.NewScript(`if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end return 0`)
+	takeScript  = redis.NewScript(`local v = redis.call("GET", KEYS[1]) if v == ARGV[1] or not v then redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3]) return 1 end return 0`)
 )
 
 // Acquire claims the job name for ttl. It returns ErrUnavailable when
 // Redis cannot say; the caller then does the job itself.
 func (c *Coordinator) Acquire(ctx context.Context, name string, ttl time.Duration) (*Lease, error) {
-	l := &Lease{c: c, key: c.prefix + "lease:" + name, value: c.self + " " + token(), stop: make(chan struct{})}
+	return c.claim(ctx, c.prefix+"lease:"+name, ttl, func(ctx context.Context, key, value string) (bool, error) {
+		return c.rdb.SetNX(ctx, key, value, ttl).Result()
+	})
+}
+
+// TakeOver claims a job whose holder cannot do it: it died and its lease
+// has not lapsed yet, or it cannot serve what it holds. Of several
+// replicas that find the same holder gone, one takes the job over and the
+// others get a Lease that names it, so they follow the new holder instead
+// of each doing the job. A held Lease is returned as it is.
+func (l *Lease) TakeOver(ctx context.Context, ttl time.Duration) (*Lease, error) {
+	if l.Held {
+		return l, nil
+	}
+	return l.c.claim(ctx, l.key, ttl, func(ctx context.Context, key, value string) (bool, error) {
+		n, err := takeScript.Run(ctx, l.c.rdb, []string{key}, l.value, value, ttl.Milliseconds()).Int()
+		return n == 1, err
+	})
+}
+
+// claim runs try, which sets key to value if it may, and returns the
+// lease: held, renewed until Release, or naming the holder.
+func (c *Coordinator) claim(ctx context.Context, key string, ttl time.Duration, try func(ctx context.Context, key, value string) (bool, error)) (*Lease, error) {
+	l := &Lease{c: c, key: key, value: c.self + " " + token(), stop: make(chan struct{})}
 	var ok bool
 	var holder string
 	err := c.call(ctx, func(ctx context.Context) error {
 		var err error
-		ok, err = c.rdb.SetNX(ctx, l.key, l.value, ttl).Result()
+		ok, err = try(ctx, key, l.value)
 		if err != nil || ok {
 			return err
 		}
-		holder, err = c.rdb.Get(ctx, l.key).Result()
+		holder, err = c.rdb.Get(ctx, key).Result()
 		return err
 	})
 	if err != nil {
@@ -51,9 +78,10 @@ func (c *Coordinator) Acquire(ctx context.Context, name string, ttl time.Duratio
 	}
 	if !ok {
 		if holder == "" {
-			// Released between our SETNX and GET: take it now.
-			return c.Acquire(ctx, name, ttl)
+			// Released between the two calls: claim it now.
+			return c.claim(ctx, key, ttl, try)
 		}
+		l.value = holder
 		l.Holder, _, _ = strings.Cut(holder, " ")
 		return l, nil
 	}
@@ -135,12 +163,37 @@ func (c *Coordinator) Delete(ctx context.Context, key string) error {
 	})
 }
 
-// Claim is Acquire in plain values: held, or the holder's URL; release
-// gives a held job back (and does nothing otherwise).
-func (c *Coordinator) Claim(ctx context.Context, name string, ttl time.Duration) (held bool, holder string, release func(), err error) {
+// Claim is a claim on one job, in plain values, for callers that declare
+// what they need from a coordinator as an interface (and tests that fake
+// it): Held, or the Holder's URL; Release gives a held job back (and does
+// nothing otherwise); TakeOver, when not held, claims the job from a
+// Holder that cannot do it.
+type Claim struct {
+	Held     bool
+	Holder   string
+	Release  func()
+	TakeOver func(ctx context.Context, ttl time.Duration) (Claim, error)
+}
+
+// Claim is Acquire, as a Claim.
+func (c *Coordinator) Claim(ctx context.Context, name string, ttl time.Duration) (Claim, error) {
 	l, err := c.Acquire(ctx, name, ttl)
 	if err != nil {
-		return false, "", func() {}, err
+		return Claim{Release: func() {}}, err
 	}
-	return l.Held, l.Holder, l.Release, nil
+	return l.claim(), nil
+}
+
+func (l *Lease) claim() Claim {
+	cl := Claim{Held: l.Held, Holder: l.Holder, Release: l.Release}
+	if !l.Held {
+		cl.TakeOver = func(ctx context.Context, ttl time.Duration) (Claim, error) {
+			n, err := l.TakeOver(ctx, ttl)
+			if err != nil {
+				return Claim{Release: func() {}}, err
+			}
+			return n.claim(), nil
+		}
+	}
+	return cl
 }

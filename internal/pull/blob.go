@@ -101,25 +101,33 @@ var errStored = errors.New("already stored")
 // openDownload runs in the download's goroutine: it opens the upstream's
 // verifying body and the store's writer. In a cluster, one replica
 // downloads each blob: the others stream it from that one (verified here
-// too), and take over only when it cannot serve them (it died).
+// too). When the holder cannot serve them (it died), one of them takes the
+// download over and the rest stream from it in turn.
 func (c *Cache) openDownload(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest) (s inflight.Source, release func(), err error) {
 	release = func() {}
 	if _, err := c.opt.Store.Stat(ctx, d); err == nil {
 		return inflight.Source{}, release, errStored
 	}
 	if c.opt.Fleet != nil {
-		held, holder, rel, err := c.opt.Fleet.Claim(ctx, "blob:"+d.String(), blobLease)
-		switch {
-		case err != nil:
-			// No coordinator: download here, de-duplicated locally.
-		case held:
-			release = rel
-		default:
-			s, err := c.fromPeer(ctx, src, repo, d, holder)
-			if err == nil || errors.Is(err, errStored) || regerr.Is(err, regerr.NotFound) {
-				return s, release, err
+		cl, err := c.opt.Fleet.Claim(ctx, "blob:"+d.String(), blobLease)
+		for tries := 0; err == nil && !cl.Held && tries < maxTakeOvers; tries++ {
+			s, perr := c.fromPeer(ctx, src, repo, d, cl.Holder)
+			if perr == nil || errors.Is(perr, errStored) || regerr.Is(perr, regerr.NotFound) {
+				return s, release, perr
 			}
-			c.log.Warn("cannot stream a blob from the replica downloading it; downloading it here", "peer", holder, "digest", d, "err", err)
+			c.log.Warn("cannot stream a blob from the replica downloading it; taking the download over", "peer", cl.Holder, "digest", d, "err", perr)
+			cl, err = cl.TakeOver(ctx, blobLease)
+		}
+		// Without a coordinator, or after holders that kept failing, the
+		// download is done here, de-duplicated locally.
+		if err == nil && cl.Held {
+			release = cl.Release
+			// The previous holder may have committed it and let go between
+			// our look and our claim.
+			if _, err := c.opt.Store.Stat(ctx, d); err == nil {
+				release()
+				return inflight.Source{}, func() {}, errStored
+			}
 		}
 	}
 	s, err = c.fromUpstream(ctx, src, repo, d)
@@ -129,6 +137,11 @@ func (c *Cache) openDownload(ctx context.Context, src blobSource, repo ref.Repo,
 	}
 	return s, release, nil
 }
+
+// maxTakeOvers bounds the holders a replica tries to stream a blob from
+// (each one that fails, it tries to replace) before it downloads the blob
+// itself, leased or not.
+const maxTakeOvers = 3
 
 // fromPeer streams blob d from the replica holding its download.
 func (c *Cache) fromPeer(ctx context.Context, src blobSource, repo ref.Repo, d digest.Digest, holder string) (inflight.Source, error) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/regcache/regcache/internal/cluster"
 	"github.com/regcache/regcache/internal/pull/index"
 	"github.com/regcache/regcache/internal/ref"
 	"github.com/regcache/regcache/internal/regerr"
@@ -23,9 +24,9 @@ import (
 // may fail (the coordinator is down): the cache then does the job itself.
 type Fleet interface {
 	Self() string
-	// Claim takes the job name for ttl (renewed until release): held, or
-	// the advertised URL of the replica that holds it.
-	Claim(ctx context.Context, name string, ttl time.Duration) (held bool, holder string, release func(), err error)
+	// Claim takes the job name for ttl (renewed until released): held, or
+	// naming the replica that holds it.
+	Claim(ctx context.Context, name string, ttl time.Duration) (cluster.Claim, error)
 	HolderOf(ctx context.Context, name string) (string, error)
 	Get(ctx context.Context, key string) ([]byte, bool, error)
 	Set(ctx context.Context, key string, value []byte, ttl time.Duration) error
@@ -151,19 +152,32 @@ func (c *Cache) deleteTag(ctx context.Context, k index.TagKey) {
 	}
 }
 
-// fetchManifest fetches manifest d once fleet-wide: the replica holding its
-// lease spends the (possibly counted) GET; the others wait until it is in
-// the shared store, and then return a Manifest with no Data, meaning "load
-// it". If the holder lets go without storing it, the caller fetches it.
-func (c *Cache) fetchManifest(ctx context.Context, src manifestSource, repo ref.Repo, d digest.Digest, from upstream.From) (upstream.Manifest, error) {
+// fetchManifest fetches manifest d once fleet-wide and keeps it, linked to
+// repo: the replica holding its lease spends the (possibly counted) GET and
+// lets go only once the manifest is stored; the others wait for it and
+// load it from the shared store. If the holder lets go without storing
+// it, the caller fetches it.
+func (c *Cache) fetchManifest(ctx context.Context, src manifestSource, repo ref.Repo, d digest.Digest, from upstream.From) (*Manifest, error) {
 	if c.opt.Fleet != nil {
-		release, done := c.fleetJob(ctx, "manifest:"+d.String(), func() bool { _, ok := c.loadManifest(ctx, d); return ok })
+		var m *Manifest
+		release, done := c.fleetJob(ctx, "manifest:"+d.String(), func() bool { var ok bool; m, ok = c.loadManifest(ctx, d); return ok })
 		if done {
-			return upstream.Manifest{}, nil
+			return c.storedElsewhere(ctx, repo, m), nil
 		}
 		defer release()
 	}
-	return src.Manifest(ctx, repo, d, from)
+	um, err := src.Manifest(ctx, repo, d, from)
+	if err != nil {
+		return nil, err
+	}
+	return c.keepManifest(ctx, repo, um), nil
+}
+
+// storedElsewhere answers with a manifest another replica fetched.
+func (c *Cache) storedElsewhere(ctx context.Context, repo ref.Repo, m *Manifest) *Manifest {
+	c.index.Link(ctx, repo, m.Digest)
+	m.Result = Miss
+	return m
 }
 
 // fleetJob claims the job name fleet-wide for one FetchTimeout. done is
@@ -172,8 +186,19 @@ func (c *Cache) fetchManifest(ctx context.Context, src manifestSource, repo ref.
 // coordinator may be down: then no one else is asked, and release does
 // nothing).
 func (c *Cache) fleetJob(ctx context.Context, name string, result func() bool) (release func(), done bool) {
-	held, _, release, err := c.opt.Fleet.Claim(ctx, name, c.opt.FetchTimeout)
-	if err != nil || held {
+	cl, err := c.opt.Fleet.Claim(ctx, name, c.opt.FetchTimeout)
+	release = cl.Release
+	switch {
+	case err != nil:
+		return release, false
+	case cl.Held:
+		// The previous holder may have finished and let go between the
+		// caller's look and this claim: its result stands, and doing the
+		// job again would cost a second download or counted GET.
+		if result() {
+			release()
+			return nil, true
+		}
 		return release, false
 	}
 	if c.awaitFleet(ctx, name, result) {

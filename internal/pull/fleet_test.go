@@ -38,17 +38,25 @@ type member struct {
 
 func (m member) Self() string { return m.self }
 
-func (m member) Claim(_ context.Context, name string, _ time.Duration) (bool, string, func(), error) {
+func (m member) Claim(_ context.Context, name string, _ time.Duration) (cluster.Claim, error) {
 	m.f.mu.Lock()
 	defer m.f.mu.Unlock()
 	if m.f.down {
-		return false, "", func() {}, cluster.ErrUnavailable
+		return cluster.Claim{Release: func() {}}, cluster.ErrUnavailable
 	}
 	if h, ok := m.f.leases[name]; ok {
-		return false, h, func() {}, nil
+		return cluster.Claim{Holder: h, Release: func() {}, TakeOver: func(context.Context, time.Duration) (cluster.Claim, error) {
+			m.f.mu.Lock()
+			defer m.f.mu.Unlock()
+			if m.f.leases[name] != h {
+				return cluster.Claim{Holder: m.f.leases[name], Release: func() {}}, nil
+			}
+			m.f.leases[name] = m.self
+			return cluster.Claim{Held: true, Holder: m.self, Release: func() { m.f.release(name) }}, nil
+		}}, nil
 	}
 	m.f.leases[name] = m.self
-	return true, m.self, func() { m.f.release(name) }, nil
+	return cluster.Claim{Held: true, Holder: m.self, Release: func() { m.f.release(name) }}, nil
 }
 
 // release drops a lease, as its holder does when the job is done.

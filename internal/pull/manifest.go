@@ -78,21 +78,7 @@ func (c *Cache) ManifestByDigest(ctx context.Context, repo ref.Repo, d digest.Di
 	v, err, shared := c.flow.Do("m:"+repo.String()+"@"+d.String(), func() (any, error) {
 		fctx, cancel := c.detach(ctx, c.opt.FetchTimeout)
 		defer cancel()
-		um, err := c.fetchManifest(fctx, src, repo, d, upstream.AnySource)
-		if err != nil {
-			return nil, err
-		}
-		if um.Data == nil {
-			// Another replica fetched and stored it meanwhile.
-			m, ok := c.loadManifest(fctx, d)
-			if !ok {
-				return nil, &regerr.Error{Kind: regerr.Storage, Op: "load manifest", Message: "another replica stored it, but it cannot be read"}
-			}
-			c.index.Link(fctx, repo, d)
-			m.Result = Miss
-			return m, nil
-		}
-		return c.keepManifest(fctx, repo, um), nil
+		return c.fetchManifest(fctx, src, repo, d, upstream.AnySource)
 	})
 	if shared {
 		c.m.SharedFetches.WithLabelValues(repo.Registry(), "manifest").Inc()
@@ -316,23 +302,14 @@ func (c *Cache) askOrigin(ctx context.Context, src manifestSource, k index.TagKe
 		// content nobody has cached, and serve what we have.
 		from = upstream.MirrorsOnly
 	}
-	um, err := c.fetchManifest(ctx, src, k.Repo, desc.Digest, from)
+	m, err := c.fetchManifest(ctx, src, k.Repo, desc.Digest, from)
 	if err != nil {
 		if from == upstream.MirrorsOnly {
 			return nil, errReserve
 		}
 		return nil, err
 	}
-	if um.Data == nil {
-		// Another replica fetched and stored it meanwhile.
-		if m, ok := c.loadManifest(ctx, desc.Digest); ok {
-			c.index.Link(ctx, k.Repo, desc.Digest)
-			m.Result = Miss
-			return fresh(m)
-		}
-		return nil, &regerr.Error{Kind: regerr.Storage, Op: "load manifest", Message: "another replica stored it, but it cannot be read"}
-	}
-	return fresh(c.keepManifest(ctx, k.Repo, um))
+	return fresh(m)
 }
 
 // resolve answers a tag nothing is cached for. The origin is asked; with

@@ -269,6 +269,12 @@ func headMatches(ctx context.Context, url string, d digest.Digest, size int64) e
 func fetchAndVerify(ctx context.Context, url string, d digest.Digest, size int64) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	return fetchAndVerifyTo(ctx, url, d, size, io.Discard)
+}
+
+// fetchAndVerifyTo is fetchAndVerify that also writes the body, as it
+// streams, to progress.
+func fetchAndVerifyTo(ctx context.Context, url string, d digest.Digest, size int64, progress io.Writer) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
@@ -282,7 +288,7 @@ func fetchAndVerify(ctx context.Context, url string, d digest.Digest, size int64
 		return fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	h := sha256.New()
-	n, err := io.Copy(h, resp.Body)
+	n, err := io.Copy(io.MultiWriter(h, progress), resp.Body)
 	if err != nil {
 		return fmt.Errorf("GET %s: after %d bytes: %w", url, n, err)
 	}

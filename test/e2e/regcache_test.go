@@ -36,6 +36,18 @@ type regcacheConfig struct {
 	// it can add keys to that entry (at four spaces: mirrors, reserve),
 	// more registries (at two) or top-level keys (at none).
 	extra string
+	// name tells replicas apart (data dir, config, logs); "" is "regcache".
+	name string
+	// replica makes this regcache one replica of a cluster: its store is
+	// the shared S3 bucket and it coordinates through Redis.
+	replica *replicaConfig
+}
+
+// replicaConfig is what the replicas of one cluster share.
+type replicaConfig struct {
+	s3         *testhub.S3Server
+	redis      *testhub.Redis
+	secretFile string
 }
 
 // regcache is a regcache server process on a fixed loopback port and data
@@ -61,12 +73,21 @@ func startRegcache(t *testing.T, w *world, cfg regcacheConfig) *regcache {
 	if cfg.tagTTL == "" {
 		cfg.tagTTL = "5m"
 	}
+	if cfg.name == "" {
+		cfg.name = "regcache"
+	}
 	r := &regcache{
 		w:       w,
 		cfg:     cfg,
-		dataDir: w.mkdir("regcache-data"),
-		cfgPath: filepath.Join(w.mkdir("regcache-etc"), "regcache.yaml"),
+		dataDir: w.mkdir(cfg.name + "-data"),
+		cfgPath: filepath.Join(w.mkdir(cfg.name+"-etc"), "regcache.yaml"),
 		env:     w.baseEnv(),
+	}
+	if rp := cfg.replica; rp != nil {
+		// The S3 credentials reach regcache as the AWS SDK's chain finds
+		// them, and must stay out of every log like the hub's password.
+		r.env = append(r.env, rp.s3.Env()...)
+		w.addSecret(rp.s3.AccessKey, rp.s3.SecretKey)
 	}
 	auth := ""
 	if cfg.user != "" {
@@ -108,15 +129,24 @@ func startRegcache(t *testing.T, w *world, cfg regcacheConfig) *regcache {
 func (r *regcache) writeConfig(auth string) error {
 	// debug logging on purpose: the secret scan is only meaningful if
 	// regcache logs as much as it ever will.
+	storage := fmt.Sprintf("{root: %s}", strconv.Quote(r.dataDir))
+	if rp := r.cfg.replica; rp != nil {
+		storage = fmt.Sprintf("{root: %s, s3: {bucket: %s, endpoint: %s, path_style: true, prefix: %s}}",
+			strconv.Quote(r.dataDir), rp.s3.Bucket, strconv.Quote(rp.s3.Endpoint), fleetS3Prefix)
+	}
 	yaml := fmt.Sprintf(`listen: "127.0.0.1:%d"
-storage: {root: %s}
+storage: %s
 tag_ttl: %s
 default_registry: docker.io
 log_level: debug
 registries:
   docker.io:
     url: %s
-%s%s`, r.port, strconv.Quote(r.dataDir), r.cfg.tagTTL, strconv.Quote(r.cfg.upstreamURL), auth, r.cfg.extra)
+%s%s`, r.port, storage, r.cfg.tagTTL, strconv.Quote(r.cfg.upstreamURL), auth, r.cfg.extra)
+	if rp := r.cfg.replica; rp != nil {
+		yaml += fmt.Sprintf("cluster: {redis: %s, advertise: %s, secret_file: %s}\n",
+			rp.redis.Addr, strconv.Quote(r.url()), strconv.Quote(rp.secretFile))
+	}
 	if r.cfg.htpasswd != "" {
 		yaml += fmt.Sprintf("client_auth: {htpasswd: %s, anonymous_registries: [%s]}\n", strconv.Quote(r.cfg.htpasswd), strings.Join(r.cfg.anonymous, ", "))
 	}
@@ -156,7 +186,7 @@ func (r *regcache) start(t *testing.T) {
 // exited by itself.
 func (r *regcache) tryStart(t *testing.T) (exited bool, err error) {
 	t.Helper()
-	r.proc = startProc(t, "regcache", r.w.logFile("regcache"), r.env,
+	r.proc = startProc(t, r.cfg.name, r.w.logFile(r.cfg.name), r.env,
 		regcacheBuild.bin, "serve", "--config", r.cfgPath)
 	err = waitFor(t.Context(), 30*time.Second, r.proc, func() error {
 		code, err := httpGetStatus(t.Context(), r.client(), r.url()+"/v2/")
@@ -202,7 +232,7 @@ func (r *regcache) restart(t *testing.T) {
 func (r *regcache) saveMetrics() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	out := r.w.logFile("regcache-metrics")
+	out := r.w.logFile(r.cfg.name + "-metrics")
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.url()+"/metrics", nil)
 	resp, err := r.client().Do(req)
 	if err != nil {
