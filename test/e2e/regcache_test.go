@@ -32,6 +32,11 @@ type regcacheConfig struct {
 	// anonymous registries.
 	htpasswd  string
 	anonymous []string
+	// storage, when set, replaces storage: {root: <data dir>} (YAML flow
+	// style); env is added to regcache's environment (the object store's
+	// credentials).
+	storage string
+	env     []string
 }
 
 // regcache is a regcache server process on a fixed loopback port and data
@@ -62,7 +67,7 @@ func startRegcache(t *testing.T, w *world, cfg regcacheConfig) *regcache {
 		cfg:     cfg,
 		dataDir: w.mkdir("regcache-data"),
 		cfgPath: filepath.Join(w.mkdir("regcache-etc"), "regcache.yaml"),
-		env:     w.baseEnv(),
+		env:     w.baseEnv(cfg.env...),
 	}
 	auth := ""
 	if cfg.user != "" {
@@ -102,17 +107,21 @@ func startRegcache(t *testing.T, w *world, cfg regcacheConfig) *regcache {
 }
 
 func (r *regcache) writeConfig(auth string) error {
+	storage := r.cfg.storage
+	if storage == "" {
+		storage = fmt.Sprintf("{root: %s}", strconv.Quote(r.dataDir))
+	}
 	// debug logging on purpose: the secret scan is only meaningful if
 	// regcache logs as much as it ever will.
 	yaml := fmt.Sprintf(`listen: "127.0.0.1:%d"
-storage: {root: %s}
+storage: %s
 tag_ttl: %s
 default_registry: docker.io
 log_level: debug
 registries:
   docker.io:
     url: %s
-%s`, r.port, strconv.Quote(r.dataDir), r.cfg.tagTTL, strconv.Quote(r.cfg.upstreamURL), auth)
+%s`, r.port, storage, r.cfg.tagTTL, strconv.Quote(r.cfg.upstreamURL), auth)
 	if r.cfg.htpasswd != "" {
 		yaml += fmt.Sprintf("client_auth: {htpasswd: %s, anonymous_registries: [%s]}\n", strconv.Quote(r.cfg.htpasswd), strings.Join(r.cfg.anonymous, ", "))
 	}
