@@ -80,6 +80,21 @@ func getAll(ctx context.Context, c *http.Client, url string, hdr map[string]stri
 // streams runs n concurrent GETs of url and returns the total bytes, the
 // wall time, and the X-Regcache values seen.
 func streams(ctx context.Context, url string, n int) (int64, time.Duration, []string, error) {
+	urls := make([]string, n)
+	for i := range urls {
+		urls[i] = url
+	}
+	return streamsResults(ctx, urls)
+}
+
+// streamsTo runs one GET of each of urls, all at once, and returns the
+// total bytes and the wall time.
+func streamsTo(ctx context.Context, urls []string) (int64, time.Duration, error) {
+	total, el, _, err := streamsResults(ctx, urls)
+	return total, el, err
+}
+
+func streamsResults(ctx context.Context, urls []string) (int64, time.Duration, []string, error) {
 	c := &http.Client{Transport: newTransport()}
 	defer c.CloseIdleConnections()
 	var mu sync.Mutex
@@ -88,7 +103,7 @@ func streams(ctx context.Context, url string, n int) (int64, time.Duration, []st
 	results := map[string]bool{}
 	var wg sync.WaitGroup
 	start := time.Now()
-	for i := 0; i < n; i++ {
+	for _, url := range urls {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

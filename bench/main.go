@@ -52,6 +52,7 @@ type env struct {
 	origin  *server
 	counter *counter
 	servers map[string]*server
+	s3      *objectStore // the S3 workloads' server, started on first use
 
 	// seeded content
 	blob  blobFile
@@ -181,11 +182,11 @@ func main() {
 		}
 	}
 	start := time.Now()
-	// Opt-in workloads (storm) bring their own servers: without any of the
-	// seven, nothing is built, started or seeded here.
+	// Standalone workloads (storm) bring their own servers: without any
+	// other, nothing is built, started or seeded here.
 	needSetup := false
 	for _, w := range workloads {
-		if !w.optIn && (len(selected) == 0 || selected[w.id]) {
+		if !w.standalone && (selected[w.id] || len(selected) == 0 && !w.optIn) {
 			needSetup = true
 		}
 	}
@@ -384,6 +385,9 @@ func (e *env) teardown() {
 	if e.origin != nil {
 		e.origin.stop()
 	}
+	if e.s3 != nil {
+		e.s3.stop()
+	}
 }
 
 func machine() string {
@@ -404,6 +408,8 @@ func machine() string {
 	fmt.Fprintf(&b, "kernel: %sgo: %s\n", out, runtime.Version())
 	return b.String()
 }
+
+func nproc() int { return runtime.NumCPU() }
 
 // loadavg is the 1-minute load average: other work on the machine (a
 // compile, a test run) shows up here and in the figures.

@@ -49,7 +49,7 @@ func (e *env) report(took time.Duration, args string) string {
 		note = strings.Trim(note, "; ")
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Workload, r.Case, r.Server, fmtNum(r.median()), r.Unit, cpu, per, rss, note)
 	}
-	b.WriteString("\n### Targets (issue 5)\n\n| target | regcache | reference | ratio | limit | result |\n|---|---:|---:|---:|---:|---|\n")
+	b.WriteString("\n### Targets (issues 5 and 9)\n\n| target | regcache | reference | ratio | limit | result |\n|---|---:|---:|---:|---:|---|\n")
 	for _, t := range e.targets() {
 		res := "MISS"
 		if t.ok {
@@ -189,6 +189,56 @@ func (e *env) targets() []target {
 		if r, ok := get("7", "start to first served tag, "+lab(hi), "regcache"); ok {
 			t := target{name: "7: start to first served request, " + lab(hi) + " (s)", value: fmtNum(r.median()), limit: "≤ 2", ok: r.median() <= 2}
 			out = append(out, t)
+		}
+	}
+	// Issue 9. Its cases run interleaved, repetition by repetition, so the
+	// ratio is the median of the per-repetition ratios: load from other
+	// work that comes and goes falls on both sides of each one.
+	paired := func(name string, a, b row, aok, bok bool, limit float64, refName string) {
+		if !aok || !bok || len(a.Values) != len(b.Values) {
+			return
+		}
+		var rs []float64
+		for i := range a.Values {
+			if b.Values[i] > 0 {
+				rs = append(rs, a.Values[i]/b.Values[i])
+			}
+		}
+		r := median(rs)
+		out = append(out, target{name: name, value: fmtNum(a.median()), ref: fmtNum(b.median()) + " (" + refName + ")",
+			ratio: fmt.Sprintf("%.2f×", r), limit: fmt.Sprintf("≥ %.2f×", limit), ok: r >= limit})
+	}
+	casB := fmt.Sprintf("%d MiB blob, 1 stream", e.blob.size>>20)
+	direct9, dok9 := get("s3-blob", casB, "direct from the object store")
+	prox9, pok9 := get("s3-blob", casB, "regcache on S3, proxied")
+	redir9, rok9 := get("s3-blob", casB, "regcache on S3, redirect")
+	fs9, fok9 := get("s3-blob", casB, "(regcache on the filesystem)")
+	paired("s3-blob: proxied GB/s vs direct S3 GET", prox9, direct9, pok9, dok9, 0.8, "direct")
+	paired("s3-blob: redirect GB/s vs direct S3 GET", redir9, direct9, rok9, dok9, 0.95, "direct")
+	if pok9 && fok9 {
+		out = append(out, target{name: "s3-blob: (regcache CPU s/GiB, from S3 vs from its filesystem)", value: fmtNum(prox9.cpuPer()), ref: fmtNum(fs9.cpuPer()) + " (filesystem)",
+			ratio: fmt.Sprintf("%.2f×", prox9.cpuPer()/fs9.cpuPer()), na: true})
+	}
+	for _, cas := range []string{"by tag GET", "by digest GET"} {
+		s3r, sok := get("s3-manifest", cas, "regcache on S3")
+		fsr, fok := get("s3-manifest", cas, "regcache, filesystem")
+		paired("s3-manifest: "+cas+" req/s, S3 vs filesystem store", s3r, fsr, sok, fok, 0.9, "filesystem")
+		if sok && fok {
+			out = append(out, target{name: "s3-manifest: (" + cas + " regcache CPU ms/kreq, S3 vs filesystem)", value: fmtNum(s3r.cpuPer()), ref: fmtNum(fsr.cpuPer()) + " (filesystem)",
+				ratio: fmt.Sprintf("%.2f×", s3r.cpuPer()/fsr.cpuPer()), na: true})
+		}
+	}
+	casR := fmt.Sprintf("%d × %d MiB blob, concurrent", replicaStreams, e.blob.size>>20)
+	if one, ok := get("s3-replicas", casR, "1 regcache on S3"); ok {
+		for _, n := range []string{"2", "3"} {
+			if r, ok := get("s3-replicas", casR, n+" regcache on S3"); ok && one.median() > 0 {
+				out = append(out, target{name: "s3-replicas: " + n + " replicas vs 1 (aggregate GB/s)", value: fmtNum(r.median()), ref: fmtNum(one.median()) + " (1 replica)",
+					ratio: fmt.Sprintf("%.2f×", r.median()/one.median()), na: true})
+			}
+		}
+		if d, ok := get("s3-replicas", casR, "direct from the object store"); ok && d.median() > 0 {
+			out = append(out, target{name: "s3-replicas: 1 replica vs the same GETs direct", value: fmtNum(one.median()), ref: fmtNum(d.median()) + " (direct)",
+				ratio: fmt.Sprintf("%.2f×", one.median()/d.median()), na: true})
 		}
 	}
 	return out

@@ -103,36 +103,43 @@ func startDistribution(ctx context.Context, env *env, name, remote string) (*ser
 // the default registry, so bare /v2/<repo>/... paths reach it.
 const regcacheRegistry = "origin.bench"
 
-func regcacheConfig(addr, root, upstream string) string {
+// regcacheConfig is a regcache config; storage is the body of its
+// storage: block, indented by two spaces.
+func regcacheConfig(addr, storage, upstream string) string {
 	return fmt.Sprintf(`listen: %q
 storage:
-  root: %q
-tag_ttl: 100000h
+%stag_ttl: 100000h
 default_registry: %s
 log_level: warn
 registries:
   %s:
     url: %q
-`, addr, root, regcacheRegistry, regcacheRegistry, upstream)
+`, addr, storage, regcacheRegistry, regcacheRegistry, upstream)
 }
 
 // startRegcache starts the regcache binary with root as its storage.
 func startRegcache(ctx context.Context, env *env, name, root, upstream string, wipe bool) (*server, error) {
-	s := &server{name: name, kind: "regcache", dir: root}
+	return startRegcacheWith(ctx, env, name, root, fmt.Sprintf("  root: %q\n", root), nil, upstream, wipe)
+}
+
+// startRegcacheWith starts the regcache binary with the given storage:
+// block and extra environment (object store credentials); dir is wiped
+// when asked, and holds nothing else when storage is an object store.
+func startRegcacheWith(ctx context.Context, env *env, name, dir, storage string, procEnv []string, upstream string, wipe bool) (*server, error) {
+	s := &server{name: name, kind: "regcache", dir: dir}
 	addr := freeAddr()
 	s.url = "http://" + addr
 	cfg := filepath.Join(env.work, name+".yml")
-	var extra []string
+	extra := append([]string(nil), procEnv...)
 	if env.pprofDir != "" {
 		s.pprof = freeAddr()
 		extra = append(extra, "REGCACHE_PPROF="+s.pprof, "REGCACHE_PPROF_DIR="+env.pprofDir)
 	}
-	s.restart = func(ctx context.Context, wipe bool) error {
-		s.p.stop()
+	start := func(ctx context.Context, wipe bool) error {
 		if wipe {
 			resetDir(s.dir)
 		}
-		writeFile(cfg, regcacheConfig(addr, s.dir, upstream))
+		writeFile(cfg, regcacheConfig(addr, storage, upstream))
 		p, err := startProc(name, extra, env.regcacheBin, "serve", "--config", cfg)
 		if err != nil {
 			return err
@@ -140,16 +147,17 @@ func startRegcache(ctx context.Context, env *env, name, root, upstream string, w
 		s.p = p
 		return waitHTTP(ctx, p, s.url+"/v2/", 200)
 	}
-	if wipe {
-		resetDir(root)
+	s.restart = func(ctx context.Context, wipe bool) error {
+		s.p.stop()
+		return start(ctx, wipe)
 	}
-	writeFile(cfg, regcacheConfig(addr, s.dir, upstream))
-	p, err := startProc(name, extra, env.regcacheBin, "serve", "--config", cfg)
-	if err != nil {
-		return nil, err
+	if err := start(ctx, wipe); err != nil {
+		if s.p == nil {
+			return nil, err
+		}
+		return s, err
 	}
-	s.p = p
-	return s, waitHTTP(ctx, p, s.url+"/v2/", 200)
+	return s, nil
 }
 
 // nginxConfig serves www as static files. sendfile off uses 1 MiB output

@@ -18,23 +18,29 @@ type workload struct {
 	run       func(e *env) error
 	// optIn workloads run only when named in -workloads.
 	optIn bool
+	// standalone workloads need neither the origin nor the seeded content.
+	standalone bool
 }
 
 // workloads run in this order. Add new ones (the CI storm of issue 3 will be
 // "storm") here; a workload gets servers with e.get or starts its own, and
 // records figures with e.add.
 var workloads = []workload{
-	{"1", "cached blob, one stream", func(e *env) error { return e.blobStreams("1", 1) }, false},
-	{"2", "cached blob, 16 concurrent streams", func(e *env) error { return e.blobStreams("2", 16) }, false},
-	{"3", "cached manifest requests/s, 32 connections", (*env).manifestRPS, false},
-	{"4", "cold pull through each proxy vs direct", (*env).coldPull, false},
-	{"5", "fan-out: 16 concurrent cold pulls", (*env).fanOut, false},
-	{"6", "memory: 16 streams and 1,000 idle keep-alive connections", (*env).memory, false},
-	{"7", "scaling with 10k/100k/1M cached tags (synthetic store)", (*env).scaling, false},
+	{"1", "cached blob, one stream", func(e *env) error { return e.blobStreams("1", 1) }, false, false},
+	{"2", "cached blob, 16 concurrent streams", func(e *env) error { return e.blobStreams("2", 16) }, false, false},
+	{"3", "cached manifest requests/s, 32 connections", (*env).manifestRPS, false, false},
+	{"4", "cold pull through each proxy vs direct", (*env).coldPull, false, false},
+	{"5", "fan-out: 16 concurrent cold pulls", (*env).fanOut, false, false},
+	{"6", "memory: 16 streams and 1,000 idle keep-alive connections", (*env).memory, false, false},
+	{"7", "scaling with 10k/100k/1M cached tags (synthetic store)", (*env).scaling, false, false},
 	// The CI storm of issue 3 lives in ./bench/storm as a Go test (it uses
 	// internal/testhub's fake Docker Hub); this runs it and carries its
 	// table into the report.
-	{id: "storm", title: "CI storm (issue 3): go test ./bench/storm", run: (*env).storm, optIn: true},
+	{id: "storm", title: "CI storm (issue 3): go test ./bench/storm", run: (*env).storm, optIn: true, standalone: true},
+	// Issue 9: regcache on an S3-compatible server (versitygw), opt-in.
+	{id: "s3-blob", title: "cached blob on S3: direct, proxied, redirected", run: (*env).s3Blob, optIn: true},
+	{id: "s3-manifest", title: "cached manifest requests/s, S3 vs filesystem store", run: (*env).s3Manifest, optIn: true},
+	{id: "s3-replicas", title: "cached blob throughput, 1-3 replicas on one bucket", run: (*env).s3Replicas, optIn: true},
 }
 
 const gib = float64(1 << 30)

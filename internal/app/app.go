@@ -315,6 +315,7 @@ func build(cfg *config.Config, log *slog.Logger, st store.Store) (*App, error) {
 		StaleWhileRevalidate: cfg.StaleWhileRevalidate,
 		MaxStale:             cfg.MaxStale.D(),
 		HedgeDelay:           cfg.HedgeDelay.D(),
+		RedirectExpiry:       redirectExpiry(cfg.Storage),
 		OnNoSpace:            a.requestCollect,
 		SpoolDir:             spoolDir(cfg.Storage),
 		Logger:               log,
@@ -385,6 +386,15 @@ func openStore(c config.Storage) (store.Store, error) {
 			Endpoint: s.Endpoint, PathStyle: s.PathStyle, Prefix: s.Prefix, Redirect: s.Redirect})
 	}
 	return store.OpenFS(c.Root)
+}
+
+// redirectExpiry is storage.s3.redirect_expiry, or 0 (the cache's
+// default) without storage.s3.
+func redirectExpiry(c config.Storage) time.Duration {
+	if c.S3 == nil {
+		return 0
+	}
+	return c.S3.RedirectExpiry.D()
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -58,6 +58,10 @@ type Metrics struct {
 	// Uncached counts content served to clients but not kept, by registry,
 	// kind and reason (no_space, store_failed).
 	Uncached *prometheus.CounterVec
+	// BlobRedirects counts cached blob requests answered with a redirect
+	// to the object store (storage.s3.redirect), by registry and method:
+	// their bytes are not in BytesServed.
+	BlobRedirects *prometheus.CounterVec
 	// ClientAuthFailures counts requests refused for want of valid client
 	// credentials, by reason: missing, invalid (a wrong login, counted
 	// where it is offered: a token request or Basic credentials), or
@@ -123,6 +127,9 @@ func New() *Metrics {
 		Uncached: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_uncached_total", Help: "Content served to clients but not stored, by reason (no_space, store_failed).",
 		}, []string{"registry", "kind", "reason"}),
+		BlobRedirects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "regcache_blob_redirects_total", Help: "Cached blob requests redirected to the object store (storage.s3.redirect); the client fetches the bytes there.",
+		}, []string{"registry", "method"}),
 		ClientAuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "regcache_client_auth_failures_total", Help: "Client requests refused for want of valid credentials, by reason (missing, invalid, throttled).",
 		}, []string{"reason"}),
@@ -135,7 +142,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Requests, m.RequestSeconds, m.BytesServed, m.UpstreamBytes, m.UpstreamRequests, m.CountedPulls, m.ClientManifestGETs,
 		m.StaleServed, m.SharedFetches, m.TagRevalidations, m.DigestMismatches, m.MirrorHits, m.TagFallbacks,
-		m.StoreBytes, m.EvictedBytes, m.Uncached, m.ClientAuthFailures, m.ClientAuthChecks,
+		m.StoreBytes, m.EvictedBytes, m.Uncached, m.BlobRedirects, m.ClientAuthFailures, m.ClientAuthChecks,
 	)
 	return m
 }

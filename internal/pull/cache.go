@@ -13,8 +13,9 @@
 //   - one upstream fetch per uncached blob or manifest, however many clients
 //     ask at once, and every client streams from it as bytes arrive.
 //
-// The files: manifest.go (tags and manifests), blob.go (blobs), list.go
-// (tags lists and referrers). Each declares the narrow interface it needs
+// The files: manifest.go (tags and manifests), blob.go (blobs), redirect.go
+// (blobs the client fetches from the store itself), list.go (tags lists and
+// referrers). Each declares the narrow interface it needs
 // from an upstream, next to where it uses it.
 package pull
 
@@ -83,6 +84,9 @@ type Options struct {
 	// HedgeDelay is how long a tag nothing is cached for waits for the
 	// origin before the mirrors are asked too (with TagFallback).
 	HedgeDelay time.Duration
+	// RedirectExpiry is how long a URL handed out by BlobRedirect is
+	// valid (storage.s3.redirect_expiry); default 20 minutes.
+	RedirectExpiry time.Duration
 	// SpoolDir holds the spool files of downloads whose store cannot read
 	// back (an object store); default a directory under os.TempDir.
 	SpoolDir string
@@ -135,6 +139,9 @@ func New(opt Options) *Cache {
 	}
 	if opt.HedgeDelay <= 0 {
 		opt.HedgeDelay = opt.FetchTimeout
+	}
+	if opt.RedirectExpiry <= 0 {
+		opt.RedirectExpiry = 20 * time.Minute
 	}
 	if opt.OnNoSpace == nil {
 		opt.OnNoSpace = func() {}

@@ -17,6 +17,13 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, rt Route) pul
 	h.Set("Etag", `"`+rt.Digest.String()+`"`)
 	h.Set("Accept-Ranges", "bytes")
 	h.Set("Content-Type", "application/octet-stream")
+	u, res, err := s.cache.BlobRedirect(r.Context(), rt.Repo, rt.Digest, r.Method)
+	if err != nil {
+		return s.fail(w, r, rt, err)
+	}
+	if u != "" {
+		return s.redirectBlob(w, r, rt, u, res)
+	}
 	if r.Method == http.MethodHead {
 		size, res, err := s.cache.StatBlob(r.Context(), rt.Repo, rt.Digest)
 		if err != nil {
@@ -48,6 +55,23 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, rt Route) pul
 		s.streamBlob(mw, sw, r, rt, b)
 	}
 	return b.Result
+}
+
+// redirectBlob sends the client to fetch a cached blob from the object
+// store, as Distribution's redirect option does. A Range or a precondition
+// is sent again to the new location by the client. The location is signed:
+// it goes in this one header and nowhere else (the request log records the
+// path and status only).
+func (s *Server) redirectBlob(w http.ResponseWriter, r *http.Request, rt Route, location string, res pull.Result) pull.Result {
+	h := w.Header()
+	h.Del("Content-Type")
+	h.Del("Accept-Ranges")
+	h.Del("Etag")
+	h.Set("Location", location)
+	setResult(h, res)
+	s.metrics.BlobRedirects.WithLabelValues(rt.Repo.Registry(), r.Method).Inc()
+	s.meter(w, r, rt, res).WriteHeader(http.StatusTemporaryRedirect)
+	return res
 }
 
 // conditional reports whether a request asks for anything but the whole

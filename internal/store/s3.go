@@ -448,7 +448,9 @@ type s3Redirect struct{ *S3 }
 const maxPresignExpiry = 7 * 24 * time.Hour
 
 // BlobURL implements Redirector with a presigned URL; signing is local, so
-// it makes no network call.
+// it makes no network call. A GET URL counts as a read of the blob for
+// eviction, as Open does: the client's bytes never pass through regcache,
+// so this is the only read it sees.
 func (s *s3Redirect) BlobURL(ctx context.Context, d digest.Digest, method string, expiry time.Duration) (string, error) {
 	key, err := s.blobKey(d)
 	if err != nil {
@@ -469,6 +471,9 @@ func (s *s3Redirect) BlobURL(ctx context.Context, d digest.Digest, method string
 	}
 	if err != nil {
 		return "", s.wrap(key, err)
+	}
+	if method == http.MethodGet {
+		s.touch(d)
 	}
 	return req.URL, nil
 }

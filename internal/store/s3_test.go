@@ -288,6 +288,14 @@ func TestS3Redirect(t *testing.T) {
 	if resp.StatusCode != 200 || !bytes.Equal(body, data) {
 		t.Fatalf("GET presigned: %d, %d bytes", resp.StatusCode, len(body))
 	}
+	// The client reads the blob without regcache: signing the GET is what
+	// records the read, so eviction does not take a blob in use.
+	h := d.Encoded()
+	marker := plain.prefix + "access/sha256/" + h[:2] + "/" + h
+	waitFor(t, func() bool {
+		_, err := srv.Client.HeadObject(t.Context(), &s3.HeadObjectInput{Bucket: &srv.Bucket, Key: &marker})
+		return err == nil
+	})
 	head, err := r.BlobURL(t.Context(), d, http.MethodHead, time.Minute)
 	if err != nil {
 		t.Fatal(err)

@@ -372,9 +372,14 @@ func waitFor(ctx context.Context, timeout time.Duration, p *proc, cond func() er
 
 // httpGetStatus returns the status code of GET url, with a short timeout.
 func httpGetStatus(ctx context.Context, client *http.Client, url string) (int, error) {
+	return httpStatus(ctx, client, http.MethodGet, url)
+}
+
+// httpStatus returns the status code of a request, with a short timeout.
+func httpStatus(ctx context.Context, client *http.Client, method, url string) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {
 		return 0, err
 	}

@@ -55,12 +55,13 @@ func startHubAndRegcacheWith(t *testing.T, w *world, opts testhub.Options, cfg r
 //
 // mirrorIsRegcache enables the checks that only regcache, not a plain
 // registry, satisfies.
-func pullWithEveryClient(t *testing.T, w *world, mirror string, mirrorIsRegcache bool, images []testImage) {
-	pullWithClients(t, w, realClients(), mirror, mirrorIsRegcache, images)
+func pullWithEveryClient(t *testing.T, w *world, mirror string, mirrorIsRegcache bool, images []testImage, checks ...func(t *testing.T, reqs []recordedRequest)) {
+	pullWithClients(t, w, realClients(), mirror, mirrorIsRegcache, images, checks...)
 }
 
-// pullWithClients is pullWithEveryClient for the given clients.
-func pullWithClients(t *testing.T, w *world, clients []realClient, mirror string, mirrorIsRegcache bool, images []testImage) {
+// pullWithClients is pullWithEveryClient for the given clients. Each check
+// is run, after the route check, on the requests each client sent.
+func pullWithClients(t *testing.T, w *world, clients []realClient, mirror string, mirrorIsRegcache bool, images []testImage, checks ...func(t *testing.T, reqs []recordedRequest)) {
 	for _, c := range clients {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
@@ -78,6 +79,9 @@ func pullWithClients(t *testing.T, w *world, clients []realClient, mirror string
 				})
 			}
 			checkRoute(t, rec.requests(), c.route, mirrorIsRegcache)
+			for _, check := range checks {
+				check(t, rec.requests())
+			}
 		})
 	}
 }

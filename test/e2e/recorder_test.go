@@ -49,18 +49,7 @@ func startRecorder(t *testing.T, w *world, name, target string) *recorder {
 		t.Fatal(err)
 	}
 	rec := &recorder{host: l.Addr().String(), log: w.logFile("requests-" + name)}
-	u := &url.URL{Scheme: "http", Host: target}
-	proxy := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(u)
-			// Keep the client's Host so any absolute URL regcache builds
-			// points back at the proxy.
-			pr.Out.Host = pr.In.Host
-		},
-		// Stream blob bodies as they arrive: regcache's streaming is part
-		// of what the clients exercise.
-		FlushInterval: -1,
-	}
+	proxy := hostKeepingProxy(&url.URL{Scheme: "http", Host: target})
 	srv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
 		sw := &statusWriter{ResponseWriter: rw, status: http.StatusOK}
 		proxy.ServeHTTP(sw, req)
@@ -77,6 +66,20 @@ func startRecorder(t *testing.T, w *world, name, target string) *recorder {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	return rec
+}
+
+// hostKeepingProxy forwards to target with the client's Host header, so
+// any absolute URL the server builds points back at the proxy (and a
+// signature over the host still holds). It streams bodies as they arrive:
+// regcache's streaming is part of what the clients exercise.
+func hostKeepingProxy(target *url.URL) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host
+		},
+		FlushInterval: -1,
+	}
 }
 
 func (r *recorder) append(line string) {

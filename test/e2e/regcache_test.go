@@ -41,6 +41,11 @@ type regcacheConfig struct {
 	// replica makes this regcache one replica of a cluster: its store is
 	// the shared S3 bucket and it coordinates through Redis.
 	replica *replicaConfig
+	// storage, when set, replaces storage: {root: <data dir>} (YAML flow
+	// style); env is added to regcache's environment (the object store's
+	// credentials).
+	storage string
+	env     []string
 }
 
 // replicaConfig is what the replicas of one cluster share.
@@ -81,7 +86,7 @@ func startRegcache(t *testing.T, w *world, cfg regcacheConfig) *regcache {
 		cfg:     cfg,
 		dataDir: w.mkdir(cfg.name + "-data"),
 		cfgPath: filepath.Join(w.mkdir(cfg.name+"-etc"), "regcache.yaml"),
-		env:     w.baseEnv(),
+		env:     w.baseEnv(cfg.env...),
 	}
 	if rp := cfg.replica; rp != nil {
 		// The S3 credentials reach regcache as the AWS SDK's chain finds
@@ -129,7 +134,10 @@ func startRegcache(t *testing.T, w *world, cfg regcacheConfig) *regcache {
 func (r *regcache) writeConfig(auth string) error {
 	// debug logging on purpose: the secret scan is only meaningful if
 	// regcache logs as much as it ever will.
-	storage := fmt.Sprintf("{root: %s}", strconv.Quote(r.dataDir))
+	storage := r.cfg.storage
+	if storage == "" {
+		storage = fmt.Sprintf("{root: %s}", strconv.Quote(r.dataDir))
+	}
 	if rp := r.cfg.replica; rp != nil {
 		storage = fmt.Sprintf("{root: %s, s3: {bucket: %s, endpoint: %s, path_style: true, prefix: %s}}",
 			strconv.Quote(r.dataDir), rp.s3.Bucket, strconv.Quote(rp.s3.Endpoint), fleetS3Prefix)
