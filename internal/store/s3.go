@@ -206,6 +206,9 @@ func openS3(ctx context.Context, opt S3Options) (*S3, error) {
 			o.BaseEndpoint = aws.String(opt.Endpoint)
 		}
 		o.UsePathStyle = opt.PathStyle
+		// A store that keeps failing is answered for at once, not after
+		// every call's timeouts (s3breaker.go).
+		o.HTTPClient = &s3Breaker{inner: o.HTTPClient, now: time.Now}
 		// Content is verified by its digest before it is sent; the SDK's
 		// extra CRC trailers are not understood by every S3-compatible
 		// server.

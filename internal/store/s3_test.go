@@ -149,6 +149,44 @@ func TestS3Unreachable(t *testing.T) {
 	}
 }
 
+// After two calls that the object store left unanswered, the next is
+// refused at once by the breaker, without reaching the store, and still
+// reads as ErrUnavailable, so the server answers 503 without waiting.
+func TestS3BreakerOpensOnASilentStore(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var conns atomic.Int32
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conns.Add(1)
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	fast := s3Timeouts{dial: time.Second, tls: time.Second, header: 200 * time.Millisecond, stall: time.Second, op: 5 * time.Second, part: 5 * time.Second}
+	s := openTestS3(t, &testhub.S3Server{Endpoint: "http://" + l.Addr().String(), Bucket: "b", Region: "us-east-1", AccessKey: "a", SecretKey: "s"}, S3Options{timeouts: fast})
+	d := digest.FromString("x")
+	for i := range 2 {
+		if _, err := s.Stat(t.Context(), d); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("call %d = %v, want ErrUnavailable", i, err)
+		}
+	}
+	before := conns.Load()
+	_, err = s.Stat(t.Context(), d)
+	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, errStoreBackoff) {
+		t.Fatalf("third call = %v, want ErrUnavailable from the breaker", err)
+	}
+	if n := conns.Load() - before; n != 0 {
+		t.Fatalf("the refused call opened %d connections to the store", n)
+	}
+}
+
 // behindProxy opens a store that reaches srv through an HTTP proxy that
 // hands each request to through, in front of the real server.
 func behindProxy(t *testing.T, srv *testhub.S3Server, opt S3Options, through func(w http.ResponseWriter, r *http.Request, next http.Handler)) *S3 {
