@@ -189,3 +189,16 @@ func within(t *testing.T, what string, d time.Duration, f func()) time.Duration 
 func registryConfig(upstream string, extra string) string {
 	return fmt.Sprintf("registries:\n  hostile.example:\n    url: %s\n%s", upstream, extra)
 }
+
+// namesFor is a registries: block that names the same upstream n times,
+// r0.example to r<n-1>.example, each with the YAML flow fields extra. An
+// attack counts against the source's breaker (and 429s pause it), which
+// would keep the next attack from being sent: each gets a name of its own.
+func namesFor(upstream string, n int, extra string) string {
+	var b strings.Builder
+	b.WriteString("registries:\n")
+	for i := range n {
+		fmt.Fprintf(&b, "  r%d.example: {url: %s%s}\n", i, upstream, extra)
+	}
+	return b.String()
+}

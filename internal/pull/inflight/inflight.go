@@ -329,6 +329,13 @@ func (dl *download) run(ctx context.Context, open OpenFunc, done DoneFunc) {
 			dl.mu.Unlock()
 		}
 		n, rerr := src.Body.Read(cur[len(cur):cap(cur)])
+		if rerr != nil && rerr != io.EOF {
+			// Bytes that came with the failure are not released: the
+			// verifying body returns the byte past the expected size with
+			// its TooLarge error, and with it readers would have had a
+			// whole, complete-looking body.
+			n = 0
+		}
 		if n > 0 {
 			fresh := cur[len(cur) : len(cur)+n]
 			cur = cur[:len(cur)+n]
@@ -487,6 +494,10 @@ func (dl *download) availLocked() int64 {
 	}
 	if dl.size >= 0 && dl.size <= dl.g.opt.HoldAll {
 		return 0
+	}
+	if dl.size >= 0 {
+		// Never the whole of the expected size, however much arrived.
+		return max(min(dl.written, dl.size)-1, 0)
 	}
 	return max(dl.written-1, 0)
 }
