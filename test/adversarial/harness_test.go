@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -48,9 +49,22 @@ const (
 // suite, this needs root; it is never skipped.
 func TestMain(m *testing.M) {
 	if os.Getenv(envInNamespace) != "" || listing() {
+		// The tests spend most of their time waiting out timeouts (a
+		// rate window, send_timeout), each on processes of its own: they
+		// run all at once unless -parallel says otherwise.
+		flag.Parse()
+		if !flagSet("test.parallel") {
+			flag.Set("test.parallel", "16")
+		}
 		os.Exit(m.Run())
 	}
 	os.Exit(reexecInNamespaces())
+}
+
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // listing reports whether the binary only lists tests (go test -list),
@@ -181,8 +195,10 @@ type regcache struct {
 	URL string // http://127.0.0.1:port, or https:// with TLS
 	// Data is storage.root.
 	Data string
-	// Client talks to it (trusting its certificate when it serves TLS).
+	// Client talks to it (trusting its certificate when it serves TLS);
+	// TLS is that trust, nil without TLS.
 	Client *http.Client
+	TLS    *tls.Config
 	cmd    *exec.Cmd
 	logs   *testhub.TailBuffer // the end of stdout and stderr, to show
 	// logFile holds all of stdout and stderr, to scan.
@@ -233,7 +249,8 @@ func start(t *testing.T, o options) *regcache {
 		cert := testhub.SelfSignedCert(t, dir)
 		cfg += fmt.Sprintf("tls: {certificate: %s, key: %s}\n", cert.CertFile, cert.KeyFile)
 		r.URL = "https://" + addr
-		tr.TLSClientConfig = &tls.Config{RootCAs: cert.Pool}
+		r.TLS = &tls.Config{RootCAs: cert.Pool}
+		tr.TLSClientConfig = r.TLS.Clone()
 	}
 	t.Cleanup(tr.CloseIdleConnections)
 	r.Client = &http.Client{Transport: tr, Timeout: 60 * time.Second}

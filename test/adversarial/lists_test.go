@@ -123,7 +123,9 @@ func TestDistinctListQueriesShareOneFetch(t *testing.T) {
 	// Thirty artifactType filters of one referrers answer.
 	for i := range 30 {
 		resp, body := call(t, rc.Client, "GET", fmt.Sprintf("%sreferrers/%s?artifactType=application/x.type%d", base+"repo0/", subject, i), nil)
-		var got struct{ Manifests []struct{ ArtifactType string } }
+		var got struct {
+			Manifests []struct{ ArtifactType string }
+		}
 		if resp.StatusCode != 200 || json.Unmarshal(body, &got) != nil || len(got.Manifests) != 10 || resp.Header.Get("OCI-Filters-Applied") != "artifactType" {
 			t.Fatalf("referrers filtered by type %d: %d %s %.200s", i, resp.StatusCode, resp.Header.Get("OCI-Filters-Applied"), body)
 		}
