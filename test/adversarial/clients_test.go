@@ -172,10 +172,11 @@ func checkCut(t *testing.T, conns []net.Conn) {
 func TestClientsThatStopReading(t *testing.T) {
 	t.Parallel()
 	h := startHostile(t)
-	cached := h.Backend.PushImage(t, "team/cached", "v1", testhub.ImageOptions{LayerSize: 16 << 20, Uncompressed: true})
-	// In flight: an early blob of 16 MiB that stops after 4 MiB, and a
-	// late one of 32 MiB that stops after 24, past the 16 MiB window;
-	// both trickle on until released.
+	cached := h.Backend.PushImage(t, "team/cached", "v1", testhub.ImageOptions{LayerSize: 8 << 20, Uncompressed: true})
+	// In flight: an early blob of 8 MiB that stops after 2 MiB, and a
+	// late one of 24 MiB that stops after 20, past the 16 MiB window;
+	// both trickle on until released. (A client that stops reading
+	// stalls within its first megabyte: socket buffers hold no more.)
 	type inFlight struct {
 		path    string
 		release chan struct{}
@@ -186,7 +187,7 @@ func TestClientsThatStopReading(t *testing.T) {
 			fl          *inFlight
 			name        string
 			size, first int64
-		}{{&early[wave], "early", 16 << 20, 4 << 20}, {&late[wave], "late", 32 << 20, 24 << 20}} {
+		}{{&early[wave], "early", 8 << 20, 2 << 20}, {&late[wave], "late", 24 << 20, 20 << 20}} {
 			repo := fmt.Sprintf("team/%s%d", f.name, wave)
 			img := h.Backend.PushImage(t, repo, "v1", testhub.ImageOptions{LayerSize: f.size, Uncompressed: true})
 			rel := make(chan struct{})
@@ -213,13 +214,13 @@ func TestClientsThatStopReading(t *testing.T) {
 	baseline := rc.rss()
 	// What 300 stalled responses may hold: 32 large copy buffers (1 MiB)
 	// and 68 small ones (64 KiB) for the cached blob, about 36 MiB; the
-	// downloads' chunks, which the early writers write from (16 MiB each
-	// at most: the window); the late ones' read-back buffers (64 KiB
-	// each, 6 MiB); 300 connections' goroutines and buffers, about 10
-	// MiB; and the previous wave's downloads, 48 MiB, not yet collected:
-	// about 130 MiB, and the collector may let the heap grow past what is
-	// live before it runs. Before send_timeout and the buffer cap, the
-	// buffers alone took 300 MiB, and never came back.
+	// downloads' chunks, which the early writers write from (8 and 16 MiB
+	// at most: the blob, the window); the late ones' read-back buffers
+	// (64 KiB each, 6 MiB); 300 connections' goroutines and buffers,
+	// about 10 MiB; and the previous wave's downloads, 32 MiB, not yet
+	// collected: about 110 MiB, and the collector may let the heap grow
+	// past what is live before it runs. Before send_timeout and the
+	// buffer cap, the buffers alone took 300 MiB, and never came back.
 	const bound = 192 << 20
 
 	for wave := range 2 {
@@ -376,7 +377,7 @@ func (a *h2Attacker) tally() (answered, cut, refused int, data int64, err error)
 }
 
 // TestHTTP2StreamsThatNeverRead: one HTTP/2 connection opens 250 streams
-// for a cached 16 MiB blob and gives none of them a window. regcache
+// for a cached 8 MiB blob and gives none of them a window. regcache
 // serves at most http2_max_streams (100) of them at once, refuses the
 // rest, holds bounded memory, serves other clients over HTTP/2 and
 // HTTP/1.1 meanwhile, and resets every stalled stream after send_timeout.
@@ -384,7 +385,7 @@ func (a *h2Attacker) tally() (answered, cut, refused int, data int64, err error)
 func TestHTTP2StreamsThatNeverRead(t *testing.T) {
 	t.Parallel()
 	h := startHostile(t)
-	img := h.Backend.PushImage(t, "team/app", "v1", testhub.ImageOptions{LayerSize: 16 << 20, Uncompressed: true, Layers: 2})
+	img := h.Backend.PushImage(t, "team/app", "v1", testhub.ImageOptions{LayerSize: 8 << 20, Uncompressed: true})
 	const sendTimeout = 4 * time.Second
 	rc := start(t, options{Config: registryConfig(h.URL, "") + "send_timeout: 4s\n", TLS: true})
 	accept := http.Header{"Accept": {acceptManifests}}
