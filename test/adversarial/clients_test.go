@@ -444,3 +444,41 @@ func TestHTTP2StreamsThatNeverRead(t *testing.T) {
 		a.conn.Close()
 	}
 }
+
+// Over HTTP/2, every way of asking for a blob works with either copy mode
+// (a wrapper that asserted io.ReaderFrom once reset the streams of Range
+// requests and of sendfile copies): in flight, plain and Range; cached,
+// plain, Range, conditional and HEAD.
+func TestHTTP2EveryBlobRequest(t *testing.T) {
+	t.Parallel()
+	h := startHostile(t)
+	for _, mode := range []string{"buffered", "sendfile"} {
+		repo := "team/" + mode
+		img := h.Backend.PushImage(t, repo, "v1", testhub.ImageOptions{LayerSize: 3 << 20, Uncompressed: true})
+		want := h.fetch(t, repo, img.Layers[0])
+		// The download stops after 1 MiB until released: the first
+		// requests are answered from it in flight.
+		release := make(chan struct{})
+		h.on("GET", "/v2/"+repo+"/blobs/"+img.Layers[0].String(), paced(want, 1<<20, release))
+		rc := start(t, options{Config: registryConfig(h.URL, "") + "blob_copy: " + mode + "\n", TLS: true})
+		blob := rc.URL + "/v2/hostile.example/" + repo + "/blobs/" + img.Layers[0].String()
+		check := func(name, method string, hdr http.Header, status int, body []byte) {
+			t.Helper()
+			resp, got, err := send(rc.Client, method, blob, hdr, nil)
+			switch {
+			case err != nil:
+				t.Errorf("%s, %s: %v", mode, name, err)
+			case resp.ProtoMajor != 2 || resp.StatusCode != status || !bytes.Equal(got, body):
+				t.Errorf("%s, %s: %s %d, %d bytes; want HTTP/2 %d and %d bytes", mode, name, resp.Proto, resp.StatusCode, len(got), status, len(body))
+			}
+		}
+		check("in flight, Range", "GET", http.Header{"Range": {"bytes=100-199"}}, 206, want[100:200])
+		time.AfterFunc(500*time.Millisecond, func() { close(release) })
+		check("in flight", "GET", nil, 200, want)
+		waitStored(t, rc.Data, img.Layers[0])
+		check("cached", "GET", nil, 200, want)
+		check("cached, Range", "GET", http.Header{"Range": {"bytes=1000-"}}, 206, want[1000:])
+		check("cached, conditional", "GET", http.Header{"If-None-Match": {`"` + img.Layers[0].String() + `"`}}, 304, nil)
+		check("cached, HEAD", "HEAD", nil, 200, nil)
+	}
+}
