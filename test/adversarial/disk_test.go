@@ -5,10 +5,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -133,7 +136,7 @@ func TestFullDisk(t *testing.T) {
 	h := startHostile(t)
 	cached := h.Backend.PushImage(t, "team/cached", "v1", testhub.ImageOptions{LayerSize: 8 << 20, Uncompressed: true})
 	big := h.Backend.PushImage(t, "team/big", "v1", testhub.ImageOptions{LayerSize: 16 << 20, Uncompressed: true})
-	mid := h.Backend.PushImage(t, "team/mid", "v1", testhub.ImageOptions{LayerSize: 24 << 20, Uncompressed: true})
+	mid := h.Backend.PushImage(t, "team/mid", "v1", testhub.ImageOptions{LayerSize: 32 << 20, Uncompressed: true})
 	release := make(chan struct{})
 	t.Cleanup(func() {
 		select {
@@ -194,31 +197,55 @@ func TestFullDisk(t *testing.T) {
 		t.Errorf("after it was stored: X-Regcache %q", resp.Header.Get("X-Regcache"))
 	}
 
-	// The disk fills while a blob is downloading: there was room when it
-	// began, so it is not marked uncached, but its client still gets every
-	// byte, verified; the partial file goes, and it is counted.
-	done := make(chan *http.Response, 1)
-	go func() {
-		resp, body, err := send(rc.Client, "GET", rc.URL+"/v2/hostile.example/team/mid/blobs/"+mid.Layers[0].String(), nil, nil)
+	// The disk fills while a 32 MiB blob is downloading: there was room
+	// when it began, so it is not marked uncached. Two clients: one that
+	// keeps up, and one that stops after its first megabyte until the
+	// download has ended, far behind the download's 16 MiB memory window,
+	// so that it must read back what the disk could not keep. Both get
+	// every byte, verified; the partial file goes; it is counted.
+	slow := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10) })
+	}}).DialContext}}
+	midURL := rc.URL + "/v2/hostile.example/team/mid/blobs/" + mid.Layers[0].String()
+	ended := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		resp, body, err := send(rc.Client, "GET", midURL, nil, nil)
 		if err != nil || resp.StatusCode != 200 || digest.FromBytes(body) != mid.Layers[0] {
-			t.Errorf("a blob whose disk filled mid-download: %v, %d bytes", err, len(body))
+			t.Errorf("the client that kept up with a blob whose disk filled: %v, %d bytes", err, len(body))
 		}
-		done <- resp
-	}()
+	})
+	wg.Go(func() {
+		resp, err := slow.Get(midURL)
+		if err != nil {
+			t.Errorf("the client that fell behind: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		h := digest.SHA256.Digester()
+		n, err := io.CopyN(h.Hash(), resp.Body, 1<<20)
+		if err == nil {
+			<-ended
+			var m int64
+			m, err = io.Copy(h.Hash(), resp.Body)
+			n += m
+		}
+		if err != nil || h.Digest() != mid.Layers[0] {
+			t.Errorf("the client that fell behind a blob whose disk filled: %v, %d bytes", err, n)
+		}
+	})
 	time.Sleep(time.Second) // the first 4 MiB are in
 	fill(t, filler, 0)
 	close(release)
-	select {
-	case <-done:
-	case <-time.After(60 * time.Second):
-		t.Fatal("the client of the blob whose disk filled was never answered")
-	}
-	for deadline := time.Now().Add(10 * time.Second); rc.metric(uncachedNoSpace) != 3; time.Sleep(50 * time.Millisecond) {
+	// The download ends when it is counted.
+	for deadline := time.Now().Add(30 * time.Second); rc.metric(uncachedNoSpace) != 3; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Errorf("regcache_uncached_total (no_space) is %v after the disk filled mid-download, want 3", rc.metric(uncachedNoSpace))
 			break
 		}
 	}
+	close(ended)
+	wg.Wait()
 	checkStore(t, data)
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)

@@ -382,8 +382,9 @@ type keeper struct {
 	sink     Sink // nil once it failed, or when there is none
 	spool    *os.File
 	back     io.ReaderAt
-	backOK   bool // back has every byte so far
-	sinkBack bool // the sink is back: close it only when readers are done
+	backOK   bool  // back has every byte so far
+	sinkBack bool  // the sink is back: close it only when readers are done
+	kept     int64 // bytes given to write so far
 }
 
 func (dl *download) keep(s Sink) *keeper {
@@ -405,11 +406,12 @@ func (dl *download) keep(s Sink) *keeper {
 
 // write keeps p; it reports whether back still has every byte.
 func (k *keeper) write(p []byte, out *Outcome) bool {
+	defer func() { k.kept += int64(len(p)) }()
 	if k.sink != nil {
 		if _, err := k.sink.Write(p); err != nil {
 			out.StoreErr = err
 			if k.sinkBack {
-				k.backOK = false
+				k.backOK = k.spill()
 			} else {
 				k.sink.Close()
 			}
@@ -422,6 +424,44 @@ func (k *keeper) write(p []byte, out *Outcome) bool {
 		}
 	}
 	return k.backOK
+}
+
+// spill goes on keeping the bytes for readers who fall behind when the sink
+// they read back from fails (its disk is full): the sink still serves what
+// it holds, and what follows goes to a spool file, often on another file
+// system. Without it, every such reader would fail, and its client get a
+// transfer cut short.
+func (k *keeper) spill() bool {
+	dir := k.dl.g.opt.SpoolDir
+	if dir == "" {
+		return false
+	}
+	f, err := os.CreateTemp(dir, "spool-")
+	if err != nil {
+		k.dl.g.opt.Logger.Warn("the store failed and a download cannot be spooled; readers who fall behind will fail", "digest", k.dl.d, "err", err)
+		return false
+	}
+	k.spool = f
+	k.back = splitBack{head: k.back, boundary: k.kept, tail: f}
+	k.dl.mu.Lock()
+	k.dl.back = k.back
+	k.dl.mu.Unlock()
+	return true
+}
+
+// splitBack reads a download's bytes before boundary from head (the sink)
+// and the rest from tail (a spool that starts at boundary).
+type splitBack struct {
+	head     io.ReaderAt
+	boundary int64
+	tail     io.ReaderAt
+}
+
+func (b splitBack) ReadAt(p []byte, off int64) (int, error) {
+	if off < b.boundary {
+		return b.head.ReadAt(p[:min(int64(len(p)), b.boundary-off)], off)
+	}
+	return b.tail.ReadAt(p, off-b.boundary)
 }
 
 // commit publishes verified bytes.

@@ -429,6 +429,10 @@ func TestFallingBehindTheWindow(t *testing.T) {
 		{"spool file", func(s *sink) Sink { return s }, true, nil},
 		{"stream-through with a spool", func(*sink) Sink { return nil }, true, nil},
 		{"nothing to read back", func(s *sink) Sink { return s }, false, ErrFellBehind},
+		// The sink fills part-way (a full disk): what it holds is read
+		// back from it, the rest from a spool.
+		{"the sink fills, a spool takes over", func(s *sink) Sink { s.failAfter = 40; return readBackSink{s} }, true, nil},
+		{"the sink fills, no spool", func(s *sink) Sink { s.failAfter = 40; return readBackSink{s} }, false, ErrFellBehind},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
