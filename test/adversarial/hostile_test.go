@@ -30,11 +30,11 @@ type hostile struct {
 	Backend *testhub.Registry
 
 	proxy *httputil.ReverseProxy
+
+	mu sync.Mutex
 	// gate, when set, runs before everything else (authentication); it
 	// returns false when it has answered.
-	gate func(w http.ResponseWriter, r *http.Request) bool
-
-	mu    sync.Mutex
+	gate  func(w http.ResponseWriter, r *http.Request) bool
 	rules []rule
 	seen  []string // "METHOD /path?query"
 }
@@ -69,6 +69,20 @@ func startHostile(t *testing.T) *hostile {
 	go srv.Serve(ln)
 	t.Cleanup(func() { cancel(); srv.Close() })
 	return h
+}
+
+// setGate puts gate before every answer (nil removes it).
+func (h *hostile) setGate(gate func(w http.ResponseWriter, r *http.Request) bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.gate = gate
+}
+
+// reset drops every rule: the upstream mends its ways.
+func (h *hostile) reset() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.rules = nil
 }
 
 // on answers requests for path (exactly, query aside) with fn; method ""

@@ -97,9 +97,7 @@ func TestBlob429PausesOnlyBlobs(t *testing.T) {
 
 	// When the pause ends (max_retry_after, not the day asked for), blobs
 	// are fetched again.
-	h.mu.Lock()
-	h.rules = nil
-	h.mu.Unlock()
+	h.reset()
 	time.Sleep(time.Until(blobsUntil.Add(200 * time.Millisecond)))
 	if err := pull(rc.Client, rc.URL, "hostile.example/team/app", "v1", accept); err != nil {
 		t.Errorf("after the pause: %v", err)

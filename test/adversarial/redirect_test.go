@@ -87,14 +87,14 @@ func TestRedirectsToPrivateAddressesAreRefused(t *testing.T) {
 	}
 
 	// A challenge whose realm is an internal address.
-	h.gate = func(w http.ResponseWriter, r *http.Request) bool {
+	h.setGate(func(w http.ResponseWriter, r *http.Request) bool {
 		if r.URL.Path == "/v2/" || strings.HasPrefix(r.URL.Path, "/v2/secret/") {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="http://`+realm.Addr+`/token",service="hostile"`)
 			ociError(w, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required")
 			return false
 		}
 		return true
-	}
+	})
 	resp, body := call(t, rc.Client, "GET", rc.URL+"/v2/realm.example/secret/app/manifests/v1", accept)
 	if resp.StatusCode < 400 {
 		t.Errorf("a login at an internal realm: %d %s", resp.StatusCode, body)
@@ -102,7 +102,7 @@ func TestRedirectsToPrivateAddressesAreRefused(t *testing.T) {
 	if n := realm.accepts.Load(); n != 0 {
 		t.Errorf("regcache asked an internal token realm %d times", n)
 	}
-	h.gate = nil
+	h.setGate(nil)
 
 	// The control.
 	h.on("GET", "/v2/team/app/blobs/"+img.Layers[0].String(), redirectTo("http://"+internal.Addr+"/v2/blob"))
@@ -209,9 +209,7 @@ func TestBadContentIsHeldBack(t *testing.T) {
 	if files := storedFiles(t, rc.Data); len(files) != 0 {
 		t.Errorf("bad content left files in the store: %v", files)
 	}
-	h.mu.Lock()
-	h.rules = nil
-	h.mu.Unlock()
+	h.reset()
 	if err := pull(rc.Client, rc.URL, "mended.example/team/large", "v1", http.Header{"Accept": {acceptManifests}}); err != nil {
 		t.Errorf("the pull after the upstream mended: %v", err)
 	}

@@ -108,14 +108,14 @@ func TestUpstreamEchoingCredentialsLeaksNothing(t *testing.T) {
 	// basic.example: a Basic-auth registry.
 	basic := startHostile(t)
 	basicCreds := &credentials{seen: map[string]bool{}}
-	basic.gate = func(w http.ResponseWriter, r *http.Request) bool {
+	basic.setGate(func(w http.ResponseWriter, r *http.Request) bool {
 		if basicCreds.record(r) != basicWant {
 			w.Header().Set("WWW-Authenticate", `Basic realm="hostile"`)
 			ociError(w, http.StatusUnauthorized, "UNAUTHORIZED", "log in")
 			return false
 		}
 		return true
-	}
+	})
 	// bearer.example: a token registry; its token is opaque (not a JWT),
 	// so no pattern knows it for one.
 	bearer := startHostile(t)
@@ -123,7 +123,7 @@ func TestUpstreamEchoingCredentialsLeaksNothing(t *testing.T) {
 	tokenBytes := make([]byte, 16)
 	rand.Read(tokenBytes)
 	token := "opaque" + hex.EncodeToString(tokenBytes)
-	bearer.gate = func(w http.ResponseWriter, r *http.Request) bool {
+	bearer.setGate(func(w http.ResponseWriter, r *http.Request) bool {
 		got := bearerCreds.record(r)
 		switch {
 		case r.URL.Path == "/token":
@@ -156,7 +156,7 @@ func TestUpstreamEchoingCredentialsLeaksNothing(t *testing.T) {
 			return false
 		}
 		return true
-	}
+	})
 
 	img := basic.Backend.PushImage(t, "team/app", "v1", testhub.ImageOptions{})
 	other := basic.Backend.PushImage(t, "team/other", "v1", testhub.ImageOptions{})
