@@ -9,7 +9,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -481,4 +483,73 @@ func TestHTTP2EveryBlobRequest(t *testing.T) {
 		check("cached, conditional", "GET", http.Header{"If-None-Match": {`"` + img.Layers[0].String() + `"`}}, 304, nil)
 		check("cached, HEAD", "HEAD", nil, 200, nil)
 	}
+}
+
+// sockets counts the sockets a process has open.
+func sockets(t *testing.T, pid int) int {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	fds, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, fd := range fds {
+		if l, err := os.Readlink(dir + "/" + fd.Name()); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
+}
+
+// max_connections bounds the connections regcache serves at once: 40
+// clients that never read get 16 of them; the rest, and a client that
+// reads, wait in the listen backlog until send_timeout frees places, and
+// are then served.
+func TestMaxConnections(t *testing.T) {
+	t.Parallel()
+	h := startHostile(t)
+	img := h.Backend.PushImage(t, "team/app", "v1", testhub.ImageOptions{LayerSize: 8 << 20, Uncompressed: true})
+	const sendTimeout = 3 * time.Second
+	rc := startRegcache(t, registryConfig(h.URL, "")+"max_connections: 16\nsend_timeout: 3s\n")
+	accept := http.Header{"Accept": {acceptManifests}}
+	if err := pull(rc.Client, rc.URL, "hostile.example/team/app", "v1", accept); err != nil {
+		t.Fatal(err)
+	}
+	rc.Client.CloseIdleConnections()
+	time.Sleep(500 * time.Millisecond)
+	idle := sockets(t, rc.cmd.Process.Pid) // the listener, upstream connections
+	var conns []net.Conn
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for range 40 {
+		c, err := stalledClient(rc.URL[len("http://"):], "/v2/hostile.example/team/app/blobs/"+img.Layers[0].String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	time.Sleep(time.Second)
+	if n := sockets(t, rc.cmd.Process.Pid) - idle; n > 16 {
+		t.Errorf("regcache holds %d client connections, max_connections is 16", n)
+	}
+	// A client that reads waits its turn, which comes when send_timeout
+	// cuts stalled ones off: three rounds at most before its own.
+	within(t, "a request behind 40 stalled connections", 4*sendTimeout+15*time.Second, func() {
+		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Minute}
+		if resp, body, err := send(c, "GET", rc.URL+"/v2/hostile.example/team/app/manifests/v1", accept, nil); err != nil || resp.StatusCode != 200 {
+			t.Errorf("a request behind the stalled connections: %v %.200s", err, body)
+		}
+	})
+	// Every stalled client is answered in turn, and cut: regcache is left
+	// with no client connection.
+	for deadline := time.Now().Add(60 * time.Second); sockets(t, rc.cmd.Process.Pid) > idle; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d client connections still open a minute on", sockets(t, rc.cmd.Process.Pid)-idle)
+		}
+	}
+	checkCut(t, conns)
 }

@@ -7,7 +7,8 @@
 // no copy and no disk read. The bytes also go to a sink (the store's
 // writer); readers who fall behind the memory window, or join late, read
 // them back from the sink when it can (a local file), or from a spool file
-// the download keeps when it cannot. Until the body has verified, the last
+// the download keeps when it cannot, or from the point where it failed (a
+// full disk). Until the body has verified, the last
 // byte is held back (every byte, for small blobs), so no client ever
 // receives a complete-looking body of bad content; after it has, the bytes
 // are released first and the sink is committed second, so the durability
