@@ -42,10 +42,6 @@ vet:
 unit:
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /test/e2e)
 
-# Each fuzz target for FUZZTIME (default 8s); see .ci/fuzz.
-fuzz:
-	./.ci/fuzz
-
 e2e:
 	@set -o pipefail; $(GO) test -count=1 -timeout 30m -v ./test/e2e/ 2>&1 | tee e2e.log | grep -E '^\s*(--- |PASS|FAIL|ok|panic)' \
 	  || { echo "e2e failed; last lines of e2e.log:"; tail -n 150 e2e.log; \
@@ -55,6 +51,10 @@ e2e:
 
 bench: deps
 	$(GO) run ./bench
+
+# Each fuzz target for FUZZTIME (default 8s); see .ci/fuzz.
+fuzz:
+	./.ci/fuzz
 
 # Installs what the tests need on Debian (as root): real clients and servers.
 deps:
