@@ -176,9 +176,10 @@ func TestClientsThatStopReading(t *testing.T) {
 	h := startHostile(t)
 	cached := h.Backend.PushImage(t, "team/cached", "v1", testhub.ImageOptions{LayerSize: 8 << 20, Uncompressed: true})
 	// In flight: an early blob of 8 MiB that stops after 2 MiB, and a
-	// late one of 24 MiB that stops after 20, past the 16 MiB window;
-	// both trickle on until released. (A client that stops reading
-	// stalls within its first megabyte: socket buffers hold no more.)
+	// late one of 24 MiB that stops after 20, past the download's memory
+	// window (16 MiB at most); both trickle on until released. (A client
+	// that stops reading stalls within its first megabyte: socket buffers
+	// hold no more.)
 	type inFlight struct {
 		path    string
 		release chan struct{}
@@ -217,7 +218,7 @@ func TestClientsThatStopReading(t *testing.T) {
 	// What 300 stalled responses may hold: 32 large copy buffers (1 MiB)
 	// and 68 small ones (64 KiB) for the cached blob, about 36 MiB; the
 	// downloads' chunks, which the early writers write from (8 and 16 MiB
-	// at most: the blob, the window); the late ones' read-back buffers
+	// at most: the blob, the largest window); the late ones' read-back buffers
 	// (64 KiB each, 6 MiB); 300 connections' goroutines and buffers,
 	// about 10 MiB; and the previous wave's downloads, 32 MiB, not yet
 	// collected: about 110 MiB, and the collector may let the heap grow
