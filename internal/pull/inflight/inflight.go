@@ -8,11 +8,11 @@
 // writer); readers who fall behind the memory window, or join late, read
 // them back from the sink when it can (a local file), or from a spool file
 // the download keeps when it cannot, or from the point where it failed (a
-// full disk). Until the body has verified, the last
-// byte is held back (every byte, for small blobs), so no client ever
-// receives a complete-looking body of bad content; after it has, the bytes
-// are released first and the sink is committed second, so the durability
-// of the cache never delays a client.
+// full disk). Until the body has verified, the last byte is held back
+// (every byte, for small blobs), so no client ever receives a
+// complete-looking body of bad content; after it has, the bytes are
+// released first and the sink is committed second, so the durability of
+// the cache never delays a client.
 //
 // The Group owns its downloads: each runs on a context detached from the
 // client that started it (a client that hangs up must not abort a download
