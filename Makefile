@@ -4,7 +4,7 @@ GO      ?= go
 GOBIN   ?= $(shell $(GO) env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
 
-.PHONY: build run test unit e2e vet bench deps image manifests
+.PHONY: build run test unit fuzz e2e vet bench deps image manifests
 
 # `regcache version` tells what was built: git describe and the commit.
 BUILDINFO := github.com/regcache/regcache/internal/buildinfo
@@ -30,9 +30,10 @@ run: build
 	./bin/regcache serve
 
 # The test command in the README and in .ci/run: vet, unit and integration
-# tests (race detector on), then the real-client end-to-end tests, which run
-# in a private network namespace (needs root and the tools `make deps` installs).
-test: deps vet unit e2e
+# tests (race detector on), every fuzz target for a few seconds, then the
+# real-client end-to-end tests, which run in a private network namespace
+# (needs root and the tools `make deps` installs).
+test: deps vet unit fuzz e2e
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)
@@ -53,6 +54,10 @@ e2e:
 
 bench: deps
 	$(GO) run ./bench
+
+# Each fuzz target for FUZZTIME (default 8s); see .ci/fuzz.
+fuzz:
+	./.ci/fuzz
 
 # Installs what the tests need on Debian (as root): real clients and servers.
 deps:

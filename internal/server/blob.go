@@ -171,6 +171,11 @@ func (s *Server) streamBlob(w http.ResponseWriter, sw *sendWriter, r *http.Reque
 		h.Set("Content-Length", strconv.FormatInt(length, 10))
 	}
 	w.WriteHeader(status)
+	// The headers go out now, not with the first byte: from a slow
+	// upstream, or held back until the blob verifies, that byte may be
+	// seconds away, and a client must not take regcache for a server that
+	// does not answer.
+	_ = http.NewResponseController(w).Flush()
 	n, err := b.Stream.CopyTo(r.Context(), sw, length, nil)
 	if err != nil {
 		if r.Context().Err() == nil {

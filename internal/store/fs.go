@@ -133,7 +133,10 @@ func (s *FS) Delete(_ context.Context, d digest.Digest) error {
 }
 
 // Create implements Store. A size that cannot fit in the free space of the
-// file system is refused at once (ErrNoSpace), before a byte is fetched.
+// file system is refused at once (ErrNoSpace), before a byte is fetched;
+// one that fits is reserved, so that the disk filling meanwhile (other
+// downloads, other programs) cannot cut the write short after the content
+// began to reach clients.
 func (s *FS) Create(_ context.Context, d digest.Digest, size int64) (Writer, error) {
 	final, err := s.blobPath(d)
 	if err != nil {
@@ -148,8 +151,21 @@ func (s *FS) Create(_ context.Context, d digest.Digest, size int64) (Writer, err
 	if err != nil {
 		return nil, noSpace(err)
 	}
+	if size > 0 {
+		// A file system without fallocate is written as it comes.
+		err := syscall.Fallocate(int(f.Fd()), fallocKeepSize, 0, size)
+		if err != nil && !errors.Is(err, syscall.EOPNOTSUPP) && !errors.Is(err, syscall.ENOSYS) {
+			f.Close()
+			os.Remove(f.Name())
+			return nil, noSpace(err)
+		}
+	}
 	return &fsWriter{f: f, final: final, size: size, usage: &s.usage}, nil
 }
+
+// fallocKeepSize is FALLOC_FL_KEEP_SIZE: reserve the blocks, leave the
+// file's size to the writes.
+const fallocKeepSize = 0x1
 
 // minFree is kept free on the file system besides what content needs, for
 // metadata records and the writes of other downloads.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -131,6 +132,25 @@ func TestFSCreateRefusesWhatCannotFit(t *testing.T) {
 	}
 	if n := countFiles(t, filepath.Join(s.Root(), "tmp")); n != 0 {
 		t.Fatalf("%d temp files left", n)
+	}
+}
+
+// A size that fits is reserved at Create: the disk filling afterwards
+// cannot cut the write short.
+func TestFSCreateReservesTheSize(t *testing.T) {
+	s, _ := OpenFS(t.TempDir())
+	const size = 8 << 20
+	w, err := s.Create(context.Background(), digest.FromString("reserved"), size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	fi, err := w.(*fsWriter).f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Sys().(*syscall.Stat_t).Blocks * 512; got < size || fi.Size() != 0 {
+		t.Errorf("after Create(%d): %d bytes allocated, size %d; want the blocks reserved and the size left to the writes", size, got, fi.Size())
 	}
 }
 

@@ -94,7 +94,7 @@ func (c call) responseError(resp *http.Response, red redactor) *regerr.Error {
 		// redirect) can echo the request's signature.
 		e.Detail = strings.TrimSpace(string(body))
 	}
-	e.Detail = red.text(e.Detail)
+	e.Detail = red.forRequest(resp.Request).text(e.Detail)
 	switch e.Code {
 	case codeTooManyRequests:
 		e.Kind = regerr.RateLimited
@@ -106,20 +106,27 @@ func (c call) responseError(resp *http.Response, red redactor) *regerr.Error {
 	return e
 }
 
-// errorCode keeps an upstream's error code only when it is one: upper-case
-// letters, digits and underscores, as the distribution spec's codes are.
-// Clients are shown the code, so anything else (free text, which can echo
-// the request's credentials) is dropped.
+// errorCode keeps an upstream's error code only when it is a code
+// registries are known to send: those of the distribution spec and
+// Distribution's own. Clients are shown the code, so anything else, even
+// text shaped like a code (a password of capitals that a hostile upstream
+// echoes back), is dropped.
 func errorCode(s string) string {
-	if len(s) > 64 {
-		return ""
+	if knownCodes[s] {
+		return s
 	}
-	for _, c := range s {
-		if (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' {
-			return ""
-		}
-	}
-	return s
+	return ""
+}
+
+var knownCodes = map[string]bool{
+	// The distribution spec's.
+	"BLOB_UNKNOWN": true, "BLOB_UPLOAD_INVALID": true, "BLOB_UPLOAD_UNKNOWN": true, "DIGEST_INVALID": true,
+	"MANIFEST_BLOB_UNKNOWN": true, "MANIFEST_INVALID": true, "MANIFEST_UNKNOWN": true, "NAME_INVALID": true,
+	"NAME_UNKNOWN": true, "SIZE_INVALID": true, "UNAUTHORIZED": true, "DENIED": true, "UNSUPPORTED": true,
+	codeTooManyRequests: true,
+	// Distribution's errcode and v2 packages, and Harbor's not found.
+	"UNKNOWN": true, "UNAVAILABLE": true, "TAG_INVALID": true, "MANIFEST_UNVERIFIED": true,
+	"PAGINATION_NUMBER_INVALID": true, "RANGE_INVALID": true, "NOT_FOUND": true,
 }
 
 // kindOfStatus classifies a bare status. Other 4xx answers mean the
@@ -202,6 +209,18 @@ func redactURL(raw string) string {
 // Authorization header in its error message.
 type redactor struct {
 	auth authn.Authenticator // the credentials this source is sent; may be nil
+	// sent is the Authorization header of the request answered: it holds
+	// the token the upstream's realm issued, which the configuration
+	// does not know and which need not look like one (an opaque string).
+	sent string
+}
+
+// forRequest is r that also redacts the credentials req carried.
+func (r redactor) forRequest(req *http.Request) redactor {
+	if req != nil {
+		r.sent = req.Header.Get("Authorization")
+	}
+	return r
 }
 
 // credentialRE matches what an Authorization header or a token response
@@ -220,12 +239,12 @@ func (r redactor) text(s string) string {
 			if cfg.Username != "" || cfg.Password != "" {
 				secrets = append(secrets, base64.StdEncoding.EncodeToString([]byte(cfg.Username+":"+cfg.Password)))
 			}
-			for _, sec := range secrets {
-				if len(sec) >= 4 {
-					s = strings.ReplaceAll(s, sec, "REDACTED")
-				}
-			}
+			s = redactAll(s, secrets)
 		}
+	}
+	if r.sent != "" {
+		_, cred, _ := strings.Cut(r.sent, " ")
+		s = redactAll(s, []string{r.sent, cred})
 	}
 	s = credentialRE.ReplaceAllStringFunc(s, func(m string) string {
 		if sub := credentialRE.FindStringSubmatch(m); sub[2] != "" {
@@ -237,6 +256,15 @@ func (r redactor) text(s string) string {
 		return "REDACTED"
 	})
 	return shorten(s, maxDetail)
+}
+
+func redactAll(s string, secrets []string) string {
+	for _, sec := range secrets {
+		if len(sec) >= 4 {
+			s = strings.ReplaceAll(s, sec, "REDACTED")
+		}
+	}
+	return s
 }
 
 func isPlainText(ct string) bool {

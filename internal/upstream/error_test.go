@@ -135,6 +135,14 @@ func TestResponseError(t *testing.T) {
 			kind:   regerr.Invalid, detail: "odd",
 		},
 		{
+			// A hostile upstream can echo a password of capitals as its
+			// code: only codes registries are known to send are kept.
+			name:   "a code-shaped word that is no known code is dropped",
+			status: 400,
+			body:   `{"errors":[{"code":"S3CRET_PASSW0RD","message":"odd"}]}`,
+			kind:   regerr.Invalid, detail: "odd",
+		},
+		{
 			name:   "a code that is free text is dropped",
 			status: 403,
 			body:   `{"errors":[{"code":"you sent Basic YWxpY2U6cHc=","message":"odd"}]}`,
@@ -399,6 +407,19 @@ func TestRedactorText(t *testing.T) {
 		if got := red.text(tt.in); got != tt.want {
 			t.Errorf("text(%q) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+// The token a request carried is redacted from the answer's text however
+// it looks: an upstream's realm may issue opaque tokens that no pattern
+// knows for one.
+func TestRedactorRequestCredentials(t *testing.T) {
+	req := &http.Request{Header: http.Header{"Authorization": {"Bearer opaque0123456789"}}}
+	body := `{"errors":[{"code":"DENIED","message":"token opaque0123456789 is not valid"}]}`
+	resp := &http.Response{StatusCode: 403, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(body)), Request: req}
+	e := call{registry: "r", op: "GET blob"}.responseError(resp, redactor{})
+	if e.Detail != "token REDACTED is not valid" {
+		t.Errorf("Detail %q", e.Detail)
 	}
 }
 

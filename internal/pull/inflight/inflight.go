@@ -7,11 +7,12 @@
 // no copy and no disk read. The bytes also go to a sink (the store's
 // writer); readers who fall behind the memory window, or join late, read
 // them back from the sink when it can (a local file), or from a spool file
-// the download keeps when it cannot. Until the body has verified, the last
-// byte is held back (every byte, for small blobs), so no client ever
-// receives a complete-looking body of bad content; after it has, the bytes
-// are released first and the sink is committed second, so the durability
-// of the cache never delays a client.
+// the download keeps when it cannot, or from the point where it failed (a
+// full disk). Until the body has verified, the last byte is held back
+// (every byte, for small blobs), so no client ever receives a
+// complete-looking body of bad content; after it has, the bytes are
+// released first and the sink is committed second, so the durability of
+// the cache never delays a client.
 //
 // The Group owns its downloads: each runs on a context detached from the
 // client that started it (a client that hangs up must not abort a download
@@ -372,6 +373,13 @@ func (dl *download) run(ctx context.Context, open OpenFunc, done DoneFunc) {
 			dl.mu.Unlock()
 		}
 		n, rerr := src.Body.Read(cur[len(cur):cap(cur)])
+		if rerr != nil && rerr != io.EOF {
+			// Bytes that came with the failure are not released: the
+			// verifying body returns the byte past the expected size with
+			// its TooLarge error, and with it readers would have had a
+			// whole, complete-looking body.
+			n = 0
+		}
 		if n > 0 {
 			fresh := cur[len(cur) : len(cur)+n]
 			cur = cur[:len(cur)+n]
@@ -418,8 +426,9 @@ type keeper struct {
 	sink     Sink // nil once it failed, or when there is none
 	spool    *os.File
 	back     io.ReaderAt
-	backOK   bool // back has every byte so far
-	sinkBack bool // the sink is back: close it only when readers are done
+	backOK   bool  // back has every byte so far
+	sinkBack bool  // the sink is back: close it only when readers are done
+	kept     int64 // bytes given to write so far
 }
 
 func (dl *download) keep(s Sink) *keeper {
@@ -441,11 +450,12 @@ func (dl *download) keep(s Sink) *keeper {
 
 // write keeps p; it reports whether back still has every byte.
 func (k *keeper) write(p []byte, out *Outcome) bool {
+	defer func() { k.kept += int64(len(p)) }()
 	if k.sink != nil {
 		if _, err := k.sink.Write(p); err != nil {
 			out.StoreErr = err
 			if k.sinkBack {
-				k.backOK = false
+				k.backOK = k.spill()
 			} else {
 				k.sink.Close()
 			}
@@ -458,6 +468,44 @@ func (k *keeper) write(p []byte, out *Outcome) bool {
 		}
 	}
 	return k.backOK
+}
+
+// spill goes on keeping the bytes for readers who fall behind when the sink
+// they read back from fails (its disk is full): the sink still serves what
+// it holds, and what follows goes to a spool file, often on another file
+// system. Without it, every such reader would fail, and its client get a
+// transfer cut short.
+func (k *keeper) spill() bool {
+	dir := k.dl.g.opt.SpoolDir
+	if dir == "" {
+		return false
+	}
+	f, err := os.CreateTemp(dir, "spool-")
+	if err != nil {
+		k.dl.g.opt.Logger.Warn("the store failed and a download cannot be spooled; readers who fall behind will fail", "digest", k.dl.d, "err", err)
+		return false
+	}
+	k.spool = f
+	k.back = splitBack{head: k.back, boundary: k.kept, tail: f}
+	k.dl.mu.Lock()
+	k.dl.back = k.back
+	k.dl.mu.Unlock()
+	return true
+}
+
+// splitBack reads a download's bytes before boundary from head (the sink)
+// and the rest from tail (a spool that starts at boundary).
+type splitBack struct {
+	head     io.ReaderAt
+	boundary int64
+	tail     io.ReaderAt
+}
+
+func (b splitBack) ReadAt(p []byte, off int64) (int, error) {
+	if off < b.boundary {
+		return b.head.ReadAt(p[:min(int64(len(p)), b.boundary-off)], off)
+	}
+	return b.tail.ReadAt(p, off-b.boundary)
 }
 
 // commit publishes verified bytes.
@@ -541,6 +589,10 @@ func (dl *download) availLocked() int64 {
 	}
 	if dl.size >= 0 && dl.size <= dl.g.opt.HoldAll {
 		return 0
+	}
+	if dl.size >= 0 {
+		// Never the whole of the expected size, however much arrived.
+		return max(min(dl.written, dl.size)-1, 0)
 	}
 	return max(dl.written-1, 0)
 }

@@ -252,6 +252,69 @@ func TestHoldBack(t *testing.T) {
 	}
 }
 
+// overrun is a body that answers its first Read with more bytes than the
+// expected size and the error that says so, as the verifying body does.
+type overrun struct {
+	data []byte
+	err  error
+	done bool
+}
+
+func (o *overrun) Read(p []byte) (int, error) {
+	if o.done {
+		return 0, o.err
+	}
+	o.done = true
+	return copy(p, o.data), o.err
+}
+func (o *overrun) Close() error { return nil }
+
+// closeGate is a sink whose Close waits for the test: the download is
+// discarded then, and the test looks at what its readers may have.
+type closeGate struct {
+	readBackSink
+	closing, release chan struct{}
+}
+
+func (s closeGate) Close() error {
+	close(s.closing)
+	<-s.release
+	return s.sink.Close()
+}
+
+// Bytes that arrive with a failure are never released: a body longer than
+// its size fails with the byte past the size in hand, and releasing it
+// would hand readers a complete body of bad content.
+func TestBytesThatCameWithAFailureAreNotReleased(t *testing.T) {
+	g := New(Options{Chunk: 64, HoldAll: -1})
+	s := closeGate{readBackSink{&sink{}}, make(chan struct{}), make(chan struct{})}
+	tooLarge := errors.New("the body is longer than 10 bytes")
+	open := func(context.Context) (Source, error) {
+		return Source{Body: &overrun{data: []byte("0123456789X"), err: tooLarge}, Size: 10, Sink: s}, nil
+	}
+	outs := newOutcomes()
+	r, _, err := g.Join(context.Background(), d1, open, outs.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	<-s.closing
+	g.mu.Lock()
+	dl := g.m[d1]
+	g.mu.Unlock()
+	dl.mu.Lock()
+	avail := dl.availLocked()
+	dl.mu.Unlock()
+	close(s.release)
+	if avail >= 10 {
+		t.Errorf("readers may have %d bytes of a 10-byte blob that failed", avail)
+	}
+	if got, err := readAll(t, r); err != tooLarge || len(got) >= 10 {
+		t.Errorf("the reader got %q, %v; want less than the size and the failure", got, err)
+	}
+	outs.wait(t)
+}
+
 // availAfter waits until the download of d1 has read n bytes and returns
 // how many its readers may have.
 func availAfter(t *testing.T, g *Group, n int64) int64 {
@@ -367,6 +430,10 @@ func TestFallingBehindTheWindow(t *testing.T) {
 		{"spool file", func(s *sink) Sink { return s }, true, nil},
 		{"stream-through with a spool", func(*sink) Sink { return nil }, true, nil},
 		{"nothing to read back", func(s *sink) Sink { return s }, false, ErrFellBehind},
+		// The sink fills part-way (a full disk): what it holds is read
+		// back from it, the rest from a spool.
+		{"the sink fills, a spool takes over", func(s *sink) Sink { s.failAfter = 40; return readBackSink{s} }, true, nil},
+		{"the sink fills, no spool", func(s *sink) Sink { s.failAfter = 40; return readBackSink{s} }, false, ErrFellBehind},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -130,8 +130,8 @@ func (r *Reader) ReadContext(ctx context.Context, p []byte) (int, error) {
 // CopyTo writes the download from the reader's offset to w until the end,
 // or limit bytes when limit >= 0. Bytes in memory go to w straight from
 // the download's chunks; only bytes read back from the sink or spool pass
-// through buf (allocated when nil and needed). It returns io.ErrUnexpectedEOF when the download ended
-// before limit bytes.
+// through buf (allocated when nil and needed, readBackBuffer bytes). It
+// returns io.ErrUnexpectedEOF when the download ended before limit bytes.
 func (r *Reader) CopyTo(ctx context.Context, w io.Writer, limit int64, buf []byte) (int64, error) {
 	var total int64
 	for limit < 0 || total < limit {
@@ -151,7 +151,7 @@ func (r *Reader) CopyTo(ctx context.Context, w io.Writer, limit int64, buf []byt
 		}
 		if mem == nil {
 			if buf == nil {
-				buf = make([]byte, 256<<10)
+				buf = make([]byte, readBackBuffer)
 			}
 			n, err = back.ReadAt(buf[:min(n, len(buf))], r.off)
 			if n == 0 {
@@ -171,6 +171,11 @@ func (r *Reader) CopyTo(ctx context.Context, w io.Writer, limit int64, buf []byt
 	}
 	return total, nil
 }
+
+// readBackBuffer is the buffer of a reader that reads back from the file:
+// small, since a client that stops reading holds it until its send timeout
+// cuts it off, and every connection may be such a reader.
+const readBackBuffer = 64 << 10
 
 // Close detaches the reader; the download goes on for others and the cache.
 func (r *Reader) Close() error {
