@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -32,8 +33,10 @@ func TestSIGHUPReloadsAndReadyz(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	next := text("info", "5m")
-	reload := func() (*config.Config, error) { return config.Parse([]byte(next), "test") }
+	// A signal is no synchronisation: the reload reads the text atomically.
+	var next atomic.Pointer[string]
+	next.Store(new(text("info", "5m")))
+	reload := func() (*config.Config, error) { return config.Parse([]byte(*next.Load()), "test") }
 	ctx, cancel := context.WithCancel(t.Context())
 	logs := testhub.NewTailBuffer(0)
 	done := make(chan error, 1)
@@ -51,7 +54,7 @@ func TestSIGHUPReloadsAndReadyz(t *testing.T) {
 		t.Fatalf("/readyz: %d %s", code, body)
 	}
 
-	next = text("debug", "1m")
+	next.Store(new(text("debug", "1m")))
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
