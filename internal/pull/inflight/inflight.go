@@ -116,7 +116,26 @@ type Group struct {
 	closed bool
 	idle   chan struct{} // closed while no download runs
 
-	mem atomic.Int64 // bytes held in all downloads' chunks
+	mem  atomic.Int64 // bytes held in all downloads' chunks
+	free sync.Pool    // *chunk: chunks no window holds and no reader pins
+}
+
+// chunk is one piece of a download's memory window. A reader pins the
+// chunk it writes from, so that a chunk the window drops meanwhile goes back
+// to the pool only once nobody reads it: reused chunks spare every download
+// a fresh allocation per MiB, with its zeroing, page faults and garbage.
+type chunk struct {
+	b       []byte // the filled part; cap is the group's chunk size
+	pins    int    // guarded by the download's mu
+	dropped bool   // no window holds it; the last unpin frees it
+}
+
+func (g *Group) getChunk() *chunk {
+	if c, ok := g.free.Get().(*chunk); ok {
+		c.b, c.pins, c.dropped = c.b[:0], 0, false
+		return c
+	}
+	return &chunk{b: make([]byte, 0, g.opt.Chunk)}
 }
 
 // Memory is the bytes all downloads hold in memory now.
@@ -282,7 +301,7 @@ type download struct {
 	label    string
 	stored   bool     // the bytes go to a sink (else they stream through)
 	started  bool     // the source opened: readers may read
-	chunks   [][]byte // the memory window, oldest first
+	chunks   []*chunk // the memory window, oldest first
 	memStart int64    // offset of chunks[0][0]
 	written  int64    // bytes read from the body
 	back     io.ReaderAt
@@ -324,7 +343,8 @@ func (dl *download) release() {
 	cleanup := dl.cleanup
 	if last {
 		for _, c := range dl.chunks {
-			dl.g.mem.Add(-int64(cap(c)))
+			dl.g.mem.Add(-int64(cap(c.b)))
+			dl.dropLocked(c)
 		}
 		dl.chunks, dl.back, dl.cleanup = nil, nil, nil
 	}
@@ -362,17 +382,19 @@ func (dl *download) run(ctx context.Context, open OpenFunc, done DoneFunc) {
 	dl.mu.Unlock()
 	readyOnce()
 
-	var cur []byte
+	var cur *chunk
 	for {
-		if len(cur) == cap(cur) {
-			cur = make([]byte, 0, dl.g.opt.Chunk)
-			dl.g.mem.Add(int64(cap(cur)))
+		if cur == nil || len(cur.b) == cap(cur.b) {
+			cur = dl.g.getChunk()
+			dl.g.mem.Add(int64(cap(cur.b)))
 			dl.mu.Lock()
 			dl.chunks = append(dl.chunks, cur)
 			dl.trimLocked()
 			dl.mu.Unlock()
 		}
-		n, rerr := src.Body.Read(cur[len(cur):cap(cur)])
+		// Only this goroutine writes past len(cur.b), and readers read
+		// only below it, so the read needs no lock.
+		n, rerr := src.Body.Read(cur.b[len(cur.b):cap(cur.b)])
 		if rerr != nil && rerr != io.EOF {
 			// Bytes that came with the failure are not released: the
 			// verifying body returns the byte past the expected size with
@@ -381,11 +403,9 @@ func (dl *download) run(ctx context.Context, open OpenFunc, done DoneFunc) {
 			n = 0
 		}
 		if n > 0 {
-			fresh := cur[len(cur) : len(cur)+n]
-			cur = cur[:len(cur)+n]
-			backOK := k.write(fresh, &out)
+			backOK := k.write(cur.b[len(cur.b):len(cur.b)+n], &out)
 			dl.mu.Lock()
-			dl.chunks[len(dl.chunks)-1] = cur
+			cur.b = cur.b[:len(cur.b)+n]
 			dl.written += int64(n)
 			if backOK {
 				dl.backLen = dl.written
@@ -556,10 +576,10 @@ func (dl *download) trimLocked() {
 	}
 	var inMem int64
 	for _, c := range dl.chunks {
-		inMem += int64(cap(c))
+		inMem += int64(cap(c.b))
 	}
 	for len(dl.chunks) > 1 && inMem > window {
-		inMem -= int64(cap(dl.chunks[0]))
+		inMem -= int64(cap(dl.chunks[0].b))
 		dl.dropOldestLocked()
 	}
 }
@@ -567,10 +587,32 @@ func (dl *download) trimLocked() {
 // dropOldestLocked frees the oldest chunk from the window.
 func (dl *download) dropOldestLocked() {
 	c := dl.chunks[0]
-	dl.g.mem.Add(-int64(cap(c)))
+	dl.g.mem.Add(-int64(cap(c.b)))
 	dl.chunks[0] = nil
 	dl.chunks = dl.chunks[1:]
-	dl.memStart += int64(len(c))
+	dl.memStart += int64(len(c.b))
+	dl.dropLocked(c)
+}
+
+// dropLocked hands a chunk that left the window back to the pool, now if
+// no reader pins it, else when the last one unpins it.
+func (dl *download) dropLocked(c *chunk) {
+	if c.pins > 0 {
+		c.dropped = true
+		return
+	}
+	dl.g.free.Put(c)
+}
+
+// unpin ends a reader's use of a chunk that next returned.
+func (dl *download) unpin(c *chunk) {
+	dl.mu.Lock()
+	c.pins--
+	if c.pins == 0 && c.dropped {
+		c.dropped = false
+		dl.g.free.Put(c)
+	}
+	dl.mu.Unlock()
 }
 
 func (dl *download) finish(err error) {

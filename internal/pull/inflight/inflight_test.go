@@ -479,6 +479,57 @@ func TestFallingBehindTheWindow(t *testing.T) {
 	}
 }
 
+// stallWriter blocks in its first Write until released, holding the slice
+// it was given, and copies it only then: had the chunk under that slice
+// been reused meanwhile, the copy would show another part of the blob.
+type stallWriter struct {
+	stalled chan struct{}
+	release chan struct{}
+	once    sync.Once
+	out     bytes.Buffer
+}
+
+func (w *stallWriter) Write(p []byte) (int, error) {
+	w.once.Do(func() {
+		close(w.stalled)
+		<-w.release
+	})
+	return w.out.Write(p)
+}
+
+// Chunks are reused once they leave the window, but never while a reader
+// still writes from one.
+func TestChunkReusedOnlyOnceUnpinned(t *testing.T) {
+	data := make([]byte, 256)
+	for i := range data {
+		data[i] = byte(i)
+	}
+	g := New(Options{Chunk: 8, Window: 16, HoldAll: -1})
+	b := newBody()
+	outs := newOutcomes()
+	r, _, err := g.Join(context.Background(), d1, opener(b, int64(len(data)), readBackSink{&sink{}}, nil), outs.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalled, release := make(chan struct{}), make(chan struct{})
+	w := &stallWriter{stalled: stalled, release: release}
+	var copied sync.WaitGroup
+	var cerr error
+	copied.Go(func() { _, cerr = r.CopyTo(context.Background(), w, -1, nil); r.Close() })
+	b.send(t, data[:8])
+	<-stalled // pinned: the first chunk, 7 bytes of it
+	for off := 8; off < len(data); off += 8 {
+		b.send(t, data[off:off+8]) // 30 more chunks through a 2-chunk window
+	}
+	b.end(nil)
+	outs.wait(t)
+	close(release)
+	copied.Wait()
+	if cerr != nil || !bytes.Equal(w.out.Bytes(), data) {
+		t.Fatalf("reader: %v, got % x", cerr, w.out.Bytes())
+	}
+}
+
 // A sink that fails (a full disk) does not fail the clients: the bytes are
 // streamed through, and the outcome says they were not kept.
 func TestSinkFailureStreamsThrough(t *testing.T) {

@@ -44,59 +44,73 @@ func (r *Reader) Seek(offset int64, whence int) (int64, error) {
 	return offset, nil
 }
 
+// piece is what a reader may read next: a slice of a memory chunk, which
+// it pins until it calls done, or a length to read back from the
+// download's sink or spool.
+type piece struct {
+	mem  []byte
+	c    *chunk
+	back io.ReaderAt
+	n    int
+}
+
+// done unpins the piece's chunk.
+func (p piece) done(dl *download) {
+	if p.c != nil {
+		dl.unpin(p.c)
+	}
+}
+
 // next returns the bytes at the reader's offset that may be read now, at
-// most max: a slice of a memory chunk (mem), or a length to read back from
-// the download's sink or spool (back). It waits for bytes as long as ctx
-// allows.
-func (r *Reader) next(ctx context.Context, max int) (mem []byte, back io.ReaderAt, n int, err error) {
+// most max. It waits for bytes as long as ctx allows.
+func (r *Reader) next(ctx context.Context, max int) (piece, error) {
 	dl := r.dl
 	for {
 		dl.mu.Lock()
 		if dl.done && dl.err != nil {
 			err := dl.err
 			dl.mu.Unlock()
-			return nil, nil, 0, err
+			return piece{}, err
 		}
 		avail := dl.availLocked()
 		if r.off < avail {
-			n = int(min(int64(max), avail-r.off))
+			n := int(min(int64(max), avail-r.off))
 			if r.off >= dl.memStart {
 				// Find the chunk that holds r.off.
 				pos := dl.memStart
 				for _, c := range dl.chunks {
-					if r.off < pos+int64(len(c)) {
+					if r.off < pos+int64(len(c.b)) {
 						i := r.off - pos
-						mem = c[i:min(int64(len(c)), i+int64(n))]
-						break
+						c.pins++
+						mem := c.b[i:min(int64(len(c.b)), i+int64(n))]
+						dl.mu.Unlock()
+						return piece{mem: mem, c: c, n: len(mem)}, nil
 					}
-					pos += int64(len(c))
+					pos += int64(len(c.b))
 				}
 				dl.mu.Unlock()
-				if len(mem) == 0 {
-					return nil, nil, 0, ErrFellBehind // cannot happen: the window holds avail
-				}
-				return mem, nil, len(mem), nil
+				return piece{}, ErrFellBehind // cannot happen: the window holds avail
 			}
 			if dl.back != nil && r.off < dl.backLen {
-				back, n = dl.back, int(min(int64(n), dl.backLen-r.off, dl.memStart-r.off))
+				p := piece{back: dl.back, n: int(min(int64(n), dl.backLen-r.off, dl.memStart-r.off))}
 				dl.mu.Unlock()
-				return nil, back, n, nil
+				return p, nil
 			}
 			dl.mu.Unlock()
-			return nil, nil, 0, ErrFellBehind
+			return piece{}, ErrFellBehind
 		}
 		done, derr, wait := dl.done, dl.err, dl.notify
 		dl.mu.Unlock()
 		if done {
 			if derr != nil {
-				return nil, nil, 0, derr
+				return piece{}, derr
 			}
-			return nil, nil, 0, io.EOF
+			return piece{}, io.EOF
 		}
 		select {
 		case <-wait:
 		case <-ctx.Done():
-			return nil, nil, 0, ctx.Err()
+			return piece{}, ctx.Err()
 		}
 	}
 }
@@ -111,14 +125,16 @@ func (r *Reader) ReadContext(ctx context.Context, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	mem, back, n, err := r.next(ctx, len(p))
+	pc, err := r.next(ctx, len(p))
 	if err != nil {
 		return 0, err
 	}
-	if mem != nil {
-		n = copy(p, mem)
+	var n int
+	if pc.c != nil {
+		n = copy(p, pc.mem)
+		pc.done(r.dl)
 	} else {
-		n, err = back.ReadAt(p[:n], r.off)
+		n, err = pc.back.ReadAt(p[:pc.n], r.off)
 		if n > 0 {
 			err = nil
 		}
@@ -139,7 +155,7 @@ func (r *Reader) CopyTo(ctx context.Context, w io.Writer, limit int64, buf []byt
 		if limit >= 0 {
 			max = int(min(int64(max), limit-total))
 		}
-		mem, back, n, err := r.next(ctx, max)
+		pc, err := r.next(ctx, max)
 		if err == io.EOF {
 			if limit >= 0 {
 				return total, io.ErrUnexpectedEOF
@@ -149,11 +165,12 @@ func (r *Reader) CopyTo(ctx context.Context, w io.Writer, limit int64, buf []byt
 		if err != nil {
 			return total, err
 		}
-		if mem == nil {
+		mem := pc.mem
+		if pc.c == nil {
 			if buf == nil {
 				buf = make([]byte, readBackBuffer)
 			}
-			n, err = back.ReadAt(buf[:min(n, len(buf))], r.off)
+			n, err := pc.back.ReadAt(buf[:min(pc.n, len(buf))], r.off)
 			if n == 0 {
 				if err == nil {
 					err = io.ErrNoProgress
@@ -163,6 +180,7 @@ func (r *Reader) CopyTo(ctx context.Context, w io.Writer, limit int64, buf []byt
 			mem = buf[:n]
 		}
 		m, werr := w.Write(mem)
+		pc.done(r.dl)
 		r.off += int64(m)
 		total += int64(m)
 		if werr != nil {
