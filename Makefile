@@ -4,7 +4,7 @@ GO      ?= go
 GOBIN   ?= $(shell $(GO) env GOPATH)/bin
 export PATH := $(GOBIN):$(PATH)
 
-.PHONY: build run test unit fuzz e2e vet bench deps image manifests
+.PHONY: build run test unit fuzz e2e vet bench deps image manifests modules
 
 # `regcache version` tells what was built: git describe and the commit.
 BUILDINFO := github.com/regcache/regcache/internal/buildinfo
@@ -31,16 +31,22 @@ run: build
 
 # The test command in the README and in .ci/run: vet, unit and integration
 # tests (race detector on), every fuzz target for a few seconds, then the
-# real-client end-to-end tests, which run in a private network namespace
-# (needs root and the tools `make deps` installs).
+# real-client end-to-end tests. Everything that runs a server or a client
+# runs in a private network namespace with only loopback up (tools/netns;
+# the e2e and adversarial suites enter their own), so nothing can reach or
+# fall back to a public registry; the module cache is filled first, and the
+# builds inside work from it alone (GOPROXY=off). Needs root and the tools
+# `make deps` installs.
 test: deps vet unit fuzz e2e
 
-vet:
+NETNS := ./tools/netns env GOPROXY=off
+
+vet: modules
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet ./...
 
-unit:
-	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /test/e2e)
+unit: modules
+	$(NETNS) $(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /test/e2e)
 
 # Every e2e test's logs (and the dashboard's screenshot) are kept here.
 E2E_LOGS ?= $(CURDIR)/e2e-logs
@@ -52,12 +58,16 @@ e2e:
 	       grep -E -- '--- FAIL|^panic:|^\s+[a-z0-9_]+_test\.go:[0-9]+: ' e2e.log \
 	         | grep -vE ' ==== |secret scan:|logs kept in' | tail -n 80; exit 1; }
 
-bench: deps
-	$(GO) run ./bench
+bench: deps modules
+	$(NETNS) $(GO) run ./bench
 
 # Each fuzz target for FUZZTIME (default 8s); see .ci/fuzz.
-fuzz:
-	./.ci/fuzz
+fuzz: modules
+	$(NETNS) ./.ci/fuzz
+
+# Fills the module cache, for the builds in the network namespace.
+modules:
+	$(GO) mod download
 
 # Installs what the tests need on Debian (as root): real clients and servers.
 deps:
