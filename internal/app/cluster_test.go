@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -95,17 +94,7 @@ registries:
 }
 
 func (f *fleet) get(i int, path string, hdr map[string]string) (*http.Response, []byte, error) {
-	req, _ := http.NewRequest("GET", f.replicas[i].srv.URL+path, nil)
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp, b, err
+	return request(http.MethodGet, f.replicas[i].srv.URL+path, hdr)
 }
 
 // A cold blob asked for through every replica at once is downloaded from

@@ -156,7 +156,12 @@ func (s *stack) pull(name, tag string) (digest.Digest, error) {
 }
 
 func (s *stack) tryDo(method, path string, hdr map[string]string) (*http.Response, []byte, error) {
-	req, _ := http.NewRequest(method, s.srv.URL+path, nil)
+	return request(method, s.srv.URL+path, hdr)
+}
+
+// request makes one request with headers and reads the whole answer.
+func request(method, url string, hdr map[string]string) (*http.Response, []byte, error) {
+	req, _ := http.NewRequest(method, url, nil)
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -76,34 +75,9 @@ func (f *fleet) requestsServed(t *testing.T) []int {
 			out = append(out, -1)
 			continue
 		}
-		out = append(out, int(scrapeSum(t, r.url(), "regcache_requests_total")))
+		out = append(out, int(r.metric(t, "regcache_requests_total")))
 	}
 	return out
-}
-
-// scrapeSum GETs /metrics and adds up every sample of metric.
-func scrapeSum(t *testing.T, base, metric string) float64 {
-	t.Helper()
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, line := range strings.Split(string(b), "\n") {
-		if name, _, _ := strings.Cut(line, "{"); name != metric && !strings.HasPrefix(line, metric+" ") {
-			continue
-		}
-		var v float64
-		if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
-			sum += v
-		}
-	}
-	return sum
 }
 
 // startHAProxy puts Debian's haproxy in front of backends (host:port):
