@@ -46,10 +46,12 @@ type Item[K comparable] struct {
 	Overcount uint64
 }
 
-// New returns a Counter that keeps at most capacity keys (at least 1).
+// New returns a Counter that keeps at most capacity keys (at least 1). Its
+// memory grows with the keys it holds, not allocated up front: in a server
+// that pulls few images, a full-size counter would be a large part of the
+// live heap, which sets how often the garbage collector runs.
 func New[K comparable](capacity int) *Counter[K] {
-	capacity = max(capacity, 1)
-	return &Counter[K]{max: capacity, heap: make([]slot[K], 0, capacity), at: make(map[K]int, capacity)}
+	return &Counter[K]{max: max(capacity, 1), at: map[K]int{}}
 }
 
 // Add counts one occurrence of k.
