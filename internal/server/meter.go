@@ -17,27 +17,30 @@ import (
 // the writer underneath.
 type meter struct {
 	http.ResponseWriter
-	s        *Server
-	r        *http.Request
-	rt       Route
+	s *Server
+	// Only what the labels need, not the Route: a manifest hit allocates
+	// a meter, and a Route would make it three times the size.
+	registry string
+	kind     Kind
+	method   string
 	res      pull.Result
 	counted  bool
 	perWrite bool
 }
 
 func (s *Server) meter(w http.ResponseWriter, r *http.Request, rt Route, res pull.Result) *meter {
-	return &meter{ResponseWriter: w, s: s, r: r, rt: rt, res: res}
+	return &meter{ResponseWriter: w, s: s, registry: rt.Repo.Registry(), kind: rt.Kind, method: r.Method, res: res}
 }
 
 func (m *meter) WriteHeader(code int) {
 	if !m.counted {
 		m.counted = true
-		m.s.metrics.Requests.WithLabelValues(m.rt.Repo.Registry(), string(m.rt.Kind), resultLabel(m.res)).Inc()
-		if m.rt.Kind == KindManifest && m.r.Method == http.MethodGet && code == http.StatusOK {
+		m.s.metrics.Requests.WithLabelValues(m.registry, string(m.kind), resultLabel(m.res)).Inc()
+		if m.kind == KindManifest && m.method == http.MethodGet && code == http.StatusOK {
 			// What the origin would have counted as a pull.
-			m.s.metrics.ClientManifestGETs.WithLabelValues(m.rt.Repo.Registry()).Inc()
+			m.s.metrics.ClientManifestGETs.WithLabelValues(m.registry).Inc()
 		}
-		if m.r.Method != http.MethodHead && (code == http.StatusOK || code == http.StatusPartialContent) {
+		if m.method != http.MethodHead && (code == http.StatusOK || code == http.StatusPartialContent) {
 			if n, err := strconv.ParseInt(m.Header().Get("Content-Length"), 10, 64); err == nil {
 				m.served(n)
 			} else {
@@ -50,7 +53,7 @@ func (m *meter) WriteHeader(code int) {
 
 func (m *meter) served(n int64) {
 	if n > 0 {
-		m.s.metrics.BytesServed.WithLabelValues(m.rt.Repo.Registry(), string(m.rt.Kind)).Add(float64(n))
+		m.s.metrics.BytesServed.WithLabelValues(m.registry, string(m.kind)).Add(float64(n))
 	}
 }
 
