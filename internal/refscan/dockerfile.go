@@ -225,7 +225,7 @@ func argSpan(ll logicalLine, tok token, name, raw string) *Span {
 // scanDockerfile finds the image references of a Dockerfile: the BuildKit
 // frontend of "# syntax=", FROM, COPY --from and RUN --mount=...,from=.
 func scanDockerfile(file string, src []byte, platforms int) []Ref {
-	idx := newLineIndex(src)
+	idx := newLineIndex(src, false)
 	var refs []Ref
 	global := map[string]argValue{}
 	var stage map[string]argValue

@@ -10,17 +10,24 @@ import (
 type lineIndex struct {
 	src    []byte
 	starts []int
+	cr     bool // a lone carriage return ends a line
 }
 
-func newLineIndex(src []byte) *lineIndex {
+// newLineIndex indexes src's lines. YAML counts a carriage return not
+// followed by a newline as a line break, as old Mac files have them, so
+// the YAML scanners pass cr to agree with yaml.v3's positions; a
+// Dockerfile's lines end at newlines only, as BuildKit reads them.
+func newLineIndex(src []byte, cr bool) *lineIndex {
 	starts := []int{0}
 	for i, b := range src {
-		if b == '\n' {
+		if b == '\n' || (cr && b == '\r' && (i+1 == len(src) || src[i+1] != '\n')) {
 			starts = append(starts, i+1)
 		}
 	}
-	return &lineIndex{src: src, starts: starts}
+	return &lineIndex{src: src, starts: starts, cr: cr}
 }
+
+func (x *lineIndex) lineBreak(b byte) bool { return b == '\n' || (x.cr && b == '\r') }
 
 func (x *lineIndex) pos(off int) (line, col int) {
 	l := sort.Search(len(x.starts), func(i int) bool { return x.starts[i] > off }) - 1
@@ -34,7 +41,7 @@ func (x *lineIndex) offset(line, col int) int {
 	}
 	off := x.starts[line-1]
 	for c := 1; c < col; c++ {
-		if off >= len(x.src) || x.src[off] == '\n' {
+		if off >= len(x.src) || x.lineBreak(x.src[off]) {
 			return -1
 		}
 		_, n := utf8.DecodeRune(x.src[off:])

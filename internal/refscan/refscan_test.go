@@ -321,3 +321,37 @@ func TestExplicitUnknownFile(t *testing.T) {
 		t.Errorf("got %+v", res)
 	}
 }
+
+// YAML ends lines at \n, \r\n and a lone \r (old Mac files) alike: the
+// reference's line, column and span must agree with each, or it would be
+// reported past the end of the file and could not be rewritten.
+func TestYAMLLineEndings(t *testing.T) {
+	tests := []struct {
+		name, src    string
+		line, column int
+	}{
+		{"LF", "services:\n  web:\n    image: nginx:1.25\n", 3, 12},
+		{"CRLF", "services:\r\n  web:\r\n    image: nginx:1.25\r\n", 3, 12},
+		{"CR", "services:\r  web:\r    image: nginx:1.25\r", 3, 12},
+		{"CR, quoted", "services:\r  web:\r    image: 'nginx:1.25'\r", 3, 13},
+		{"CR then LF", "services:\r  web:\n    image: nginx:1.25", 3, 12},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			refs, ferr := ScanBytes("compose.yaml", FormatCompose, []byte(tt.src), Options{})
+			if ferr != nil || len(refs) != 1 {
+				t.Fatalf("refs %+v, error %v", refs, ferr)
+			}
+			r := refs[0]
+			if r.Line != tt.line || r.Column != tt.column {
+				t.Errorf("at %d:%d, want %d:%d", r.Line, r.Column, tt.line, tt.column)
+			}
+			if r.Span == nil {
+				t.Fatal("no span: the reference could not be rewritten")
+			}
+			if got := tt.src[r.Span.Start:r.Span.End]; got != "nginx:1.25" || got != r.Span.Text {
+				t.Errorf("span has %q (text %q), want nginx:1.25", got, r.Span.Text)
+			}
+		})
+	}
+}

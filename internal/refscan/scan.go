@@ -145,7 +145,7 @@ func ScanBytes(name string, f Format, src []byte, opts Options) ([]Ref, *FileErr
 		if i < 0 {
 			i = invalidUTF8(src)
 		}
-		line, _ := newLineIndex(src).pos(i)
+		line, _ := newLineIndex(src, f != FormatDockerfile).pos(i)
 		return nil, &FileError{File: name, Line: line, Msg: "binary file (not UTF-8 text); skipped"}
 	}
 	platforms := opts.Platforms

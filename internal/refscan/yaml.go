@@ -39,7 +39,7 @@ type refKey struct {
 }
 
 func newYAMLScanner(file string, src []byte) *yamlScanner {
-	return &yamlScanner{file: file, idx: newLineIndex(src), seen: map[refKey]*Ref{}, ext: map[string]*extFile{}}
+	return &yamlScanner{file: file, idx: newLineIndex(src, true), seen: map[refKey]*Ref{}, ext: map[string]*extFile{}}
 }
 
 // external loads the file at rel (relative to this file's directory) once.
