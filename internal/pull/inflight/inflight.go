@@ -195,6 +195,11 @@ func (g *Group) Join(ctx context.Context, d digest.Digest, open OpenFunc, done D
 			defer g.wg.Done()
 			defer stop()
 			defer cancel()
+			// Out of the map first, then the download's own reference:
+			// the other way round, a reader could find it released (its
+			// chunks and sink let go) and fail at once, where after
+			// removal it finds the committed blob in the store.
+			defer dl.release()
 			defer g.remove(dl)
 			dl.run(dctx, open, done)
 		}()
@@ -315,11 +320,12 @@ func newDownload(g *Group, d digest.Digest) *download {
 	return &download{g: g, d: d, ready: make(chan struct{}), notify: make(chan struct{}), refs: 2, size: -1}
 }
 
-// join adds a reader, unless the download has failed.
+// join adds a reader, unless the download has failed or has been released
+// (no reference left: its bytes are gone from memory and its sink).
 func (dl *download) join() bool {
 	dl.mu.Lock()
 	defer dl.mu.Unlock()
-	if dl.done && dl.err != nil {
+	if (dl.done && dl.err != nil) || dl.refs == 0 {
 		return false
 	}
 	dl.refs++
@@ -363,7 +369,6 @@ func (dl *download) broadcastLocked() {
 func (dl *download) run(ctx context.Context, open OpenFunc, done DoneFunc) {
 	readyOnce := sync.OnceFunc(func() { close(dl.ready) })
 	defer readyOnce()
-	defer dl.release()
 	src, err := open(ctx)
 	if err != nil {
 		dl.finish(err)

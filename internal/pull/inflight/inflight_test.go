@@ -680,3 +680,97 @@ func TestMemoryBounded(t *testing.T) {
 		t.Fatalf("%d bytes held after every download ended", m)
 	}
 }
+
+// A download whose last reference is gone has let go of its chunks and its
+// sink: nobody may join it, or they would fail at once. Lookup must say it
+// is not in flight (the caller then finds the blob in the store), and Join
+// must start afresh.
+func TestReleasedDownloadIsNotJoined(t *testing.T) {
+	g := New(Options{})
+	defer func() {
+		// The fake download has no goroutine to take it out of the map.
+		g.mu.Lock()
+		if g.m[d1] != nil && g.m[d1].refs <= 1 {
+			delete(g.m, d1)
+		}
+		g.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		g.Close(ctx)
+	}()
+	dl := newDownload(g, d1)
+	dl.refs, dl.done, dl.started, dl.size = 0, true, true, 3
+	close(dl.ready)
+	g.m[d1] = dl
+
+	if r, ok, err := g.Lookup(context.Background(), d1); ok || err != nil {
+		r.Close()
+		t.Fatalf("Lookup joined a released download (err %v)", err)
+	}
+	b := newBody()
+	r, joined, err := g.Join(context.Background(), d1, opener(b, 3, nil, nil), func(context.Context, Outcome) {})
+	if err != nil || joined {
+		t.Fatalf("Join: joined %v, err %v; want a new download", joined, err)
+	}
+	defer r.Close()
+	go func() { b.send(t, []byte("new")); b.end(nil) }()
+	if got, err := readAll(t, r); err != nil || string(got) != "new" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+}
+
+// Whoever finds a download in flight, at any moment up to its removal,
+// reads all of it: a second replica's request (Lookup) races the end of
+// every download here.
+func TestLookupRacingTheEndReadsAll(t *testing.T) {
+	content := []byte("a small blob, held back whole until it verifies")
+	for i := 0; i < 300; i++ {
+		g := New(Options{})
+		b := newBody()
+		s := readBackSink{&sink{}}
+		r, _, err := g.Join(context.Background(), d1, opener(b, int64(len(content)), s, nil), func(context.Context, Outcome) {})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				lr, ok, err := g.Lookup(context.Background(), d1)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !ok {
+					continue
+				}
+				got, err := readAll(t, lr)
+				lr.Close()
+				if err != nil || !bytes.Equal(got, content) {
+					t.Errorf("iteration %d: a reader that found the download read %q, %v", i, got, err)
+					return
+				}
+			}
+		})
+		b.send(t, content)
+		b.end(nil)
+		if got, err := readAll(t, r); err != nil || !bytes.Equal(got, content) {
+			t.Fatalf("first reader: %q, %v", got, err)
+		}
+		r.Close()
+		if err := g.Drain(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		close(stop)
+		wg.Wait()
+		g.Close(context.Background())
+		if t.Failed() {
+			return
+		}
+	}
+}
