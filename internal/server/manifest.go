@@ -30,10 +30,8 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, rt Route)
 	}
 	h := w.Header()
 	setHeaders(h, "Content-Type", m.MediaType, "Docker-Content-Digest", m.Digest.String(),
-		"Etag", `"`+m.Digest.String()+`"`, "X-Regcache", string(m.Result))
-	if m.Result == pull.Stale {
-		h.Set("Warning", staleWarning)
-	}
+		"Etag", `"`+m.Digest.String()+`"`)
+	setResult(h, m.Result)
 	if m.Source != "" {
 		h.Set("X-Regcache-Source", m.Source)
 	}

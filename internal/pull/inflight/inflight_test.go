@@ -687,10 +687,11 @@ func TestMemoryBounded(t *testing.T) {
 // must start afresh.
 func TestReleasedDownloadIsNotJoined(t *testing.T) {
 	g := New(Options{})
+	dl := newDownload(g, d1)
 	defer func() {
 		// The fake download has no goroutine to take it out of the map.
 		g.mu.Lock()
-		if g.m[d1] != nil && g.m[d1].refs <= 1 {
+		if g.m[d1] == dl {
 			delete(g.m, d1)
 		}
 		g.mu.Unlock()
@@ -698,13 +699,14 @@ func TestReleasedDownloadIsNotJoined(t *testing.T) {
 		defer cancel()
 		g.Close(ctx)
 	}()
-	dl := newDownload(g, d1)
 	dl.refs, dl.done, dl.started, dl.size = 0, true, true, 3
 	close(dl.ready)
 	g.m[d1] = dl
 
 	if r, ok, err := g.Lookup(context.Background(), d1); ok || err != nil {
-		r.Close()
+		if ok {
+			r.Close()
+		}
 		t.Fatalf("Lookup joined a released download (err %v)", err)
 	}
 	b := newBody()
