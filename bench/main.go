@@ -152,7 +152,13 @@ func main() {
 	mdOut := flag.String("md", "", "also write the Markdown tables to this file")
 	regcacheBin := flag.String("regcache", "", "use this regcache binary instead of building ./cmd/regcache")
 	loadDur := flag.Duration("duration", 0, "duration of each load-generator run (default 8s, or 3s with -quick)")
+	hashForward := flag.String(hashForwardFlag, "", "internal: serve as workload 4's hash-forward proxy on this address")
+	hashForwardUpstream := flag.String(hashForwardUpstreamFlag, "", "internal: the hash-forward proxy's upstream URL")
 	flag.Parse()
+	if *hashForward != "" {
+		fmt.Fprintln(os.Stderr, "bench:", serveHashForward(*hashForward, *hashForwardUpstream))
+		os.Exit(1)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -143,10 +143,15 @@ func (e *env) targets() []target {
 	direct, dok := get("4", cas4, "direct")
 	rc4, rok := get("4", cas4, "regcache")
 	ratioT("4: cold pull time vs direct", rc4, direct, rok, dok, false, false, 1.05, "direct")
-	if d4, ok := get("4", cas4, "distribution"); ok && dok {
-		t := target{name: "4: (Distribution cold pull vs direct, for reference)", value: fmtNum(d4.median()), ref: fmtNum(direct.median()) + " (direct)",
-			ratio: fmt.Sprintf("%.2f×", d4.median()/direct.median()), na: true}
-		out = append(out, t)
+	for _, ref := range []struct{ server, name string }{
+		{"distribution", "Distribution cold pull"},
+		{"nginx-proxy", "floor: nginx proxy_pass, no check, no disk"},
+		{"hash-forward", "floor: forward and SHA-256, no disk"},
+	} {
+		if r, ok := get("4", cas4, ref.server); ok && dok {
+			out = append(out, target{name: "4: (" + ref.name + ", vs direct)", value: fmtNum(r.median()), ref: fmtNum(direct.median()) + " (direct)",
+				ratio: fmt.Sprintf("%.2f×", r.median()/direct.median()), na: true})
+		}
 	}
 	// 5.
 	cas5 := fmt.Sprintf("%d concurrent cold pulls of %d MiB", e.fanout, e.big.size>>20)

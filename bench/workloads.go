@@ -226,10 +226,17 @@ func (e *env) coldProxy(kind string) (*server, error) {
 	}
 	var s *server
 	var err error
-	if kind == "regcache" {
+	switch kind {
+	case "regcache":
 		s, err = startRegcache(e.ctx, e, name, filepath.Join(e.work, name), e.counter.url(), true)
-	} else {
+	case "distribution":
 		s, err = startDistribution(e.ctx, e, name, e.counter.url())
+	case "nginx-proxy":
+		s, err = startNginxProxy(e, kind, e.counter.url())
+	case "hash-forward":
+		s, err = startHashForward(e, kind, e.counter.url())
+	default:
+		err = fmt.Errorf("unknown proxy %q", kind)
 	}
 	if s != nil {
 		e.servers[name] = s
@@ -261,13 +268,14 @@ func (e *env) pulls(base string, n int) (time.Duration, int64, error) {
 	return el, e.counter.bytes.Load() - o0, <-errs
 }
 
-// pullTargets are the three ways to pull: from the origin directly (through
-// the byte counter, like the proxies) and through each proxy, cold.
-var pullTargets = []string{"direct", "regcache", "distribution"}
+// pullTargets are the ways to pull: from the origin directly (through the
+// byte counter, like the proxies), through each proxy, cold, and through
+// the two floors (floor.go).
+var pullTargets = []string{"direct", "regcache", "distribution", "nginx-proxy", "hash-forward"}
 
 // pullSeries runs reps of n concurrent cold pulls per target.
-func (e *env) pullSeries(id, cas string, n, reps int) error {
-	for _, t := range pullTargets {
+func (e *env) pullSeries(id, cas string, n, reps int, targets []string) error {
+	for _, t := range targets {
 		r := row{Workload: id, Case: cas, Server: t, Unit: "s", PerUnit: "s/GiB", Tool: "Go pull client, 3 blobs at a time, sha256 verified"}
 		ob := row{Workload: id, Case: cas + ": origin bytes", Server: t, Unit: "× image"}
 		for i := 0; i < reps; i++ {
@@ -310,13 +318,13 @@ func (e *env) pullSeries(id, cas string, n, reps int) error {
 }
 
 func (e *env) coldPull() error {
-	return e.pullSeries("4", fmt.Sprintf("1 cold pull of %d MiB", e.big.size>>20), 1, e.reps)
+	return e.pullSeries("4", fmt.Sprintf("1 cold pull of %d MiB", e.big.size>>20), 1, e.reps, pullTargets)
 }
 
 func (e *env) fanOut() error {
 	// 16 × the image per repetition: at most 2 repetitions keep the full
 	// run inside its time budget.
-	return e.pullSeries("5", fmt.Sprintf("%d concurrent cold pulls of %d MiB", e.fanout, e.big.size>>20), e.fanout, min(e.reps, 2))
+	return e.pullSeries("5", fmt.Sprintf("%d concurrent cold pulls of %d MiB", e.fanout, e.big.size>>20), e.fanout, min(e.reps, 2), pullTargets[:3])
 }
 
 // memory is workload 6: peak RSS with 16 streams (taken from workload 2
