@@ -22,8 +22,9 @@ import (
 //	meta/<key>                          metadata records
 //	tmp/                                in-flight writes, emptied at open
 //
-// Writes go to tmp/, are fsynced, verified and renamed into place, so a kill
-// at any moment leaves either no file or a complete, verified one.
+// Writes go to tmp/ and, once the caller has verified them, are fsynced and
+// renamed into place, so a kill at any moment leaves either no file or a
+// complete, verified one.
 type FS struct {
 	root   string
 	access accessClock
@@ -214,7 +215,7 @@ func (w *fsWriter) Write(p []byte) (int, error) {
 	if w.closed || w.committed {
 		return 0, errors.New("store: write after commit or close")
 	}
-	n, err := w.f.Write(p)
+	n, err := WritePieces(w.f, p)
 	w.written += int64(n)
 	return n, noSpace(err)
 }
