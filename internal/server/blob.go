@@ -176,7 +176,20 @@ func (s *Server) streamBlob(w http.ResponseWriter, sw *sendWriter, r *http.Reque
 	// seconds away, and a client must not take regcache for a server that
 	// does not answer.
 	_ = http.NewResponseController(w).Flush()
-	n, err := b.Stream.CopyTo(r.Context(), sw, length, nil)
+	// A client that falls behind the download's memory window reads the
+	// rest back from the file, through a copy buffer lent for as long as
+	// the response lasts (and only then).
+	var put func()
+	defer func() {
+		if put != nil {
+			put()
+		}
+	}()
+	n, err := b.Stream.CopyTo(r.Context(), sw, length, func() []byte {
+		buf, p := s.buffers.get()
+		put = p
+		return buf
+	})
 	if err != nil {
 		if r.Context().Err() == nil {
 			s.log.Warn("aborting blob response", "registry", rt.Repo.Registry(), "repo", rt.Repo.Path(), "digest", rt.Digest, "sent", n, "err", err)

@@ -776,3 +776,65 @@ func TestLookupRacingTheEndReadsAll(t *testing.T) {
 		}
 	}
 }
+
+// sizeRecorder keeps what is written and the size of each write.
+type sizeRecorder struct {
+	out   bytes.Buffer
+	sizes []int
+}
+
+func (w *sizeRecorder) Write(p []byte) (int, error) {
+	w.sizes = append(w.sizes, len(p))
+	return w.out.Write(p)
+}
+
+// A reader that reads back asks for its buffer once, and reads back
+// through all of it; one that stays in the window never asks.
+func TestCopyToBorrowsItsReadBackBuffer(t *testing.T) {
+	data := bytes.Repeat([]byte("abcdefgh"), 16) // 128 bytes
+	const lent = 24
+	tests := []struct {
+		name      string
+		window    int64
+		wantCalls int
+	}{
+		{"behind the window, reads back", 16, 1},
+		{"all in the window", 256, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := New(Options{Chunk: 8, Window: tc.window, HoldAll: -1})
+			b := newBody()
+			outs := newOutcomes()
+			first, _, err := g.Join(context.Background(), d1, opener(b, int64(len(data)), readBackSink{&sink{}}, nil), outs.record)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var firstDone sync.WaitGroup
+			firstDone.Go(func() { readAll(t, first); first.Close() })
+			b.send(t, data)
+			late, _, err := g.Join(context.Background(), d1, nil, outs.record)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.end(nil)
+			var calls int
+			w := &sizeRecorder{}
+			_, err = late.CopyTo(context.Background(), w, -1, func() []byte { calls++; return make([]byte, lent) })
+			late.Close()
+			if err != nil || !bytes.Equal(w.out.Bytes(), data) {
+				t.Fatalf("late reader: %v, %q", err, w.out.Bytes())
+			}
+			if calls != tc.wantCalls {
+				t.Errorf("buffer asked for %d times, want %d", calls, tc.wantCalls)
+			}
+			if tc.wantCalls > 0 && w.sizes[0] != lent {
+				// 112 bytes are out of the window: the first read back
+				// fills the lent buffer.
+				t.Errorf("first write %d bytes, want %d (writes %v)", w.sizes[0], lent, w.sizes)
+			}
+			outs.wait(t)
+			firstDone.Wait()
+		})
+	}
+}

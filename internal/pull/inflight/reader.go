@@ -146,10 +146,15 @@ func (r *Reader) ReadContext(ctx context.Context, p []byte) (int, error) {
 // CopyTo writes the download from the reader's offset to w until the end,
 // or limit bytes when limit >= 0. Bytes in memory go to w straight from
 // the download's chunks; only bytes read back from the sink or spool pass
-// through buf (allocated when nil and needed, readBackBuffer bytes). It
-// returns io.ErrUnexpectedEOF when the download ended before limit bytes.
-func (r *Reader) CopyTo(ctx context.Context, w io.Writer, limit int64, buf []byte) (int64, error) {
+// through a buffer, which CopyTo asks buffer for the first time it needs
+// one (with buffer nil, it allocates readBackBuffer bytes). A reader that
+// fell behind reads back until it catches up with the window, so a larger
+// buffer spares it system calls: the server lends its 1 MiB copy buffers.
+// It returns io.ErrUnexpectedEOF when the download ended before limit
+// bytes.
+func (r *Reader) CopyTo(ctx context.Context, w io.Writer, limit int64, buffer func() []byte) (int64, error) {
 	var total int64
+	var buf []byte
 	for limit < 0 || total < limit {
 		max := 1 << 30
 		if limit >= 0 {
@@ -167,7 +172,10 @@ func (r *Reader) CopyTo(ctx context.Context, w io.Writer, limit int64, buf []byt
 		}
 		mem := pc.mem
 		if pc.c == nil {
-			if buf == nil {
+			if buf == nil && buffer != nil {
+				buf = buffer()
+			}
+			if len(buf) == 0 {
 				buf = make([]byte, readBackBuffer)
 			}
 			n, err := pc.back.ReadAt(buf[:min(pc.n, len(buf))], r.off)
