@@ -301,6 +301,34 @@ func TestCorruptUpstreamNeverCached(t *testing.T) {
 	}
 }
 
+// A small blob is held back whole until it verifies, so a corrupted one
+// gets OCI error JSON with a 502, not a 200 that is then cut short; a
+// large one has its headers sent with its first bytes and can only be cut.
+func TestCorruptSmallBlobGetsAnError(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	img := s.backend.PushImage(t, "library/busybox", "1", testhub.ImageOptions{})
+	s.hub.SetFaultFor(testhub.FaultCorrupt, testhub.ScopeBlobs)
+	resp, err := http.Get(s.srv.URL + "/v2/library/busybox/blobs/" + img.Config.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("corrupted config blob: %d %q, want 502", resp.StatusCode, body)
+	}
+	if code, msg := ociError(t, body); code != "DIGEST_INVALID" {
+		t.Errorf("corrupted config blob: code %s (%s), want DIGEST_INVALID", code, msg)
+	}
+	if resp.Header.Get("Docker-Content-Digest") != "" || resp.Header.Get("Etag") != "" {
+		t.Errorf("the error carries the blob's headers: %v", resp.Header)
+	}
+	s.hub.SetFault(testhub.FaultNone)
+	if err := s.fetchBlob("library/busybox", img.Config); err != nil {
+		t.Fatalf("after clearing the fault: %v", err)
+	}
+}
+
 // A download cut off mid-body never becomes visible and the next request
 // fetches it again.
 func TestCutOffDownloadNotCached(t *testing.T) {

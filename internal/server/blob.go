@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"strconv"
@@ -39,6 +40,18 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, rt Route) pul
 		return s.fail(w, r, rt, err)
 	}
 	defer b.Close()
+	if b.Stream != nil {
+		// The status waits for the first byte the client may have, or the
+		// download's end, for up to settleWait: a small blob is held back
+		// whole until it verifies, and one that fails gets its error (502
+		// DIGEST_INVALID, say) instead of a 200 cut short.
+		settle, cancel := context.WithTimeout(r.Context(), settleWait)
+		err := b.Stream.Settle(settle)
+		cancel()
+		if err != nil {
+			return s.fail(w, r, rt, err)
+		}
+	}
 	setResult(h, b.Result)
 	mw := s.meter(w, r, rt, b.Result)
 	defer mw.done()
@@ -173,8 +186,8 @@ func (s *Server) streamBlob(w http.ResponseWriter, sw *sendWriter, r *http.Reque
 	w.WriteHeader(status)
 	// The headers go out now, not with the first byte: from a slow
 	// upstream, or held back until the blob verifies, that byte may be
-	// seconds away, and a client must not take regcache for a server that
-	// does not answer.
+	// seconds away (serveBlob waited settleWait for it), and a client must
+	// not take regcache for a server that does not answer.
 	_ = http.NewResponseController(w).Flush()
 	// A client that falls behind the download's memory window reads the
 	// rest back from the file, through a copy buffer lent for as long as
@@ -197,6 +210,11 @@ func (s *Server) streamBlob(w http.ResponseWriter, sw *sendWriter, r *http.Reque
 		panic(http.ErrAbortHandler)
 	}
 }
+
+// settleWait is how long a streamed blob's status waits for its first
+// byte: long enough for a small blob from a healthy upstream to arrive and
+// verify, short enough that a client never wonders whether it is answered.
+const settleWait = time.Second
 
 // parseRange understands the single byte range that registry clients send
 // to resume a download. Anything else is served whole, which HTTP allows.

@@ -838,3 +838,69 @@ func TestCopyToBorrowsItsReadBackBuffer(t *testing.T) {
 		})
 	}
 }
+
+// Settle answers as soon as the reader may read, or the download ended:
+// with the download's error if it failed.
+func TestSettle(t *testing.T) {
+	bad := errors.New("digest mismatch")
+	tests := []struct {
+		name    string
+		holdAll int64
+		size    int64
+		send    int   // bytes sent before Settle
+		verdict error // sent after them, unless keep
+		keep    bool  // the download goes on: Settle must not wait for it
+		want    error
+	}{
+		{"small blob that verifies", 64, 10, 10, nil, false, nil},
+		{"small blob that does not", 64, 10, 10, bad, false, bad},
+		{"small blob cut short", 64, 10, 4, bad, false, bad},
+		{"large blob: its first bytes", -1, 10, 5, nil, true, nil},
+		{"large blob that fails before its second byte", -1, 10, 1, bad, false, bad},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			g := New(Options{Chunk: 4, HoldAll: tc.holdAll})
+			b := newBody()
+			outs := newOutcomes()
+			r, _, err := g.Join(context.Background(), d1, opener(b, tc.size, &sink{}, nil), outs.record)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			b.send(t, []byte("0123456789")[:tc.send])
+			if !tc.keep {
+				b.end(tc.verdict)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := r.Settle(ctx); err != tc.want {
+				t.Fatalf("Settle = %v, want %v", err, tc.want)
+			}
+			if ctx.Err() != nil {
+				t.Fatal("Settle waited until its context ended")
+			}
+			if tc.keep {
+				b.end(nil)
+			}
+			outs.wait(t)
+		})
+	}
+	// Nothing arrives: Settle gives up when its context ends, with no
+	// error, and the download goes on.
+	g := New(Options{})
+	b := newBody()
+	outs := newOutcomes()
+	r, _, err := g.Join(context.Background(), d1, opener(b, 10, &sink{}, nil), outs.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := r.Settle(ctx); err != nil || ctx.Err() == nil {
+		t.Fatalf("Settle with nothing sent = %v (context %v), want nil once the context ended", err, ctx.Err())
+	}
+	b.end(nil)
+	outs.wait(t)
+}

@@ -115,6 +115,35 @@ func (r *Reader) next(ctx context.Context, max int) (piece, error) {
 	}
 }
 
+// Settle waits until this reader may read its first bytes, or the
+// download ends, or ctx ends. It returns the download's error if the
+// download has failed by then, else nil. A server settles before its
+// status line: a small blob is held back whole until it verifies, so one
+// that fails gets an error status instead of a 200 that must then be cut
+// short.
+func (r *Reader) Settle(ctx context.Context) error {
+	dl := r.dl
+	for {
+		dl.mu.Lock()
+		if dl.done && dl.err != nil {
+			err := dl.err
+			dl.mu.Unlock()
+			return err
+		}
+		if dl.done || r.off < dl.availLocked() {
+			dl.mu.Unlock()
+			return nil
+		}
+		wait := dl.notify
+		dl.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
 // Read copies the next bytes into p.
 func (r *Reader) Read(p []byte) (int, error) {
 	return r.ReadContext(context.Background(), p)
