@@ -632,6 +632,15 @@ func (dl *download) finish(err error) {
 	dl.mu.Unlock()
 }
 
+// failedLocked is why the download failed, or nil while it runs or after
+// it verified.
+func (dl *download) failedLocked() error {
+	if dl.done {
+		return dl.err
+	}
+	return nil
+}
+
 // availLocked is how many bytes readers may have: everything once the
 // body verified; before that all but the last byte, or nothing for a
 // small blob.

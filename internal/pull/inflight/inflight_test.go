@@ -231,14 +231,7 @@ func TestHoldBack(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			g := New(Options{Chunk: 4, HoldAll: tc.holdAll})
-			b := newBody()
-			outs := newOutcomes()
-			r, _, err := g.Join(context.Background(), d1, opener(b, tc.size, &sink{}, nil), outs.record)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
+			g, b, r, outs := fedReader(t, Options{Chunk: 4, HoldAll: tc.holdAll}, tc.size)
 			b.send(t, []byte("0123456789"))
 			if got := availAfter(t, g, 10); got != tc.avail {
 				t.Fatalf("before the verdict readers may have %d bytes, want %d", got, tc.avail)
@@ -250,6 +243,21 @@ func TestHoldBack(t *testing.T) {
 			outs.wait(t)
 		})
 	}
+}
+
+// fedReader starts a download of size bytes that the test feeds through b,
+// and joins it with r, which is closed when the test ends.
+func fedReader(t *testing.T, opt Options, size int64) (*Group, *body, *Reader, *outcomes) {
+	t.Helper()
+	g := New(opt)
+	b := newBody()
+	outs := newOutcomes()
+	r, _, err := g.Join(context.Background(), d1, opener(b, size, &sink{}, nil), outs.record)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return g, b, r, outs
 }
 
 // overrun is a body that answers its first Read with more bytes than the
@@ -860,14 +868,7 @@ func TestSettle(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			g := New(Options{Chunk: 4, HoldAll: tc.holdAll})
-			b := newBody()
-			outs := newOutcomes()
-			r, _, err := g.Join(context.Background(), d1, opener(b, tc.size, &sink{}, nil), outs.record)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
+			_, b, r, outs := fedReader(t, Options{Chunk: 4, HoldAll: tc.holdAll}, tc.size)
 			b.send(t, []byte("0123456789")[:tc.send])
 			if !tc.keep {
 				b.end(tc.verdict)
@@ -888,14 +889,7 @@ func TestSettle(t *testing.T) {
 	}
 	// Nothing arrives: Settle gives up when its context ends, with no
 	// error, and the download goes on.
-	g := New(Options{})
-	b := newBody()
-	outs := newOutcomes()
-	r, _, err := g.Join(context.Background(), d1, opener(b, 10, &sink{}, nil), outs.record)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	_, b, r, outs := fedReader(t, Options{}, 10)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if err := r.Settle(ctx); err != nil || ctx.Err() == nil {

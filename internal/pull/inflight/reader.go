@@ -67,8 +67,7 @@ func (r *Reader) next(ctx context.Context, max int) (piece, error) {
 	dl := r.dl
 	for {
 		dl.mu.Lock()
-		if dl.done && dl.err != nil {
-			err := dl.err
+		if err := dl.failedLocked(); err != nil {
 			dl.mu.Unlock()
 			return piece{}, err
 		}
@@ -125,8 +124,7 @@ func (r *Reader) Settle(ctx context.Context) error {
 	dl := r.dl
 	for {
 		dl.mu.Lock()
-		if dl.done && dl.err != nil {
-			err := dl.err
+		if err := dl.failedLocked(); err != nil {
 			dl.mu.Unlock()
 			return err
 		}
