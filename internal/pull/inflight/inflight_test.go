@@ -475,7 +475,9 @@ func TestFallingBehindTheWindow(t *testing.T) {
 			}
 			outs.wait(t)
 			firstDone.Wait()
-			if err := g.Drain(context.Background()); err != nil {
+			// Close, not Drain: the spool goes with the download's last
+			// reference, just after it left the map.
+			if err := g.Close(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			if tc.spool {
@@ -681,7 +683,9 @@ func TestMemoryBounded(t *testing.T) {
 		readers[i].Close()
 		outs.wait(t)
 	}
-	if err := g.Drain(context.Background()); err != nil {
+	// Close, not Drain: Drain returns once the downloads left the map,
+	// which each does just before it lets go of its chunks.
+	if err := g.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if m := g.Memory(); m != 0 {
