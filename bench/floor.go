@@ -96,19 +96,28 @@ func (bufPool) Get() []byte  { return forwardBufs.Get().([]byte) }
 func (bufPool) Put(b []byte) { forwardBufs.Put(b) }
 
 // startHashForward runs this harness as the hash-forward proxy of upstream.
+// Like the caches, it is a fresh process for every repetition: a warm one
+// would be spared the first touch of its memory that they pay.
 func startHashForward(env *env, name, upstream string) (*server, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	addr := freeAddr()
-	p, err := startProc(name, nil, self, "-"+hashForwardFlag, addr, "-"+hashForwardUpstreamFlag, upstream)
-	if err != nil {
-		return nil, err
+	s := &server{name: name, kind: "hash-forward", url: "http://" + addr}
+	start := func(ctx context.Context) error {
+		p, err := startProc(name, nil, self, "-"+hashForwardFlag, addr, "-"+hashForwardUpstreamFlag, upstream)
+		if err != nil {
+			return err
+		}
+		s.p = p
+		return waitHTTP(ctx, p, s.url+"/v2/", 200)
 	}
-	s := &server{name: name, kind: "hash-forward", url: "http://" + addr, p: p}
-	s.restart = func(context.Context, bool) error { return nil }
-	return s, waitHTTP(env.ctx, p, s.url+"/v2/", 200)
+	s.restart = func(ctx context.Context, _ bool) error {
+		s.p.stop()
+		return start(ctx)
+	}
+	return s, start(env.ctx)
 }
 
 // nginxProxyConfig is nginx forwarding everything to upstream as it
@@ -150,11 +159,19 @@ func startNginxProxy(env *env, name, upstream string) (*server, error) {
 	addr := freeAddr()
 	cfg := filepath.Join(dir, "nginx.conf")
 	writeFile(cfg, nginxProxyConfig(dir, addr, upstream))
-	p, err := startProc(name, nil, env.nginxBin, "-p", dir, "-c", cfg)
-	if err != nil {
-		return nil, err
+	s := &server{name: name, kind: "nginx", url: "http://" + addr, dir: dir}
+	start := func(ctx context.Context) error {
+		p, err := startProc(name, nil, env.nginxBin, "-p", dir, "-c", cfg)
+		if err != nil {
+			return err
+		}
+		s.p = p
+		return waitHTTP(ctx, p, s.url+"/v2/", 200)
 	}
-	s := &server{name: name, kind: "nginx", url: "http://" + addr, p: p, dir: dir}
-	s.restart = func(context.Context, bool) error { return nil }
-	return s, waitHTTP(env.ctx, p, s.url+"/v2/", 200)
+	// A fresh process for every repetition, like the caches.
+	s.restart = func(ctx context.Context, _ bool) error {
+		s.p.stop()
+		return start(ctx)
+	}
+	return s, start(env.ctx)
 }
