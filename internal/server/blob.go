@@ -40,17 +40,8 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, rt Route) pul
 		return s.fail(w, r, rt, err)
 	}
 	defer b.Close()
-	if b.Stream != nil {
-		// The status waits for the first byte the client may have, or the
-		// download's end, for up to settleWait: a small blob is held back
-		// whole until it verifies, and one that fails gets its error (502
-		// DIGEST_INVALID, say) instead of a 200 cut short.
-		settle, cancel := context.WithTimeout(r.Context(), settleWait)
-		err := b.Stream.Settle(settle)
-		cancel()
-		if err != nil {
-			return s.fail(w, r, rt, err)
-		}
+	if err := settle(r, b); err != nil {
+		return s.fail(w, r, rt, err)
 	}
 	setResult(h, b.Result)
 	mw := s.meter(w, r, rt, b.Result)
@@ -215,6 +206,19 @@ func (s *Server) streamBlob(w http.ResponseWriter, sw *sendWriter, r *http.Reque
 // byte: long enough for a small blob from a healthy upstream to arrive and
 // verify, short enough that a client never wonders whether it is answered.
 const settleWait = time.Second
+
+// settle holds a streamed blob's status until the first byte the client
+// may have, or the download's end, for up to settleWait. A small blob is
+// held back whole until it verifies, so one that fails gets its error (502
+// DIGEST_INVALID, say) instead of a 200 cut short.
+func settle(r *http.Request, b *pull.Blob) error {
+	if b.Stream == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), settleWait)
+	defer cancel()
+	return b.Stream.Settle(ctx)
+}
 
 // parseRange understands the single byte range that registry clients send
 // to resume a download. Anything else is served whole, which HTTP allows.

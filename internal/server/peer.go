@@ -36,6 +36,10 @@ func (s *Server) servePeer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer b.Close()
+	if err := settle(r, b); err != nil {
+		writeError(w, err, KindBlob)
+		return
+	}
 	h := w.Header()
 	h.Set("Docker-Content-Digest", d.String())
 	h.Set("Content-Type", "application/octet-stream")
