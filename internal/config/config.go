@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -336,7 +337,12 @@ func parse(data []byte, source string) (*Config, error) {
 }
 
 // friendlyYAMLError turns yaml.v3's "field x not found in type config.Config"
-// into a message that names the key the operator wrote.
+// into a message that names the key the operator wrote, and keeps the value
+// out of its "cannot unmarshal !!str `value` into T": a value in the wrong
+// place may be a password (a misindented `auth: s3cr3t`, or one written
+// without the space after its key), and yaml.v3 quotes up to ten
+// characters of it. The line, the YAML type and the type expected are
+// enough to find the mistake.
 func friendlyYAMLError(err error) string {
 	msg := err.Error()
 	msg = strings.TrimPrefix(msg, "yaml: unmarshal errors:\n")
@@ -346,12 +352,22 @@ func friendlyYAMLError(err error) string {
 		if i := strings.Index(line, "field "); i >= 0 && strings.Contains(line, " not found in type ") {
 			key := strings.TrimPrefix(line[i:], "field ")
 			key = key[:strings.Index(key, " not found")]
+			if k, _, ok := strings.Cut(key, ":"); ok {
+				// A key and its value run together, `password:s3cr3t`:
+				// name the key, never the value.
+				key = k + ": (no space after the colon, so the key and its value ran together; value not shown)"
+			}
 			line = strings.TrimSpace(line[:i]) + " unknown key " + key
 		}
+		line = quotedValue.ReplaceAllString(line, "cannot unmarshal $1 (value not shown) into ")
 		out = append(out, line)
 	}
 	return strings.Join(out, "; ")
 }
+
+// quotedValue is the value yaml.v3 quotes in a type error, up to the last
+// "` into " of the line, since the value may itself hold a backquote.
+var quotedValue = regexp.MustCompile("cannot unmarshal (!!\\S+) `.*` into ")
 
 // defaultRegistries returns the registries of the embedded defaults.
 func defaultRegistries() map[string]Registry {

@@ -79,6 +79,39 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
+// A value in the wrong place may be a password: errors name the line, the
+// key and the types, never the value.
+func TestParseErrorsHideMisplacedValues(t *testing.T) {
+	const reg = "registries:\n  docker.io:\n    url: https://r.example\n"
+	tests := []struct {
+		name    string
+		yaml    string
+		secret  string
+		wantSub []string
+	}{
+		{"scalar where a mapping goes", reg + "    auth: s3cr3tpw\n", "s3cr3tpw", []string{"line 4", "!!str", "config.Auth", "value not shown"}},
+		{"backquote in the value", reg + "    auth: s3cr`et into x\n", "s3cr", []string{"line 4", "config.Auth"}},
+		{"no space after the colon", reg + "    auth: {username: u, password:hunter2}\n", "hunter2", []string{"line 4", "unknown key password", "no space after the colon"}},
+		{"anchor before a scalar", "&password:0000000", "0000000", []string{"line 1", "config.Config"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), "test.yaml")
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if strings.Contains(err.Error(), tc.secret) {
+				t.Errorf("error %q shows the value %q", err, tc.secret)
+			}
+			for _, s := range tc.wantSub {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not mention %q", err, s)
+				}
+			}
+		})
+	}
+}
+
 func TestParseOverridesAndReplacesRegistries(t *testing.T) {
 	c, err := Parse([]byte("tag_ttl: 0s\nregistries:\n  docker.io:\n    url: http://127.0.0.1:5001\n"), "x")
 	if err != nil {
