@@ -96,8 +96,6 @@ func (bufPool) Get() []byte  { return forwardBufs.Get().([]byte) }
 func (bufPool) Put(b []byte) { forwardBufs.Put(b) }
 
 // startHashForward runs this harness as the hash-forward proxy of upstream.
-// Like the caches, it is a fresh process for every repetition: a warm one
-// would be spared the first touch of its memory that they pay.
 func startHashForward(env *env, name, upstream string) (*server, error) {
 	self, err := os.Executable()
 	if err != nil {
@@ -105,8 +103,16 @@ func startHashForward(env *env, name, upstream string) (*server, error) {
 	}
 	addr := freeAddr()
 	s := &server{name: name, kind: "hash-forward", url: "http://" + addr}
+	return startFresh(env.ctx, s, self, "-"+hashForwardFlag, addr, "-"+hashForwardUpstreamFlag, upstream)
+}
+
+// startFresh starts the command args as s and makes s.restart start it
+// again from nothing. Like the caches, a floor is a fresh process for
+// every repetition: a warm one would be spared the first touch of its
+// memory that they pay.
+func startFresh(ctx context.Context, s *server, args ...string) (*server, error) {
 	start := func(ctx context.Context) error {
-		p, err := startProc(name, nil, self, "-"+hashForwardFlag, addr, "-"+hashForwardUpstreamFlag, upstream)
+		p, err := startProc(s.name, nil, args...)
 		if err != nil {
 			return err
 		}
@@ -117,7 +123,7 @@ func startHashForward(env *env, name, upstream string) (*server, error) {
 		s.p.stop()
 		return start(ctx)
 	}
-	return s, start(env.ctx)
+	return s, start(ctx)
 }
 
 // nginxProxyConfig is nginx forwarding everything to upstream as it
@@ -160,18 +166,5 @@ func startNginxProxy(env *env, name, upstream string) (*server, error) {
 	cfg := filepath.Join(dir, "nginx.conf")
 	writeFile(cfg, nginxProxyConfig(dir, addr, upstream))
 	s := &server{name: name, kind: "nginx", url: "http://" + addr, dir: dir}
-	start := func(ctx context.Context) error {
-		p, err := startProc(name, nil, env.nginxBin, "-p", dir, "-c", cfg)
-		if err != nil {
-			return err
-		}
-		s.p = p
-		return waitHTTP(ctx, p, s.url+"/v2/", 200)
-	}
-	// A fresh process for every repetition, like the caches.
-	s.restart = func(ctx context.Context, _ bool) error {
-		s.p.stop()
-		return start(ctx)
-	}
-	return s, start(env.ctx)
+	return startFresh(env.ctx, s, env.nginxBin, "-p", dir, "-c", cfg)
 }
