@@ -66,13 +66,5 @@ func serveBytes(w http.ResponseWriter, r *http.Request, body []byte) {
 // plainRequest reports whether r is a GET or HEAD with no header that
 // would make its answer anything but the whole body with 200.
 func plainRequest(r *http.Request) bool {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		return false
-	}
-	for _, k := range [...]string{"Range", "If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Range"} {
-		if _, ok := r.Header[k]; ok {
-			return false
-		}
-	}
-	return true
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) && !conditional(r.Header)
 }
